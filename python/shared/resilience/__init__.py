@@ -1,0 +1,21 @@
+"""Resilience patterns: circuit breaker, timeout, retry, rate limiting, idempotency.
+
+Modules (the design document's "Module Structure"): ``circuit_breaker``,
+``timeout``, ``retry``, ``rate_limiter``, ``idempotency`` and ``exceptions``.
+"""
+
+from __future__ import annotations
+
+from shared.resilience.exceptions import (
+    CircuitBreakerOpenError,
+    RateLimitExceeded,
+    ResilienceError,
+    TimeoutError,
+)
+
+__all__ = [
+    "CircuitBreakerOpenError",
+    "RateLimitExceeded",
+    "ResilienceError",
+    "TimeoutError",
+]

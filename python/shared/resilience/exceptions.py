@@ -1,0 +1,64 @@
+"""Exceptions of the resilience patterns.
+
+Every exception that carries a wait (``retry_after``) gives it in seconds, so
+a caller can answer HTTP 429/503 with ``Retry-After`` and ``Retry`` can wait at
+least that long when asked to retry them.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "CircuitBreakerOpenError",
+    "RateLimitExceeded",
+    "ResilienceError",
+    "TimeoutError",
+]
+
+
+class ResilienceError(Exception):
+    """Base class of the errors raised by ``shared.resilience`` itself."""
+
+
+class CircuitBreakerOpenError(ResilienceError):
+    """A circuit breaker rejected the call without running it.
+
+    Attributes:
+        name: the breaker's name.
+        retry_after: seconds until the breaker admits a probe again (0 when it is
+            half-open and only its probe slots are taken).
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.name!r} is open; retry after {self.retry_after:.3f}s"
+
+
+class RateLimitExceeded(ResilienceError):  # noqa: N818 - the document's name
+    """A rate limiter could not grant the tokens in time.
+
+    Attributes:
+        retry_after: seconds until the requested tokens are available.
+    """
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        super().__init__(retry_after, message)
+        self.retry_after = retry_after
+        self.message = message
+
+    def __str__(self) -> str:
+        base = self.message or "rate limit exceeded"
+        return f"{base}; retry after {self.retry_after:.3f}s"
+
+
+class TimeoutError(ResilienceError, builtins.TimeoutError):
+    """An operation did not finish within its deadline.
+
+    Subclasses the builtin ``TimeoutError``, so ``except TimeoutError`` catches it
+    whichever of the two names is in scope.
+    """

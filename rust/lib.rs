@@ -1,0 +1,33 @@
+//! The native core of `shared`: lock-free state machines behind the Python API.
+//!
+//! Each primitive lives in its own file: the core logic first, free of `PyO3`
+//! types and tested by `cargo test --no-default-features`, then its Python
+//! binding behind the `python` feature. This file only declares modules and
+//! registers what Python sees as `shared._native`.
+
+pub mod clock;
+
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+mod _native {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::clock::monotonic_ns;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::clock::init_epoch(m.py())?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add(
+            "BUILD_PROFILE",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        )?;
+        m.add("ABI3", cfg!(feature = "abi3"))?;
+        Ok(())
+    }
+}
