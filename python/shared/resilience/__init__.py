@@ -12,9 +12,11 @@ from shared.resilience.exceptions import (
     ResilienceError,
     TimeoutError,
 )
+from shared.resilience.rate_limiter import RateLimitConfig
 
 __all__ = [
     "CircuitBreakerOpenError",
+    "RateLimitConfig",
     "RateLimitExceeded",
     "ResilienceError",
     "TimeoutError",
