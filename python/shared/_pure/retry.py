@@ -103,6 +103,7 @@ class RetryCore:
     _clock: Optional[NanosecondClock]
     _clock_ns: Callable[[], int]
     _track_start: bool
+    _plain: bool
     _calls: itertools.count[int]
     _retries: itertools.count[int]
     _give_ups: itertools.count[int]
@@ -122,6 +123,8 @@ class RetryCore:
         self._clock = clock
         self._clock_ns = time_source(clock)
         self._track_start = bool(track_start)
+        # Neither a budget nor a deadline: a call only counts itself (the fast path).
+        self._plain = budget is None and not self._track_start
         # next() on a count is atomic under the GIL, like the Rust atomics.
         self._calls = itertools.count()
         self._retries = itertools.count()
@@ -202,7 +205,11 @@ class RetryingCall:
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         retry = self._retry_core
-        start_ns = retry.begin_call()
+        if retry._plain:
+            next(retry._calls)
+            start_ns = 0
+        else:
+            start_ns = retry.begin_call()
         try:
             return self._func(*args, **kwargs)
         except BaseException as exc:  # the retry decides; it re-raises what it won't retry
