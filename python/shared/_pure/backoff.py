@@ -67,6 +67,12 @@ class Backoff:
         jitter: str = "none",
         seed: Optional[int] = None,
     ) -> Backoff:
+        # Argument types first, then values: the order in which the native class checks them.
+        for value in (strategy, jitter):
+            if not isinstance(value, str):
+                raise TypeError(f"expected str, got {type(value).__name__}")
+        initial, cap, base = _float(initial_delay), _float(max_delay), _float(exponential_base)
+        seed = int.from_bytes(os.urandom(8), "little") if seed is None else _u64("seed", seed)
         if strategy not in _STRATEGIES:
             raise ValueError(
                 f"strategy must be 'exponential', 'linear' or 'constant', got {strategy!r}"
@@ -75,17 +81,14 @@ class Backoff:
             raise ValueError(
                 f"jitter must be 'none', 'equal', 'full' or 'decorrelated', got {jitter!r}"
             )
-        initial, cap, base = _float(initial_delay), _float(max_delay), _float(exponential_base)
         if not (0.0 <= initial < float("inf")):
             raise ValueError(f"initial_delay must be a finite number >= 0, got {initial!r}")
         if not (initial <= cap < float("inf")):
             raise ValueError(f"max_delay must be a finite number >= initial_delay, got {cap!r}")
         if not (1.0 <= base < float("inf")):
             raise ValueError(f"exponential_base must be a finite number >= 1, got {base!r}")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
         self = super().__new__(cls)
-        self._seed = _u64("seed", seed)
+        self._seed = seed
         self._strategy = strategy
         self._jitter = jitter
         self._initial, self._cap, self._base = initial, cap, base
