@@ -82,9 +82,12 @@ def test_errors_match(
     if rust[0] == "error":
         assert rust == twin
         return
-    assert outcome(lambda: rust[1].delay(attempt, previous)) == outcome(
-        lambda: twin[1].delay(attempt, previous)
-    )
+    rust_delay = outcome(lambda: rust[1].delay(attempt, previous))
+    twin_delay = outcome(lambda: twin[1].delay(attempt, previous))
+    if args[5] is None and rust_delay[0] == "ok":  # unseeded: each draws its own jitter
+        assert twin_delay[0] == "ok"
+    else:
+        assert rust_delay == twin_delay
 
 
 @given(
