@@ -17,16 +17,9 @@ __all__ = ["Backoff"]
 _MASK = 2**64 - 1
 _GAMMA = 0x9E3779B97F4A7C15
 _UNIT = 1.0 / 9007199254740992.0  # 2**-53
+_INF = float("inf")
 _STRATEGIES = ("exponential", "linear", "constant")
 _JITTERS = ("none", "equal", "full", "decorrelated")
-
-
-def mix64(state: int) -> int:
-    """splitmix64's output function on a 64-bit state."""
-    z = state
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
 
 
 def _u64(name: str, value: object) -> int:
@@ -98,7 +91,10 @@ class Backoff:
 
     def _next_unit(self) -> float:
         state = (self._seed + next(self._counter) * _GAMMA) & _MASK
-        return (mix64(state) >> 11) * _UNIT
+        # splitmix64's output function (inline: this is the twin's hot path).
+        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & _MASK
+        return ((state ^ (state >> 31)) >> 11) * _UNIT
 
     def _capped(self, attempt: int) -> float:
         if self._strategy == "constant":
@@ -111,16 +107,19 @@ class Backoff:
             try:
                 raw = self._initial * self._base ** float(attempt - 1)
             except OverflowError:  # Rust's powf gives inf here; the cap applies
-                raw = float("inf")
+                raw = _INF
         return min(raw, self._cap)
 
     def delay(self, /, attempt: int, previous: float = 0.0) -> float:
         """The delay in seconds after failed attempt ``attempt`` (>= 1)."""
-        attempt = _u64("attempt", attempt)
-        previous = _float(previous)
-        if attempt == 0:
-            raise ValueError("attempt must be >= 1, got 0")
-        if not (0.0 <= previous < float("inf")):
+        # Fast path for the usual int and float; the slow path gives PyO3's errors.
+        if type(attempt) is not int or not 0 < attempt <= _MASK:
+            attempt = _u64("attempt", attempt)
+            if attempt == 0:
+                raise ValueError("attempt must be >= 1, got 0")
+        if type(previous) is not float:
+            previous = _float(previous)
+        if not 0.0 <= previous < _INF:
             raise ValueError(f"previous must be a finite number >= 0, got {previous!r}")
         jitter = self._jitter
         if jitter == "none":
