@@ -459,6 +459,30 @@ def test_with_retry_takes_a_config_or_fields_not_both() -> None:
         assert with_retry(config, name="named")(func)() == "ok"
     with pytest.raises(TypeError, match="not both"):
         with_retry(config, max_attempts=3)
+    with pytest.raises(TypeError, match=r"@with_retry\(\)"):
+        with_retry(func)  # type: ignore[arg-type]
+
+
+def test_concurrent_calls_are_all_counted() -> None:
+    """Threads calling one decorated function lose no count and share no state."""
+    import threading
+
+    @with_retry(max_attempts=2)
+    def work(x: int) -> int:
+        return x * 2
+
+    results: list[int] = []
+
+    def run() -> None:
+        results.extend(work(i) for i in range(2000))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 8000
+    assert work.retry.statistics == {"calls": 8000, "retries": 0, "give_ups": 0}
 
 
 def test_instant_retries_records_delays_and_nests() -> None:

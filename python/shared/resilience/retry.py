@@ -430,6 +430,11 @@ def with_retry(
     """
     if config is None:
         config = RetryConfig(**options)
+    elif not isinstance(config, RetryConfig):
+        raise TypeError(
+            "with_retry takes a RetryConfig or keywords; decorate with @with_retry(), "
+            f"not @with_retry (got {type(config).__name__})"
+        )
     elif options:
         raise TypeError("with_retry takes a RetryConfig or its fields as keywords, not both")
 
