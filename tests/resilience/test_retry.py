@@ -618,3 +618,13 @@ def test_extras_are_keyword_only_and_config_is_frozen() -> None:
         config.max_attempts = 5  # type: ignore[misc]
     with pytest.raises(TypeError, match="config"):
         Retry("x", {"max_attempts": 3})  # type: ignore[arg-type]
+
+
+def test_note_fallback_for_python_before_3_11() -> None:
+    """On 3.9 and 3.10 the note goes to the PEP 678 ``__notes__`` list, appended in order."""
+    from shared.resilience.retry import _append_note
+
+    exc = ConnectionError("down")
+    _append_note(exc, "first")
+    _append_note(exc, "second")
+    assert exc.__notes__ == ["first", "second"]

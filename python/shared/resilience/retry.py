@@ -225,9 +225,13 @@ def instant_retries() -> Iterator[list[float]]:
 def _add_note(exc: BaseException, note: str) -> None:
     if sys.version_info >= (3, 11):
         exc.add_note(note)
-        return
-    # PEP 678's attribute, as the exceptiongroup backport sets it on 3.9 / 3.10.
-    with contextlib.suppress(AttributeError, TypeError):
+    else:
+        _append_note(exc, note)
+
+
+def _append_note(exc: BaseException, note: str) -> None:
+    """PEP 678's ``__notes__`` list, set by hand on 3.9 and 3.10 (as exceptiongroup does)."""
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions with __slots__
         notes = getattr(exc, "__notes__", None)
         if isinstance(notes, list):
             notes.append(note)
