@@ -303,6 +303,8 @@ def test_never_retried_unless_asked(make: Callable[[], BaseException], retry_on:
         (lambda: CircuitBreakerOpenError("db", 7.5), 7.5),
         (lambda: RateLimitExceeded(3.0), 3.0),
         (lambda: RateLimitExceeded(0.25), None),
+        (lambda: RateLimitExceeded(float("inf")), None),
+        (lambda: RateLimitExceeded(float("nan")), None),
     ],
 )
 def test_asked_for_exceptions_wait_at_least_retry_after(
@@ -312,7 +314,7 @@ def test_asked_for_exceptions_wait_at_least_retry_after(
     exc_type = type(make())
     retry, slept = recording_retry(RetryConfig(max_attempts=3, retry_on=(exc_type,)))
     assert retry.execute(failing(2, make)) == "ok"
-    if retry_after is None:  # shorter than the backoff: the backoff wins
+    if retry_after is None:  # shorter than the backoff (or not a number): the backoff wins
         assert slept == [1.0, 2.0]
     else:
         assert slept == [max(1.0, retry_after), max(2.0, retry_after)]

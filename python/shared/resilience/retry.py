@@ -19,6 +19,7 @@ import contextlib
 import enum
 import functools
 import inspect
+import math
 import sys
 import time
 import types
@@ -343,7 +344,9 @@ class Retry(_RetryCore):
             raise self._give_up(exc, attempt, f"max_attempts={config.max_attempts} reached")
         delay = self._backoff.delay(attempt, previous)
         if isinstance(exc, _HAS_RETRY_AFTER):
-            delay = max(delay, float(exc.retry_after))
+            retry_after = float(exc.retry_after)
+            if delay < retry_after < math.inf:  # a NaN or infinite hint is no wait to honour
+                delay = retry_after
         if self._deadline_ns is not None:
             elapsed_ns = self.now_ns() - start_ns
             if elapsed_ns + delay * 1e9 > self._deadline_ns:
