@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -618,6 +619,10 @@ def test_extras_are_keyword_only_and_config_is_frozen() -> None:
     assert config.backoff_strategy is BackoffStrategy.LINEAR
     with pytest.raises(AttributeError):
         config.max_attempts = 5  # type: ignore[misc]
+    changed = dataclasses.replace(config, max_attempts=5)
+    assert (changed.max_attempts, changed.backoff_strategy) == (5, BackoffStrategy.LINEAR)
+    with pytest.raises(ValueError, match="max_attempts"):
+        dataclasses.replace(config, max_attempts=0)
     with pytest.raises(TypeError, match="config"):
         Retry("x", {"max_attempts": 3})  # type: ignore[arg-type]
 
