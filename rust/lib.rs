@@ -5,7 +5,9 @@
 //! binding behind the `python` feature. This file only declares modules and
 //! registers what Python sees as `shared._native`.
 
+pub mod backoff;
 pub mod clock;
+pub mod retry;
 
 #[cfg(feature = "python")]
 #[pyo3::pymodule]
@@ -13,7 +15,11 @@ mod _native {
     use pyo3::prelude::*;
 
     #[pymodule_export]
+    use crate::backoff::Backoff;
+    #[pymodule_export]
     use crate::clock::monotonic_ns;
+    #[pymodule_export]
+    use crate::retry::{RetryBudget, RetryCore, RetryingCall};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -9,10 +9,12 @@ same object, so a test advances time for both at once and never sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
+from collections.abc import Iterator
 
-__all__ = ["ManualClock"]
+__all__ = ["ManualClock", "instant_retries"]
 
 
 class ManualClock:
@@ -72,3 +74,16 @@ def _to_ns(seconds: float, name: str) -> int:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
     return int(seconds * 1e9)
+
+
+@contextlib.contextmanager
+def instant_retries() -> Iterator[list[float]]:
+    """Within the block, retries skip their backoff sleeps; yields the delays they would sleep.
+
+    For users' tests of code that uses ``Retry`` or ``@with_retry``: attempts,
+    budgets and statistics behave as usual, only the waiting is skipped.
+    """
+    from shared.resilience.retry import instant_retries as switch
+
+    with switch() as delays:
+        yield delays

@@ -8,9 +8,20 @@ drive both with the same operations on one ``ManualClock``.
 
 from __future__ import annotations
 
+from shared._pure.backoff import Backoff
 from shared._pure.clock import monotonic_ns
+from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
 
-__all__ = ["ABI3", "BUILD_PROFILE", "__version__", "monotonic_ns"]
+__all__ = [
+    "ABI3",
+    "BUILD_PROFILE",
+    "Backoff",
+    "RetryBudget",
+    "RetryCore",
+    "RetryingCall",
+    "__version__",
+    "monotonic_ns",
+]
 
 __version__ = "0.3.0"
 BUILD_PROFILE = "python"

@@ -13,11 +13,25 @@ from shared.resilience.exceptions import (
     TimeoutError,
 )
 from shared.resilience.rate_limiter import RateLimitConfig
+from shared.resilience.retry import (
+    BackoffStrategy,
+    Jitter,
+    Retry,
+    RetryBudget,
+    RetryConfig,
+    with_retry,
+)
 
 __all__ = [
+    "BackoffStrategy",
     "CircuitBreakerOpenError",
+    "Jitter",
     "RateLimitConfig",
     "RateLimitExceeded",
     "ResilienceError",
+    "Retry",
+    "RetryBudget",
+    "RetryConfig",
     "TimeoutError",
+    "with_retry",
 ]

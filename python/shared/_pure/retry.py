@@ -1,0 +1,221 @@
+"""Pure-Python twin of ``rust/retry.rs``: the retry success path and the retry budget."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any, Callable, Optional
+
+from shared._pure.clock import NanosecondClock, secs_to_ns, time_source
+
+__all__ = ["RetryBudget", "RetryCore", "RetryingCall"]
+
+_SLOTS = 10
+
+
+def _finite_at_least(name: str, value: float, *, strict: bool) -> float:
+    value = float(value)
+    ok = value > 0.0 if strict else value >= 0.0
+    if not (ok and value < float("inf")):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+class RetryBudget:
+    """A retry budget shared by many retries (twin of ``shared._native.RetryBudget``).
+
+    Retries in the last ``ttl`` seconds may not exceed
+    ``ratio * calls + min_retries_per_second * ttl`` over the same window.
+    """
+
+    _ratio: float
+    _floor: float
+    _slot_ns: int
+    _now_ns: Callable[[], int]
+    _slots: list[list[int]]
+    _lock: threading.Lock
+
+    # Built in __new__ like the native class, so a subclass's __init__ may take other arguments.
+    def __new__(
+        cls,
+        ratio: float = 0.2,
+        min_retries_per_second: float = 10.0,
+        ttl: float = 10.0,
+        *,
+        clock: Optional[NanosecondClock] = None,
+    ) -> RetryBudget:
+        self = super().__new__(cls)
+        self._ratio = _finite_at_least("ratio", ratio, strict=False)
+        per_second = _finite_at_least(
+            "min_retries_per_second", min_retries_per_second, strict=False
+        )
+        ttl = _finite_at_least("ttl", ttl, strict=True)
+        self._now_ns = time_source(clock)
+        self._floor = per_second * ttl
+        self._slot_ns = max(secs_to_ns(ttl) // _SLOTS, 1)
+        # Each slot: [index, calls, retries], as in the Rust core.
+        self._slots = [[0, 0, 0] for _ in range(_SLOTS)]
+        self._lock = threading.Lock()
+        return self
+
+    def _window(self) -> tuple[list[int], int, int]:
+        # Call with the lock held: the current slot, and calls and retries in the window.
+        index = self._now_ns() // self._slot_ns
+        calls = retries = 0
+        for slot in self._slots:
+            if (index - slot[0]) % 2**64 < _SLOTS:
+                calls += slot[1]
+                retries += slot[2]
+        current = self._slots[index % _SLOTS]
+        if current[0] != index:
+            current[:] = [index, 0, 0]
+        return current, calls, retries
+
+    def record_call(self, /) -> None:
+        """Counts one call (a first attempt) toward the budget."""
+        with self._lock:
+            self._window()[0][1] += 1
+
+    def try_retry(self, /) -> bool:
+        """Takes one retry if the budget allows it; False when it is exhausted."""
+        with self._lock:
+            current, calls, retries = self._window()
+            allowed = float(retries + 1) <= self._ratio * float(calls) + self._floor
+            if allowed:
+                current[2] += 1
+            return allowed
+
+    def available(self, /) -> float:
+        """Retries the budget would allow now."""
+        with self._lock:
+            _, calls, retries = self._window()
+            return max(self._ratio * float(calls) + self._floor - float(retries), 0.0)
+
+
+class RetryCore:
+    """Counters and the success path of one retry (twin of ``shared._native.RetryCore``).
+
+    Subclasses supply ``_retry(func, args, kwargs, exception, start_ns)``.
+    """
+
+    _budget: Optional[RetryBudget]
+    _clock: Optional[NanosecondClock]
+    _clock_ns: Callable[[], int]
+    _track_start: bool
+    _plain: bool
+    _calls: itertools.count[int]
+    _retries: itertools.count[int]
+    _give_ups: itertools.count[int]
+
+    # Built in __new__ like the native class, so a subclass's __init__ may take other arguments.
+    def __new__(
+        cls,
+        *,
+        budget: Optional[RetryBudget] = None,
+        clock: Optional[NanosecondClock] = None,
+        track_start: bool = False,
+    ) -> RetryCore:
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget, got {type(budget).__name__}")
+        self = super().__new__(cls)
+        self._budget = budget
+        self._clock = clock
+        self._clock_ns = time_source(clock)
+        self._track_start = bool(track_start)
+        # Neither a budget nor a deadline: a call only counts itself (the fast path).
+        self._plain = budget is None and not self._track_start
+        # next() on a count is atomic under the GIL, like the Rust atomics.
+        self._calls = itertools.count()
+        self._retries = itertools.count()
+        self._give_ups = itertools.count()
+        return self
+
+    _retry: Callable[..., Any]
+
+    def begin_call(self, /) -> int:
+        """Counts a call started outside ``execute`` (async); returns its start time or 0."""
+        next(self._calls)
+        if self._budget is not None:
+            self._budget.record_call()
+        return self._clock_ns() if self._track_start else 0
+
+    def execute(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Calls ``func(*args, **kwargs)``, retrying as the subclass decides."""
+        start_ns = self.begin_call()
+        try:
+            return func(*args, **kwargs)
+        except BaseException as exc:  # the subclass decides; it re-raises what it won't retry
+            return self._retry(func, args, kwargs or None, exc, start_ns)
+
+    def now_ns(self, /) -> int:
+        """The time on this retry's clock, in nanoseconds."""
+        return self._clock_ns()
+
+    def record_retry(self, /) -> None:
+        """Counts one retry (a sleep before another attempt)."""
+        next(self._retries)
+
+    def record_give_up(self, /) -> None:
+        """Counts one call that gave up (a stop condition ended it with an error)."""
+        next(self._give_ups)
+
+    @staticmethod
+    def _count(counter: itertools.count[int]) -> int:
+        # A count's repr is "count(N)": read it without advancing it.
+        return int(repr(counter)[6:-1])
+
+    @property
+    def calls(self, /) -> int:
+        """Calls started."""
+        return self._count(self._calls)
+
+    @property
+    def retries(self, /) -> int:
+        """Retries made (sleeps before another attempt)."""
+        return self._count(self._retries)
+
+    @property
+    def give_ups(self, /) -> int:
+        """Calls that gave up on attempts, deadline or budget."""
+        return self._count(self._give_ups)
+
+    @property
+    def budget(self, /) -> Optional[RetryBudget]:
+        """The shared budget, or None."""
+        return self._budget
+
+    @property
+    def clock(self, /) -> Optional[NanosecondClock]:
+        """The clock handed in, or None for the monotonic clock."""
+        return self._clock
+
+
+class RetryingCall:
+    """A function bound to a retry (twin of ``shared._native.RetryingCall``)."""
+
+    _retry_core: RetryCore
+    _func: Callable[..., Any]
+
+    def __new__(cls, retry: RetryCore, func: Callable[..., Any]) -> RetryingCall:
+        self = super().__new__(cls)
+        self._retry_core = retry
+        self._func = func
+        return self
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        retry = self._retry_core
+        if retry._plain:
+            next(retry._calls)
+            start_ns = 0
+        else:
+            start_ns = retry.begin_call()
+        try:
+            return self._func(*args, **kwargs)
+        except BaseException as exc:  # the retry decides; it re-raises what it won't retry
+            return retry._retry(self._func, args, kwargs or None, exc, start_ns)
+
+    @property
+    def retry(self, /) -> RetryCore:
+        """The retry that runs this function."""
+        return self._retry_core

@@ -1,0 +1,381 @@
+//! The retry success path and the retry budget.
+//!
+//! A call that succeeds at once never leaves Rust: `RetryCore.execute(f, ...)`
+//! and a `RetryingCall` (what `@with_retry` returns for a sync function) count
+//! the call, call `f`, and return its result. Only when `f` raises do they hand
+//! the exception to the Python method `_retry` of the public subclass, which
+//! classifies it, sleeps and tries again.
+//!
+//! `BudgetCore` is retry throttling as in gRPC and Finagle: across every retry
+//! that shares it, retries in the last `ttl` seconds may not exceed
+//! `ratio * calls + min_retries_per_second * ttl` over the same window, so an
+//! outage cannot multiply traffic.
+
+use std::sync::{Mutex, PoisonError};
+
+/// The window is kept as this many slots of `ttl / SLOTS` each.
+const SLOTS: usize = 10;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// `now_ns / slot_ns` of the period this slot counts.
+    index: u64,
+    calls: u64,
+    retries: u64,
+}
+
+/// Why a budget configuration is invalid: `(field, message)`.
+pub type Invalid = (&'static str, String);
+
+/// Calls and retries over a sliding window of `ttl`, and the rule that bounds retries.
+#[derive(Debug)]
+pub struct BudgetCore {
+    ratio: f64,
+    floor: f64,
+    slot_ns: u64,
+    slots: Mutex<[Slot; SLOTS]>,
+}
+
+impl BudgetCore {
+    /// Validates the configuration; the error names the field.
+    pub fn new(ratio: f64, min_retries_per_second: f64, ttl: f64) -> Result<Self, Invalid> {
+        if !ratio.is_finite() || ratio < 0.0 {
+            return Err((
+                "ratio",
+                format!("ratio must be a finite number >= 0, got {ratio:?}"),
+            ));
+        }
+        if !min_retries_per_second.is_finite() || min_retries_per_second < 0.0 {
+            return Err((
+                "min_retries_per_second",
+                format!(
+                    "min_retries_per_second must be a finite number >= 0, got {min_retries_per_second:?}"
+                ),
+            ));
+        }
+        if !ttl.is_finite() || ttl <= 0.0 {
+            return Err((
+                "ttl",
+                format!("ttl must be a finite number > 0, got {ttl:?}"),
+            ));
+        }
+        Ok(Self {
+            ratio,
+            floor: min_retries_per_second * ttl,
+            slot_ns: (crate::clock::secs_to_ns(ttl) / SLOTS as u64).max(1),
+            slots: Mutex::new([Slot::default(); SLOTS]),
+        })
+    }
+
+    fn with_window<R>(&self, now_ns: u64, f: impl FnOnce(&mut Slot, u64, u64) -> R) -> R {
+        let index = now_ns / self.slot_ns;
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut calls, mut retries) = (0, 0);
+        for slot in slots.iter() {
+            if index.wrapping_sub(slot.index) < SLOTS as u64 {
+                calls += slot.calls;
+                retries += slot.retries;
+            }
+        }
+        let current = &mut slots[(index % SLOTS as u64) as usize];
+        if current.index != index {
+            *current = Slot {
+                index,
+                ..Slot::default()
+            };
+        }
+        f(current, calls, retries)
+    }
+
+    /// Counts one call (a first attempt).
+    pub fn record_call(&self, now_ns: u64) {
+        self.with_window(now_ns, |slot, _, _| slot.calls += 1);
+    }
+
+    /// Takes one retry from the budget if it allows one; `false` when exhausted.
+    pub fn try_retry(&self, now_ns: u64) -> bool {
+        let (ratio, floor) = (self.ratio, self.floor);
+        self.with_window(now_ns, |slot, calls, retries| {
+            let allowed = (retries + 1) as f64 <= ratio * calls as f64 + floor;
+            if allowed {
+                slot.retries += 1;
+            }
+            allowed
+        })
+    }
+
+    /// Retries the budget would still allow now (may be fractional).
+    pub fn available(&self, now_ns: u64) -> f64 {
+        let (ratio, floor) = (self.ratio, self.floor);
+        self.with_window(now_ns, |_, calls, retries| {
+            (ratio * calls as f64 + floor - retries as f64).max(0.0)
+        })
+    }
+}
+
+#[cfg(feature = "python")]
+pub use binding::{RetryBudget, RetryCore, RetryingCall};
+
+#[cfg(feature = "python")]
+mod binding {
+    use super::BudgetCore;
+    use crate::clock::Clock;
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyDict, PyTuple};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A retry budget shared by many retries (`shared._pure.retry.RetryBudget` is its twin).
+    #[pyclass(subclass, frozen, module = "shared._native")]
+    pub struct RetryBudget {
+        core: BudgetCore,
+        clock: Clock,
+    }
+
+    #[pymethods]
+    impl RetryBudget {
+        #[new]
+        #[pyo3(signature = (ratio=0.2, min_retries_per_second=10.0, ttl=10.0, *, clock=None))]
+        fn new(
+            ratio: f64,
+            min_retries_per_second: f64,
+            ttl: f64,
+            clock: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<Self> {
+            Ok(Self {
+                core: BudgetCore::new(ratio, min_retries_per_second, ttl)
+                    .map_err(|(_, message)| PyValueError::new_err(message))?,
+                clock: Clock::from_py(clock)?,
+            })
+        }
+
+        /// Counts one call (a first attempt) toward the budget.
+        fn record_call(&self, py: Python<'_>) -> PyResult<()> {
+            self.core.record_call(self.clock.now_ns(py)?);
+            Ok(())
+        }
+
+        /// Takes one retry if the budget allows it; False when it is exhausted.
+        fn try_retry(&self, py: Python<'_>) -> PyResult<bool> {
+            Ok(self.core.try_retry(self.clock.now_ns(py)?))
+        }
+
+        /// Retries the budget would allow now.
+        fn available(&self, py: Python<'_>) -> PyResult<f64> {
+            Ok(self.core.available(self.clock.now_ns(py)?))
+        }
+    }
+
+    /// Counters and the success path of one `Retry` (`shared._pure.retry.RetryCore` is its twin).
+    ///
+    /// The public `shared.resilience.Retry` subclasses it and supplies
+    /// `_retry(func, args, kwargs, exception, start_ns)`, called when `func` raises.
+    #[pyclass(subclass, frozen, module = "shared._native")]
+    pub struct RetryCore {
+        calls: AtomicU64,
+        retries: AtomicU64,
+        give_ups: AtomicU64,
+        budget: Option<Py<RetryBudget>>,
+        clock: Clock,
+        track_start: bool,
+    }
+
+    impl RetryCore {
+        /// Counts a call; returns its start time when a deadline needs it, else 0.
+        #[inline]
+        fn begin(&self, py: Python<'_>) -> PyResult<u64> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(budget) = &self.budget {
+                budget.get().record_call(py)?;
+            }
+            if self.track_start {
+                self.clock.now_ns(py)
+            } else {
+                Ok(0)
+            }
+        }
+    }
+
+    /// Calls `func`; on an exception, lets the Python layer retry.
+    #[inline]
+    fn run<'py>(
+        retry: &Bound<'py, RetryCore>,
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = retry.py();
+        let start_ns = retry.get().begin(py)?;
+        match func.call(args, kwargs) {
+            Ok(result) => Ok(result),
+            Err(err) => retry.call_method1(
+                pyo3::intern!(py, "_retry"),
+                (func, args, kwargs, err.into_value(py), start_ns),
+            ),
+        }
+    }
+
+    #[pymethods]
+    impl RetryCore {
+        #[new]
+        #[pyo3(signature = (*, budget=None, clock=None, track_start=false))]
+        fn new(
+            budget: Option<Py<RetryBudget>>,
+            clock: Option<&Bound<'_, PyAny>>,
+            track_start: bool,
+        ) -> PyResult<Self> {
+            Ok(Self {
+                calls: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+                give_ups: AtomicU64::new(0),
+                budget,
+                clock: Clock::from_py(clock)?,
+                track_start,
+            })
+        }
+
+        /// Calls `func(*args, **kwargs)`, retrying as the subclass decides.
+        #[pyo3(signature = (func, /, *args, **kwargs))]
+        fn execute<'py>(
+            slf: &Bound<'py, Self>,
+            func: &Bound<'py, PyAny>,
+            args: &Bound<'py, PyTuple>,
+            kwargs: Option<&Bound<'py, PyDict>>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            run(slf, func, args, kwargs)
+        }
+
+        /// Counts a call started outside `execute` (async); returns its start time or 0.
+        fn begin_call(&self, py: Python<'_>) -> PyResult<u64> {
+            self.begin(py)
+        }
+
+        /// The time on this retry's clock, in nanoseconds.
+        fn now_ns(&self, py: Python<'_>) -> PyResult<u64> {
+            self.clock.now_ns(py)
+        }
+
+        /// Counts one retry (a sleep before another attempt).
+        fn record_retry(&self) {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Counts one call that gave up (a stop condition ended it with an error).
+        fn record_give_up(&self) {
+            self.give_ups.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Calls started.
+        #[getter]
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::Relaxed)
+        }
+
+        /// Retries made (sleeps before another attempt).
+        #[getter]
+        fn retries(&self) -> u64 {
+            self.retries.load(Ordering::Relaxed)
+        }
+
+        /// Calls that gave up on attempts, deadline or budget.
+        #[getter]
+        fn give_ups(&self) -> u64 {
+            self.give_ups.load(Ordering::Relaxed)
+        }
+
+        /// The shared budget, or None.
+        #[getter]
+        fn budget(&self, py: Python<'_>) -> Option<Py<RetryBudget>> {
+            self.budget.as_ref().map(|b| b.clone_ref(py))
+        }
+
+        /// The clock handed in, or None for the native monotonic clock.
+        #[getter]
+        fn clock(&self, py: Python<'_>) -> Py<PyAny> {
+            self.clock.to_py(py)
+        }
+    }
+
+    /// A function bound to a retry: calling it is `retry.execute(func, ...)` in one native call.
+    #[pyclass(subclass, frozen, module = "shared._native")]
+    pub struct RetryingCall {
+        retry: Py<RetryCore>,
+        func: Py<PyAny>,
+    }
+
+    #[pymethods]
+    impl RetryingCall {
+        #[new]
+        fn new(retry: Py<RetryCore>, func: Py<PyAny>) -> Self {
+            Self { retry, func }
+        }
+
+        #[pyo3(signature = (*args, **kwargs))]
+        fn __call__<'py>(
+            &self,
+            py: Python<'py>,
+            args: &Bound<'py, PyTuple>,
+            kwargs: Option<&Bound<'py, PyDict>>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            run(self.retry.bind(py), self.func.bind(py), args, kwargs)
+        }
+
+        /// The retry that runs this function.
+        #[getter]
+        fn retry(&self, py: Python<'_>) -> Py<RetryCore> {
+            self.retry.clone_ref(py)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn retries_are_bounded_by_ratio_and_floor() {
+        let budget = BudgetCore::new(0.1, 1.0, 10.0).unwrap();
+        for _ in 0..1000 {
+            budget.record_call(0);
+        }
+        let allowed = (0..1000).filter(|_| budget.try_retry(0)).count();
+        // 0.1 * 1000 + 1/s * 10 s
+        assert_eq!(allowed, 110);
+        assert!(budget.available(0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn old_calls_and_retries_leave_the_window() {
+        let budget = BudgetCore::new(0.5, 0.0, 10.0).unwrap();
+        for _ in 0..10 {
+            budget.record_call(0);
+        }
+        assert_eq!((0..10).filter(|_| budget.try_retry(0)).count(), 5);
+        // Nine seconds later both still count; after ten they have expired.
+        assert!(!budget.try_retry(9 * SECOND));
+        budget.record_call(11 * SECOND);
+        budget.record_call(11 * SECOND);
+        assert!(budget.try_retry(11 * SECOND));
+        assert!(!budget.try_retry(11 * SECOND));
+    }
+
+    #[test]
+    fn floor_allows_retries_without_calls() {
+        let budget = BudgetCore::new(0.0, 2.0, 1.0).unwrap();
+        assert!(budget.try_retry(0));
+        assert!(budget.try_retry(0));
+        assert!(!budget.try_retry(0));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert_eq!(BudgetCore::new(-0.1, 1.0, 1.0).unwrap_err().0, "ratio");
+        assert_eq!(
+            BudgetCore::new(0.1, f64::NAN, 1.0).unwrap_err().0,
+            "min_retries_per_second"
+        );
+        assert_eq!(BudgetCore::new(0.1, 1.0, 0.0).unwrap_err().0, "ttl");
+    }
+}
