@@ -5,6 +5,7 @@
 //! binding behind the `python` feature. This file only declares modules and
 //! registers what Python sees as `shared._native`.
 
+pub mod circuit_breaker;
 pub mod clock;
 
 #[cfg(feature = "python")]
@@ -12,6 +13,8 @@ pub mod clock;
 mod _native {
     use pyo3::prelude::*;
 
+    #[pymodule_export]
+    use crate::circuit_breaker::CircuitBreakerCore;
     #[pymodule_export]
     use crate::clock::monotonic_ns;
 
