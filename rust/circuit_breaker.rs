@@ -667,7 +667,12 @@ mod binding {
             let py = breaker.py();
             match self.core.admit(&mut self.now_fn(py))? {
                 Admission::Admitted { permit, transition } => {
-                    self.notify(breaker, transition);
+                    if let Err(err) = self.notify(breaker, transition) {
+                        // The call will not run: give its probe slot back.
+                        self.core
+                            .record(permit, Outcome::Neutral, &mut self.now_fn(py))?;
+                        return Err(err);
+                    }
                     Ok(permit)
                 }
                 Admission::Rejected { retry_after_ns } => {
@@ -723,8 +728,7 @@ mod binding {
             let transition = self
                 .core
                 .record(permit, outcome, &mut self.now_fn(breaker.py()))?;
-            self.notify(breaker, transition);
-            Ok(())
+            self.notify(breaker, transition)
         }
 
         /// Success, unless `is_failure_result` says the value is a failure.
@@ -752,20 +756,30 @@ mod binding {
             self.record(breaker, permit, outcome)
         }
 
-        /// Records an exception; the caller re-raises it. A failure to record is
-        /// reported as unraisable so the call's own exception is never masked.
-        fn record_error(&self, breaker: &Bound<'_, Self>, permit: Permit, error: &PyErr) {
-            let outcome = self.classify(breaker.py(), error);
-            if let Err(err) = self.record(breaker, permit, outcome) {
-                err.write_unraisable(breaker.py(), Some(breaker.as_any()));
-            }
+        /// Records an exception that the caller re-raises. If recording fails
+        /// (a listener raised), that error is returned, chained to this one.
+        fn record_error(
+            &self,
+            breaker: &Bound<'_, Self>,
+            permit: Permit,
+            error: &PyErr,
+        ) -> PyResult<()> {
+            let py = breaker.py();
+            let outcome = self.classify(py, error);
+            self.record(breaker, permit, outcome)
+                .inspect_err(|failure| {
+                    failure.set_context(py, Some(error.clone_ref(py)));
+                })
         }
 
-        /// Calls `on_state_change(breaker, old, new)`; it runs after every lock is
-        /// released, and an error in it never reaches the caller.
-        fn notify(&self, breaker: &Bound<'_, Self>, transition: Option<Transition>) {
+        /// Calls `on_state_change(breaker, old, new)` after every lock is released.
+        fn notify(
+            &self,
+            breaker: &Bound<'_, Self>,
+            transition: Option<Transition>,
+        ) -> PyResult<()> {
             let (Some(transition), Some(callback)) = (transition, &self.on_state_change) else {
-                return;
+                return Ok(());
             };
             let py = breaker.py();
             let args = (
@@ -773,9 +787,7 @@ mod binding {
                 state_name(py, transition.from),
                 state_name(py, transition.to),
             );
-            if let Err(err) = callback.bind(py).call1(args) {
-                err.write_unraisable(py, Some(callback.bind(py)));
-            }
+            callback.bind(py).call1(args).map(drop)
         }
     }
 
@@ -914,7 +926,7 @@ mod binding {
                     Ok(value)
                 }
                 Err(error) => {
-                    this.record_error(slf, permit, &error);
+                    this.record_error(slf, permit, &error)?;
                     Err(error)
                 }
             }
@@ -941,21 +953,25 @@ mod binding {
         }
 
         /// Records an exception raised under a permit (classified like `call` does).
-        fn _record_error(slf: &Bound<'_, Self>, permit: u128, error: &Bound<'_, PyBaseException>) {
+        fn _record_error(
+            slf: &Bound<'_, Self>,
+            permit: u128,
+            error: &Bound<'_, PyBaseException>,
+        ) -> PyResult<()> {
             let error = PyErr::from_value(error.clone().into_any());
-            slf.get().record_error(slf, permit_from_int(permit), &error);
+            slf.get().record_error(slf, permit_from_int(permit), &error)
         }
 
         /// Closes the breaker and clears `failure_count`, `success_count` and `last_failure_time`.
-        fn reset(slf: &Bound<'_, Self>) {
+        fn reset(slf: &Bound<'_, Self>) -> PyResult<()> {
             let this = slf.get();
-            this.notify(slf, this.core.reset());
+            this.notify(slf, this.core.reset())
         }
 
         /// Opens the breaker and holds it open (no probes) until `reset()`.
-        fn force_open(slf: &Bound<'_, Self>) {
+        fn force_open(slf: &Bound<'_, Self>) -> PyResult<()> {
             let this = slf.get();
-            this.notify(slf, this.core.force_open());
+            this.notify(slf, this.core.force_open())
         }
 
         #[getter]

@@ -8,9 +8,16 @@ drive both with the same operations on one ``ManualClock``.
 
 from __future__ import annotations
 
+from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
 
-__all__ = ["ABI3", "BUILD_PROFILE", "__version__", "monotonic_ns"]
+__all__ = [
+    "ABI3",
+    "BUILD_PROFILE",
+    "CircuitBreakerCore",
+    "__version__",
+    "monotonic_ns",
+]
 
 __version__ = "0.3.0"
 BUILD_PROFILE = "python"

@@ -6,6 +6,13 @@ Modules (the design document's "Module Structure"): ``circuit_breaker``,
 
 from __future__ import annotations
 
+from shared.resilience.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerRegistry,
+    CircuitBreakerState,
+    circuit_breaker_registry,
+)
 from shared.resilience.exceptions import (
     CircuitBreakerOpenError,
     RateLimitExceeded,
@@ -15,9 +22,14 @@ from shared.resilience.exceptions import (
 from shared.resilience.rate_limiter import RateLimitConfig
 
 __all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
     "CircuitBreakerOpenError",
+    "CircuitBreakerRegistry",
+    "CircuitBreakerState",
     "RateLimitConfig",
     "RateLimitExceeded",
     "ResilienceError",
     "TimeoutError",
+    "circuit_breaker_registry",
 ]
