@@ -2,7 +2,7 @@
 # `shared._pure` implements the same names with the same signatures.
 from typing import Any, Callable, Final, Protocol, TypeVar
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
 __all__ = ["ABI3", "BUILD_PROFILE", "CircuitBreakerCore", "__version__", "monotonic_ns"]
 
@@ -17,6 +17,7 @@ ABI3: Final[bool]
 
 def monotonic_ns() -> int: ...
 
+@disjoint_base
 class CircuitBreakerCore:
     def __new__(
         cls,

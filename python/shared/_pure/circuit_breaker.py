@@ -49,6 +49,47 @@ def _rate_setting(name: str, value: float) -> float:
 class CircuitBreakerCore:
     """The core of ``shared.resilience.CircuitBreaker``: the twin of the Rust class."""
 
+    _name: str
+    _failure_threshold: int
+    _success_threshold: int
+    _half_open_max_calls: int
+    _timeout: float
+    _timeout_ns: int
+    _window_ns: int
+    _minimum_calls: int
+    _failure_rate: float
+    _slow_ns: int
+    _slow_rate: float
+    _expected: tuple[type[BaseException], ...]
+    _ignored: tuple[type[BaseException], ...]
+    _neutral: tuple[type[BaseException], ...]
+    _is_failure_result: Callable[[Any], object] | None
+    _on_state_change: Callable[[Any, str, str], object] | None
+    _clock: NanosecondClock | None
+    _now_ns: Callable[[], int]
+    _lock: threading.Lock
+    _state: int
+    _epoch: int
+    _fast_path: bool
+    _fast_epoch: int
+    _consecutive_failures: int
+    _probe_successes: int
+    _probes_in_flight: int
+    _opened_at_ns: int
+    _window_epoch: int
+    _buckets: list[list[int]]
+    _succeeded: itertools.count[int]
+    _failed: int
+    _ignored_calls: int
+    _rejected: int
+    _slow: int
+    _to_open: int
+    _to_half_open: int
+    _to_closed: int
+    _succeeded_base: int
+    _failed_base: int
+    _last_failure_time: float | None
+
     def __new__(
         cls,
         name: str,
@@ -120,7 +161,7 @@ class CircuitBreakerCore:
         self._failed = self._ignored_calls = self._rejected = self._slow = 0
         self._to_open = self._to_half_open = self._to_closed = 0
         self._succeeded_base = self._failed_base = 0
-        self._last_failure_time: float | None = None
+        self._last_failure_time = None
         return self
 
     # -- calls ------------------------------------------------------------------
@@ -254,6 +295,8 @@ class CircuitBreakerCore:
             if self._state != state or self._epoch != epoch:
                 return
             if state == CLOSED:
+                if outcome == NEUTRAL:
+                    return
                 transition = (
                     self._record_in_window(outcome, slow, now_ns)
                     if self._window_ns

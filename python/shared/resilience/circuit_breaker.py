@@ -14,11 +14,12 @@ import inspect
 import logging
 import threading
 import weakref
+from collections.abc import Awaitable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from shared import _validation
 from shared._backend import core
@@ -186,8 +187,10 @@ class _Listeners:
         for listener in self.callbacks:
             try:
                 listener(breaker, old_state, new_state)
-            except Exception:
-                _log.exception("state listener %r of circuit breaker %r failed", listener, breaker.name)
+            except Exception:  # noqa: PERF203 - each listener is isolated from the others
+                _log.exception(
+                    "state listener %r of circuit breaker %r failed", listener, breaker.name
+                )
 
 
 # Permits of the `with` blocks in progress, per thread and per task: (breaker, permit).
