@@ -597,7 +597,6 @@ mod binding {
     use std::sync::atomic::Ordering::Relaxed;
 
     static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static EXCEPTION_NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static CANCELLED_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
     /// The lock-free core of `shared.resilience.CircuitBreaker`.
@@ -681,29 +680,19 @@ mod binding {
             }
         }
 
-        /// `CircuitBreakerOpenError(name, retry_after)` without running its Python
-        /// `__init__` (the slow part of a rejection): the same args and attributes.
+        /// `CircuitBreakerRejectedError(name, retry_after)`: a `CircuitBreakerOpenError`
+        /// whose construction runs no Python code.
         fn open_error(&self, py: Python<'_>, retry_after: f64) -> PyErr {
-            let build = || -> PyResult<Bound<'_, PyAny>> {
-                let cls = OPEN_ERROR.get_or_try_init(py, || {
+            let error = OPEN_ERROR
+                .get_or_try_init(py, || {
                     py.import("shared.resilience.exceptions")?
-                        .getattr("CircuitBreakerOpenError")?
+                        .getattr("CircuitBreakerRejectedError")?
                         .cast_into::<PyType>()
                         .map(Bound::unbind)
                         .map_err(PyErr::from)
-                })?;
-                let new = EXCEPTION_NEW.get_or_try_init(py, || {
-                    py.get_type::<PyBaseException>()
-                        .getattr("__new__")
-                        .map(Bound::unbind)
-                })?;
-                let name = self.name.bind(py);
-                let error = new.bind(py).call1((cls.bind(py), name, retry_after))?;
-                error.setattr(intern!(py, "name"), name)?;
-                error.setattr(intern!(py, "retry_after"), retry_after)?;
-                Ok(error)
-            };
-            match build() {
+                })
+                .and_then(|cls| cls.bind(py).call1((self.name.bind(py), retry_after)));
+            match error {
                 Ok(error) => PyErr::from_value(error),
                 Err(err) => err,
             }

@@ -16,6 +16,7 @@ from shared.resilience import (
     CircuitBreakerState,
     circuit_breaker_registry,
 )
+from shared.resilience.exceptions import CircuitBreakerRejectedError
 from shared.testing import ManualClock
 
 
@@ -473,3 +474,19 @@ def test_window_opens_on_slow_call_rate(clock: ManualClock) -> None:
     assert breaker.state is CircuitBreakerState.OPEN
     assert breaker.counters()["calls_slow"] == 2
     assert breaker.success_count == 2
+
+
+def test_rejection_error_is_a_complete_open_error(clock: ManualClock) -> None:
+    """The raised error is a CircuitBreakerOpenError with name, retry_after, str and pickling."""
+    import pickle
+
+    breaker = breaker_with(clock, timeout=4.0)
+    breaker.force_open()
+    with pytest.raises(CircuitBreakerOpenError) as caught:
+        breaker.call(lambda: None)
+    error = caught.value
+    assert isinstance(error, CircuitBreakerRejectedError)
+    assert (error.name, error.retry_after, error.args) == ("svc", 4.0, ("svc", 4.0))
+    assert str(error) == "circuit breaker 'svc' is open; retry after 4.000s"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.name, copy.retry_after) == (type(error), "svc", 4.0)

@@ -374,7 +374,7 @@ class CircuitBreakerCore:
         if callback is not None:
             callback(self, _NAMES[transition[0]], _NAMES[transition[1]])
 
-    def reset(self) -> None:
+    def reset(self, /) -> None:
         """Closes the breaker and clears ``failure_count``, ``success_count`` and
         ``last_failure_time``."""
         with self._lock:
@@ -388,7 +388,7 @@ class CircuitBreakerCore:
         if previous != CLOSED:
             self._notify((previous, CLOSED))
 
-    def force_open(self) -> None:
+    def force_open(self, /) -> None:
         """Opens the breaker and holds it open (no probes) until ``reset()``."""
         with self._lock:
             previous = self._state
@@ -442,7 +442,7 @@ class CircuitBreakerCore:
     def clock(self) -> NanosecondClock | None:
         return self._clock
 
-    def counters(self) -> dict[str, int]:
+    def counters(self, /) -> dict[str, int]:
         """Monotonic counters for metrics (never cleared by ``reset()``)."""
         return {
             "calls_succeeded": _counter_value(self._succeeded),
@@ -458,9 +458,10 @@ class CircuitBreakerCore:
 
 def _open_error(name: str, retry_after: float) -> BaseException:
     # Imported here: shared.resilience imports the backend, which imports this module.
-    from shared.resilience.exceptions import CircuitBreakerOpenError
+    from shared.resilience.exceptions import CircuitBreakerRejectedError
 
-    return CircuitBreakerOpenError(name, retry_after)
+    error: BaseException = CircuitBreakerRejectedError(name, retry_after)
+    return error
 
 
 def _permit(state: int, epoch: int, start_ns: int) -> int:
