@@ -490,3 +490,21 @@ def test_rejection_error_is_a_complete_open_error(clock: ManualClock) -> None:
     assert str(error) == "circuit breaker 'svc' is open; retry after 4.000s"
     copy = pickle.loads(pickle.dumps(error))
     assert (type(copy), copy.name, copy.retry_after) == (type(error), "svc", 4.0)
+
+
+def test_a_listener_may_change_the_breaker_it_listens_to(clock: ManualClock) -> None:
+    """No lock is held while listeners run: one can reset the breaker that just opened."""
+    breaker = breaker_with(clock, failure_threshold=1)
+    seen = []
+
+    def reset_on_open(
+        b: CircuitBreaker, old: CircuitBreakerState, new: CircuitBreakerState
+    ) -> None:
+        seen.append(new)
+        if new is CircuitBreakerState.OPEN:
+            b.reset()
+
+    breaker.add_listener(reset_on_open)
+    trip(breaker, 1)
+    assert seen == [CircuitBreakerState.OPEN, CircuitBreakerState.CLOSED]
+    assert breaker.state is CircuitBreakerState.CLOSED
