@@ -456,12 +456,17 @@ class CircuitBreakerCore:
         }
 
 
-def _open_error(name: str, retry_after: float) -> BaseException:
-    # Imported here: shared.resilience imports the backend, which imports this module.
-    from shared.resilience.exceptions import CircuitBreakerRejectedError
+_rejected_error: Callable[[str, float], BaseException] | None = None
 
-    error: BaseException = CircuitBreakerRejectedError(name, retry_after)
-    return error
+
+def _open_error(name: str, retry_after: float) -> BaseException:
+    global _rejected_error
+    if _rejected_error is None:
+        # Imported late: shared.resilience imports the backend, which imports this module.
+        from shared.resilience.exceptions import CircuitBreakerRejectedError
+
+        _rejected_error = CircuitBreakerRejectedError
+    return _rejected_error(name, retry_after)
 
 
 def _permit(state: int, epoch: int, start_ns: int) -> int:
