@@ -618,13 +618,13 @@ mod binding {
         on_state_change: Option<Py<PyAny>>,
     }
 
-    fn count_setting(name: &str, value: u32) -> PyResult<u32> {
-        if value == 0 || value > MAX_COUNT {
-            return Err(PyValueError::new_err(format!(
+    fn count_setting(name: &str, value: i64) -> PyResult<u32> {
+        match u32::try_from(value) {
+            Ok(count) if (1..=MAX_COUNT).contains(&count) => Ok(count),
+            _ => Err(PyValueError::new_err(format!(
                 "{name} must be between 1 and {MAX_COUNT}, got {value}"
-            )));
+            ))),
         }
-        Ok(value)
     }
 
     fn seconds_setting(name: &str, value: f64) -> PyResult<u64> {
@@ -813,14 +813,14 @@ mod binding {
         fn new(
             py: Python<'_>,
             name: Bound<'_, PyString>,
-            failure_threshold: u32,
-            success_threshold: u32,
+            failure_threshold: i64,
+            success_threshold: i64,
             timeout: f64,
             expected_exceptions: Option<Bound<'_, PyTuple>>,
             ignore_exceptions: Option<Bound<'_, PyTuple>>,
-            half_open_max_calls: u32,
+            half_open_max_calls: i64,
             sliding_window: Option<f64>,
-            minimum_calls: u64,
+            minimum_calls: i64,
             failure_rate_threshold: f64,
             slow_call_duration: Option<f64>,
             slow_call_rate_threshold: f64,
@@ -839,11 +839,14 @@ mod binding {
                 }
                 Some(seconds) => Some(WindowSettings {
                     window_ns: seconds_setting("sliding_window", seconds)?,
-                    minimum_calls: if minimum_calls == 0 {
-                        return Err(PyValueError::new_err("minimum_calls must be >= 1, got 0"));
-                    } else {
-                        minimum_calls
-                    },
+                    minimum_calls: u64::try_from(minimum_calls)
+                        .ok()
+                        .filter(|&calls| calls >= 1)
+                        .ok_or_else(|| {
+                            PyValueError::new_err(format!(
+                                "minimum_calls must be >= 1, got {minimum_calls}"
+                            ))
+                        })?,
                     failure_rate_threshold: rate_setting(
                         "failure_rate_threshold",
                         failure_rate_threshold,

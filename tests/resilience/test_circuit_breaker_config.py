@@ -82,6 +82,8 @@ def test_breaker_rejects_bad_name_and_config() -> None:
     ("field", "bad"),
     [
         ("failure_threshold", 0),
+        ("failure_threshold", -1),
+        ("minimum_calls", 0),
         ("success_threshold", TOO_BIG),
         ("half_open_max_calls", 0),
         ("timeout", 0.0),
@@ -98,7 +100,7 @@ def test_cores_reject_bad_values_alike(
     messages = []
     for module in (native, pure):
         kwargs: dict[str, Any] = {field: bad}
-        if field.endswith("rate_threshold"):
+        if field.endswith("rate_threshold") or field == "minimum_calls":
             kwargs["sliding_window"] = 1.0
         with pytest.raises(ValueError, match=field) as caught:
             module.CircuitBreakerCore("x", **kwargs)
