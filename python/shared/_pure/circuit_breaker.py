@@ -153,8 +153,8 @@ class CircuitBreakerCore:
         self._opened_at_ns = 0
         # The epoch while closed in count mode without a result predicate (the
         # fast path of `call`), else -1.
-        self._fast_path = window_free = self._window_ns == 0 and is_failure_result is None
-        self._fast_epoch = 0 if window_free else -1
+        self._fast_path = self._window_ns == 0 and is_failure_result is None
+        self._fast_epoch = 0 if self._fast_path else -1
         self._window_epoch = 0
         self._buckets = [[-1, 0, 0, 0] for _ in range(WINDOW_BUCKETS)]
         self._succeeded = itertools.count()
