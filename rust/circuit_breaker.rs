@@ -1213,4 +1213,39 @@ mod tests {
         }
         assert_eq!(b.state(), State::Open);
     }
+
+    #[test]
+    fn counts_add_up_under_threads() {
+        let breaker = Breaker::new(settings(2, 3, 2));
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let (breaker, admitted) = (&breaker, &admitted);
+                scope.spawn(move || {
+                    for i in 0..20_000u64 {
+                        // Time jumps past the timeout now and then, so every state is visited.
+                        let now = (i / 100) * 1_000;
+                        let Admission::Admitted { permit, .. } = admit(breaker, now) else {
+                            continue;
+                        };
+                        admitted.fetch_add(1, Relaxed);
+                        let outcome = match (i + t) % 5 {
+                            0 | 1 => Outcome::Failure,
+                            2 => Outcome::Neutral,
+                            _ => Outcome::Success,
+                        };
+                        record(breaker, permit, outcome, now);
+                    }
+                });
+            }
+        });
+        let c = &breaker.counters;
+        let recorded = c.succeeded.load(Relaxed) + c.failed.load(Relaxed) + c.ignored.load(Relaxed);
+        assert_eq!(recorded, admitted.load(Relaxed));
+        assert_eq!(recorded + c.rejected.load(Relaxed), 80_000);
+        assert!(c.to_open.load(Relaxed) > 0 && c.to_half_open.load(Relaxed) > 0);
+        // Every probe slot was given back: the word holds no probe in flight.
+        let word = breaker.word.load(Relaxed);
+        assert!(State::of(word) != State::HalfOpen || count_b(word) == 0);
+    }
 }
