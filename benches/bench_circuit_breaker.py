@@ -6,7 +6,8 @@ Groups:
   is measured through its decorator, the one path of it that checks the state.
 - ``breaker rejection``: an open breaker's raise and catch of its error. The
   baseline raises and catches one preallocated exception (clearing its
-  traceback, which would otherwise grow by one entry per raise).
+  traceback, which would otherwise grow by one entry per raise);
+  ``fresh_raise`` is Python building and raising the same error itself.
 - ``breaker threads``: the same 100,000 closed calls made by one thread, or
   split between two threads on one breaker.
 """
@@ -24,6 +25,7 @@ import pytest
 
 import shared
 from shared.resilience import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerOpenError
+from shared.resilience.exceptions import CircuitBreakerRejectedError
 
 THREAD_CALLS = 100_000
 
@@ -128,6 +130,18 @@ def test_breaker_rejection_preallocated_raise(benchmark: Any) -> None:
             raise error
         except CircuitBreakerOpenError:
             error.__traceback__ = None
+
+    benchmark(raise_and_catch)
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_fresh_raise(benchmark: Any) -> None:
+    # Reference: what Python itself pays to build and raise the same error.
+    def raise_and_catch() -> None:
+        try:
+            raise CircuitBreakerRejectedError("bench", 60.0)
+        except CircuitBreakerOpenError:
+            pass
 
     benchmark(raise_and_catch)
 
