@@ -370,18 +370,18 @@ class CircuitBreakerRegistry:
 
     def register(self, breaker: CircuitBreaker) -> None:
         """Makes ``breaker`` the one found under its name."""
+        ref = weakref.ref(breaker)
         with self._lock:
-            self._refs[breaker.name] = self._weak(breaker)
+            self._refs[breaker.name] = ref
+            self._forget_dead()
 
-    def _weak(self, breaker: CircuitBreaker) -> weakref.ref[CircuitBreaker]:
-        name = breaker.name
-
-        def forget(ref: weakref.ref[CircuitBreaker]) -> None:
-            with self._lock:
-                if self._refs.get(name) is ref:
-                    del self._refs[name]
-
-        return weakref.ref(breaker, forget)
+    def _forget_dead(self) -> None:
+        # Dead entries are dropped here, under the lock, rather than by weakref
+        # callbacks: a callback can run during any allocation, even one made
+        # while this thread holds the lock.
+        dead = [name for name, ref in self._refs.items() if ref() is None]
+        for name in dead:
+            del self._refs[name]
 
     def unregister(self, name: str) -> None:
         """Forgets the breaker registered under ``name``, if any."""
@@ -409,7 +409,8 @@ class CircuitBreakerRegistry:
             breaker = None if ref is None else ref()
             if breaker is None:
                 breaker = CircuitBreaker(name, config, clock=clock, registry=None)
-                self._refs[name] = self._weak(breaker)
+                self._refs[name] = weakref.ref(breaker)
+                self._forget_dead()
                 return breaker
         if config is not None and config != breaker.config:
             raise ValueError(f"circuit breaker {name!r} exists with another config")
@@ -418,8 +419,8 @@ class CircuitBreakerRegistry:
     def breakers(self) -> dict[str, CircuitBreaker]:
         """A snapshot of the live breakers by name."""
         with self._lock:
-            refs = list(self._refs.items())
-        return {name: b for name, ref in refs if (b := ref()) is not None}
+            refs = self._refs.copy()
+        return {name: b for name, ref in refs.items() if (b := ref()) is not None}
 
     def __iter__(self) -> Iterator[CircuitBreaker]:
         return iter(self.breakers().values())
