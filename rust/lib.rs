@@ -6,6 +6,7 @@
 //! registers what Python sees as `shared._native`.
 
 pub mod backoff;
+pub mod circuit_breaker;
 pub mod clock;
 pub mod retry;
 
@@ -16,6 +17,8 @@ mod _native {
 
     #[pymodule_export]
     use crate::backoff::Backoff;
+    #[pymodule_export]
+    use crate::circuit_breaker::CircuitBreakerCore;
     #[pymodule_export]
     use crate::clock::monotonic_ns;
     #[pymodule_export]

@@ -9,6 +9,7 @@ drive both with the same operations on one ``ManualClock``.
 from __future__ import annotations
 
 from shared._pure.backoff import Backoff
+from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
 from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
 
@@ -16,6 +17,7 @@ __all__ = [
     "ABI3",
     "BUILD_PROFILE",
     "Backoff",
+    "CircuitBreakerCore",
     "RetryBudget",
     "RetryCore",
     "RetryingCall",

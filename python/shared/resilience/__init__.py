@@ -6,6 +6,13 @@ Modules (the design document's "Module Structure"): ``circuit_breaker``,
 
 from __future__ import annotations
 
+from shared.resilience.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerRegistry,
+    CircuitBreakerState,
+    circuit_breaker_registry,
+)
 from shared.resilience.exceptions import (
     CircuitBreakerOpenError,
     RateLimitExceeded,
@@ -24,7 +31,11 @@ from shared.resilience.retry import (
 
 __all__ = [
     "BackoffStrategy",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
     "CircuitBreakerOpenError",
+    "CircuitBreakerRegistry",
+    "CircuitBreakerState",
     "Jitter",
     "RateLimitConfig",
     "RateLimitExceeded",
@@ -33,5 +44,6 @@ __all__ = [
     "RetryBudget",
     "RetryConfig",
     "TimeoutError",
+    "circuit_breaker_registry",
     "with_retry",
 ]

@@ -11,6 +11,7 @@ import builtins
 
 __all__ = [
     "CircuitBreakerOpenError",
+    "CircuitBreakerRejectedError",
     "RateLimitExceeded",
     "ResilienceError",
     "TimeoutError",
@@ -62,3 +63,23 @@ class TimeoutError(ResilienceError, builtins.TimeoutError):
     Subclasses the builtin ``TimeoutError``, so ``except TimeoutError`` catches it
     whichever of the two names is in scope.
     """
+
+
+class CircuitBreakerRejectedError(CircuitBreakerOpenError):
+    """The ``CircuitBreakerOpenError`` a breaker raises when it rejects a call.
+
+    Catch ``CircuitBreakerOpenError``; this subclass exists for speed. It is
+    built without running Python code (``BaseException.__init__`` keeps the
+    arguments, ``name`` and ``retry_after`` read them), so a rejection costs
+    about what raising any exception costs.
+    """
+
+    __init__ = BaseException.__init__
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def retry_after(self) -> float:  # type: ignore[override]
+        return self.args[1]  # type: ignore[no-any-return]

@@ -1,0 +1,216 @@
+"""Circuit breaker: shared on Rust, its pure twin, a naive breaker and the peers.
+
+Groups:
+- ``breaker call``: a closed ``breaker.call(f)`` including ``f`` (a function
+  returning ``None``); ``bare_function`` is ``f()`` alone. ``circuitbreaker``
+  is measured through its decorator, the one path of it that checks the state.
+- ``breaker rejection``: an open breaker's raise and catch of its error. The
+  baseline raises and catches one preallocated exception (clearing its
+  traceback, which would otherwise grow by one entry per raise);
+  ``fresh_raise`` is Python building and raising the same error itself.
+- ``breaker threads``: the same 100,000 closed calls made by one thread, or
+  split between two threads on one breaker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import ModuleType
+from typing import Any, Callable
+
+import circuitbreaker
+import pybreaker
+import pytest
+
+import shared
+from shared.resilience import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerOpenError
+from shared.resilience.exceptions import CircuitBreakerRejectedError
+
+THREAD_CALLS = 100_000
+
+
+def f() -> None:
+    return None
+
+
+class NaiveBreaker:
+    """The simplest correct-looking pure-Python breaker: the yardstick of the twin."""
+
+    def __init__(self, name: str, failure_threshold: int = 5, timeout: float = 60.0) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.timeout = timeout
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.opened_at is not None:
+            remaining = self.opened_at + self.timeout - time.monotonic()
+            if remaining > 0:
+                raise CircuitBreakerOpenError(self.name, remaining)
+            self.opened_at = None
+        try:
+            result = func(*args, **kwargs)
+        except Exception:
+            self.failures += 1
+            if self.failures >= self.failure_threshold:
+                self.opened_at = time.monotonic()
+            raise
+        self.failures = 0
+        return result
+
+
+def rust_breaker(name: str) -> CircuitBreaker:
+    assert shared.BACKEND == "rust", "the benches measure the Rust backend"
+    return CircuitBreaker(name, CircuitBreakerConfig(), registry=None)
+
+
+# -- closed call ------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_bare_function(benchmark: Any) -> None:
+    benchmark(f)
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_rust(benchmark: Any) -> None:
+    breaker = rust_breaker("bench")
+    benchmark(breaker.call, f)
+    assert breaker.failure_count == 0
+    assert breaker.success_count > 0
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_python(benchmark: Any, pure: ModuleType) -> None:
+    breaker = pure.CircuitBreakerCore("bench")
+    benchmark(breaker.call, f)
+    assert breaker.success_count > 0
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_naive(benchmark: Any) -> None:
+    benchmark(NaiveBreaker("bench").call, f)
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_pybreaker(benchmark: Any) -> None:
+    benchmark(pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60).call, f)
+
+
+@pytest.mark.benchmark(group="breaker call")
+def test_breaker_call_circuitbreaker(benchmark: Any) -> None:
+    # Its decorator is the path that checks the state (its `call` never rejects).
+    breaker = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60, name="b")
+    benchmark(breaker.decorate(f))
+
+
+# -- open rejection -----------------------------------------------------------------
+
+
+def rejecting(call: Callable[[Callable[[], None]], object], error: type[BaseException]) -> Any:
+    def reject() -> None:
+        try:
+            call(f)
+        except error:
+            pass
+        else:
+            raise AssertionError("the breaker let a call through")
+
+    return reject
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_preallocated_raise(benchmark: Any) -> None:
+    error = CircuitBreakerOpenError("bench", 60.0)
+
+    def raise_and_catch() -> None:
+        try:
+            raise error
+        except CircuitBreakerOpenError:
+            error.__traceback__ = None
+
+    benchmark(raise_and_catch)
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_fresh_raise(benchmark: Any) -> None:
+    # Reference: what Python itself pays to build and raise the same error.
+    def raise_and_catch() -> None:
+        try:
+            raise CircuitBreakerRejectedError("bench", 60.0)
+        except CircuitBreakerOpenError:
+            pass
+
+    benchmark(raise_and_catch)
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_rust(benchmark: Any) -> None:
+    breaker = rust_breaker("bench")
+    breaker.force_open()
+    benchmark(rejecting(breaker.call, CircuitBreakerOpenError))
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_python(benchmark: Any, pure: ModuleType) -> None:
+    breaker = pure.CircuitBreakerCore("bench")
+    breaker.force_open()
+    benchmark(rejecting(breaker.call, CircuitBreakerOpenError))
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_naive(benchmark: Any) -> None:
+    breaker = NaiveBreaker("bench")
+    breaker.opened_at = time.monotonic()
+    benchmark(rejecting(breaker.call, CircuitBreakerOpenError))
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_pybreaker(benchmark: Any) -> None:
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    breaker.open()
+    benchmark(rejecting(breaker.call, pybreaker.CircuitBreakerError))
+
+
+@pytest.mark.benchmark(group="breaker rejection")
+def test_breaker_rejection_circuitbreaker(benchmark: Any) -> None:
+    breaker = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=60, name="b")
+    with pytest.raises(ZeroDivisionError):
+        breaker.decorate(lambda: 1 / 0)()
+    protected = breaker.decorate(f)
+    benchmark(rejecting(lambda _f: protected(), circuitbreaker.CircuitBreakerError))
+
+
+# -- threads ------------------------------------------------------------------------
+
+
+def in_threads(breaker: CircuitBreaker, threads: int) -> Callable[[], None]:
+    call = breaker.call
+    per_thread = range(THREAD_CALLS // threads)
+
+    def work() -> None:
+        for _ in per_thread:
+            call(f)
+
+    def run() -> None:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return run
+
+
+@pytest.mark.benchmark(group="breaker threads")
+def test_breaker_threads_one_rust(benchmark: Any) -> None:
+    benchmark(in_threads(rust_breaker("one"), 1))
+
+
+@pytest.mark.benchmark(group="breaker threads")
+def test_breaker_threads_two_rust(benchmark: Any) -> None:
+    breaker = rust_breaker("two")
+    benchmark(in_threads(breaker, 2))
+    assert breaker.success_count % THREAD_CALLS == 0

@@ -1,0 +1,436 @@
+"""Circuit breaker (the document's "Circuit Breaker" section).
+
+``CircuitBreaker`` subclasses the backend's ``CircuitBreakerCore``, so
+``breaker.call(f)`` is one native call: the core admits the call, runs ``f``,
+classifies its exception and updates the state machine. This module adds what
+belongs to Python: the config, the state enum, ``call_async``, ``protect``, the
+context managers, listeners and the process-wide registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+from shared import _validation
+from shared._backend import core
+
+if TYPE_CHECKING:
+    from shared._native import CircuitBreakerCore as _Core
+    from shared._pure.clock import NanosecondClock
+else:
+    _Core = core.CircuitBreakerCore
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "CircuitBreakerRegistry",
+    "CircuitBreakerState",
+    "StateListener",
+    "circuit_breaker_registry",
+]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Thresholds and probe counts share a 20-bit field of the native state word.
+_MAX_COUNT = (1 << 20) - 1
+
+
+class CircuitBreakerState(Enum):
+    """The state of a breaker."""
+
+    CLOSED = "closed"
+    """Calls pass through; failures are counted."""
+    OPEN = "open"
+    """Calls fail at once with ``CircuitBreakerOpenError``."""
+    HALF_OPEN = "half_open"
+    """A limited number of probe calls test whether the service recovered."""
+
+
+_STATES = {state.value: state for state in CircuitBreakerState}
+
+
+def _count(name: str, value: Any) -> int:
+    result = _validation.positive_int(name, value)
+    if result > _MAX_COUNT:
+        raise ValueError(f"{name} must be <= {_MAX_COUNT}, got {value!r}")
+    return result
+
+
+@dataclass(frozen=True, init=False)
+class CircuitBreakerConfig:
+    """How a breaker opens and recovers.
+
+    Args:
+        failure_threshold: consecutive counted failures that open a closed breaker.
+        success_threshold: successful probes that close a half-open breaker.
+        timeout: seconds an open breaker waits before admitting a probe.
+        expected_exceptions: the exceptions counted as failures (a class or a
+            tuple). Other exceptions propagate without counting.
+
+    Keyword-only (beyond the document; the defaults keep its behaviour):
+        half_open_max_calls: probes admitted at once while half-open.
+        ignore_exceptions: exceptions that never count, even if expected.
+        is_failure_result: ``f(result) -> bool``; true marks a returned value
+            as a failure (the value is still returned).
+        sliding_window: seconds; switches to the failure-rate mode: the breaker
+            opens when, over the last ``sliding_window`` seconds and at least
+            ``minimum_calls`` calls, the failure rate reaches
+            ``failure_rate_threshold`` or the rate of calls slower than
+            ``slow_call_duration`` reaches ``slow_call_rate_threshold``.
+            ``failure_threshold`` is then unused.
+
+    Invalid values raise ``ValueError`` or ``TypeError`` naming the field.
+    """
+
+    failure_threshold: int
+    success_threshold: int
+    timeout: float
+    expected_exceptions: tuple[type[BaseException], ...]
+    half_open_max_calls: int
+    ignore_exceptions: tuple[type[BaseException], ...]
+    is_failure_result: Optional[Callable[[Any], object]]
+    sliding_window: Optional[float]
+    minimum_calls: int
+    failure_rate_threshold: float
+    slow_call_duration: Optional[float]
+    slow_call_rate_threshold: float
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        success_threshold: int = 2,
+        timeout: float = 60.0,
+        expected_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        *,
+        half_open_max_calls: int = 1,
+        ignore_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (),
+        is_failure_result: Callable[[Any], object] | None = None,
+        sliding_window: float | None = None,
+        minimum_calls: int = 100,
+        failure_rate_threshold: float = 0.5,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+    ) -> None:
+        values: dict[str, Any] = {
+            "failure_threshold": _count("failure_threshold", failure_threshold),
+            "success_threshold": _count("success_threshold", success_threshold),
+            "timeout": _validation.positive_finite("timeout", timeout),
+            "expected_exceptions": _validation.exception_types(
+                "expected_exceptions", expected_exceptions
+            ),
+            "half_open_max_calls": _count("half_open_max_calls", half_open_max_calls),
+            "ignore_exceptions": _validation.exception_types(
+                "ignore_exceptions", ignore_exceptions
+            ),
+            "is_failure_result": _validation.optional_callable(
+                "is_failure_result", is_failure_result
+            ),
+            "sliding_window": None
+            if sliding_window is None
+            else _validation.positive_finite("sliding_window", sliding_window),
+            "minimum_calls": _count("minimum_calls", minimum_calls),
+            "failure_rate_threshold": _validation.fraction(
+                "failure_rate_threshold", failure_rate_threshold
+            ),
+            "slow_call_duration": None
+            if slow_call_duration is None
+            else _validation.positive_finite("slow_call_duration", slow_call_duration),
+            "slow_call_rate_threshold": _validation.fraction(
+                "slow_call_rate_threshold", slow_call_rate_threshold
+            ),
+        }
+        if values["slow_call_duration"] is not None and values["sliding_window"] is None:
+            raise ValueError("slow_call_duration needs sliding_window (the rate is over a window)")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+StateListener = Callable[["CircuitBreaker", CircuitBreakerState, CircuitBreakerState], object]
+
+
+class _Listeners:
+    """The state-change callbacks of one breaker, called by its core after a transition."""
+
+    __slots__ = ("_lock", "callbacks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.callbacks: tuple[StateListener, ...] = ()
+
+    def add(self, listener: StateListener) -> None:
+        with self._lock:
+            self.callbacks = (*self.callbacks, listener)
+
+    def remove(self, listener: StateListener) -> None:
+        with self._lock:
+            callbacks = list(self.callbacks)
+            callbacks.remove(listener)
+            self.callbacks = tuple(callbacks)
+
+    def dispatch(self, breaker: CircuitBreaker, old: str, new: str) -> None:
+        # Runs outside every lock of the core; a failing listener is logged and
+        # never reaches the caller of the protected function.
+        old_state, new_state = _STATES[old], _STATES[new]
+        _log.info("circuit breaker %r: %s -> %s", breaker.name, old, new)
+        for listener in self.callbacks:
+            try:
+                listener(breaker, old_state, new_state)
+            except Exception:  # noqa: PERF203 - each listener is isolated from the others
+                _log.exception(
+                    "state listener %r of circuit breaker %r failed", listener, breaker.name
+                )
+
+
+# Permits of the `with` blocks in progress, per thread and per task: (breaker, permit).
+_PERMITS: ContextVar[tuple[tuple[object, int], ...]] = ContextVar(
+    "shared_circuit_breaker_permits", default=()
+)
+
+_DEFAULT_REGISTRY: Any = object()
+
+
+class CircuitBreaker(_Core):
+    """Stops calling a failing service; lets a few probes through after ``timeout``.
+
+    Args:
+        name: the breaker's name (in errors, logs, metrics and the registry).
+        config: thresholds and classification; ``CircuitBreakerConfig()`` if omitted.
+        clock: keyword-only; a clock with ``now_ns()`` (``shared.testing.ManualClock``).
+        registry: keyword-only; where the breaker is found by name
+            (``circuit_breaker_registry`` by default, ``None`` for nowhere).
+
+    ``call``, ``call_async``, ``@protect`` and ``with``/``async with`` raise
+    ``CircuitBreakerOpenError`` (with ``retry_after``) instead of calling
+    while the breaker is open.
+    """
+
+    config: CircuitBreakerConfig
+    _listeners: _Listeners
+
+    def __new__(
+        cls,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: NanosecondClock | None = None,
+        registry: CircuitBreakerRegistry | None = _DEFAULT_REGISTRY,
+    ) -> CircuitBreaker:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if config is None:
+            config = CircuitBreakerConfig()
+        elif not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
+        listeners = _Listeners()
+        self = super().__new__(
+            cls,
+            name,
+            failure_threshold=config.failure_threshold,
+            success_threshold=config.success_threshold,
+            timeout=config.timeout,
+            expected_exceptions=config.expected_exceptions,
+            ignore_exceptions=config.ignore_exceptions,
+            half_open_max_calls=config.half_open_max_calls,
+            sliding_window=config.sliding_window,
+            minimum_calls=config.minimum_calls,
+            failure_rate_threshold=config.failure_rate_threshold,
+            slow_call_duration=config.slow_call_duration,
+            slow_call_rate_threshold=config.slow_call_rate_threshold,
+            is_failure_result=config.is_failure_result,
+            on_state_change=listeners.dispatch,
+            clock=clock,
+        )
+        self.config = config
+        self._listeners = listeners
+        if registry is _DEFAULT_REGISTRY:
+            registry = circuit_breaker_registry
+        if registry is not None:
+            registry.register(self)
+        return self
+
+    @property
+    def state(self) -> CircuitBreakerState:
+        """CLOSED, OPEN or HALF_OPEN (an open breaker turns half-open on the next call
+        after ``timeout``)."""
+        return _STATES[self._state_name]
+
+    async def call_async(
+        self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Awaits ``func(*args, **kwargs)`` through the breaker.
+
+        Cancellation is neutral: a cancelled half-open probe gives its slot back.
+        """
+        permit = self._admit()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            self._record_error(permit, exc)
+            raise
+        self._record_result(permit, result)
+        return result
+
+    def protect(self, func: F) -> F:
+        """Decorator: every call of ``func`` (sync or ``async def``) goes through the breaker."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def protected_async(*args: Any, **kwargs: Any) -> Any:
+                return await self.call_async(func, *args, **kwargs)
+
+            return protected_async  # type: ignore[return-value]
+
+        call = self.call
+
+        @functools.wraps(func)
+        def protected(*args: Any, **kwargs: Any) -> Any:
+            return call(func, *args, **kwargs)
+
+        return protected  # type: ignore[return-value]
+
+    def __enter__(self) -> CircuitBreaker:
+        permit = self._admit()
+        _PERMITS.set((*_PERMITS.get(), (self, permit)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit = self._take_permit()
+        if exc is None:
+            self._record_success(permit)
+        else:
+            self._record_error(permit, exc)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def _take_permit(self) -> int:
+        entries = _PERMITS.get()
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i][0] is self:
+                _PERMITS.set(entries[:i] + entries[i + 1 :])
+                return entries[i][1]
+        raise RuntimeError(f"circuit breaker {self.name!r}: __exit__ without __enter__")
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Calls ``listener(breaker, old_state, new_state)`` after every state change.
+
+        Listeners run after the change, outside any lock, in the thread that
+        caused it; an exception in one is logged and does not affect the call.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        """Removes a listener added with ``add_listener`` (``ValueError`` if absent)."""
+        self._listeners.remove(listener)
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker({self.name!r}, state={self.state.name}, "
+            f"failure_count={self.failure_count}, success_count={self.success_count})"
+        )
+
+
+class CircuitBreakerRegistry:
+    """Breakers by name, so services and metrics find them (weak references).
+
+    Every ``CircuitBreaker`` registers in ``circuit_breaker_registry`` unless
+    told otherwise; a newer breaker with the same name replaces the older one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, weakref.ref[CircuitBreaker]] = {}
+
+    def register(self, breaker: CircuitBreaker) -> None:
+        """Makes ``breaker`` the one found under its name."""
+        ref = weakref.ref(breaker)
+        with self._lock:
+            self._refs[breaker.name] = ref
+            self._forget_dead()
+
+    def _forget_dead(self) -> None:
+        # Dead entries are dropped here, under the lock, rather than by weakref
+        # callbacks: a callback can run during any allocation, even one made
+        # while this thread holds the lock.
+        dead = [name for name, ref in self._refs.items() if ref() is None]
+        for name in dead:
+            del self._refs[name]
+
+    def unregister(self, name: str) -> None:
+        """Forgets the breaker registered under ``name``, if any."""
+        with self._lock:
+            self._refs.pop(name, None)
+
+    def get(self, name: str) -> CircuitBreaker | None:
+        """The live breaker registered under ``name``, or ``None``."""
+        ref = self._refs.get(name)
+        return None if ref is None else ref()
+
+    def get_or_create(
+        self,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: NanosecondClock | None = None,
+    ) -> CircuitBreaker:
+        """The breaker named ``name``, created with ``config`` if there is none.
+
+        Raises ``ValueError`` if it exists with a different config.
+        """
+        with self._lock:
+            ref = self._refs.get(name)
+            breaker = None if ref is None else ref()
+            if breaker is None:
+                breaker = CircuitBreaker(name, config, clock=clock, registry=None)
+                self._refs[name] = weakref.ref(breaker)
+                self._forget_dead()
+                return breaker
+        if config is not None and config != breaker.config:
+            raise ValueError(f"circuit breaker {name!r} exists with another config")
+        return breaker
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """A snapshot of the live breakers by name."""
+        with self._lock:
+            refs = self._refs.copy()
+        return {name: b for name, ref in refs.items() if (b := ref()) is not None}
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        return iter(self.breakers().values())
+
+    def __len__(self) -> int:
+        return len(self.breakers())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+circuit_breaker_registry = CircuitBreakerRegistry()
+"""The process-wide registry every breaker joins by default."""
