@@ -13,11 +13,14 @@ from shared.resilience.exceptions import (
     TimeoutError,
 )
 from shared.resilience.rate_limiter import RateLimitConfig
+from shared.resilience.timeout import TimeoutContext, with_timeout
 
 __all__ = [
     "CircuitBreakerOpenError",
     "RateLimitConfig",
     "RateLimitExceeded",
     "ResilienceError",
+    "TimeoutContext",
     "TimeoutError",
+    "with_timeout",
 ]
