@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import ctypes
 import heapq
+import importlib
 import itertools
 import math
 import os
-import signal
 import sys
 import threading
 from time import monotonic
@@ -85,7 +85,7 @@ def timeout_message(seconds: float) -> str:
     return f"operation timed out after {seconds:g} seconds"
 
 
-class _Expired(TimeoutError):
+class _ExpiredError(TimeoutError):
     """Delivered asynchronously into a worker thread; its block converts it on exit.
 
     ``PyThreadState_SetAsyncExc`` takes a class, not an instance, so each fired
@@ -111,13 +111,17 @@ class _ThreadState:
         "saved_handler",
         "saved_timer",
         "signal_mode",
+        "wake_at",
     )
 
     def __init__(self) -> None:
         self.blocks: list[Deadline] = []
+        # The earliest block not fired yet: the one the thread is interrupted for.
         self.armed: Optional[Deadline] = None
         # The block whose exception SetAsyncExc queued and nobody has seen delivered.
         self.pending: Optional[Deadline] = None
+        # When the scheduler looks at this thread next (its live heap entry); <= armed.deadline.
+        self.wake_at = math.inf
         self.ident = threading.get_ident()
         self.is_main = threading.current_thread() is threading.main_thread()
         self.signal_mode = False
@@ -136,16 +140,8 @@ class _ThreadState:
 _local = threading.local()
 
 
-def _thread_state() -> _ThreadState:
-    try:
-        state: _ThreadState = _local.state
-    except AttributeError:
-        state = _local.state = _ThreadState()
-    return state
-
-
 class Deadline:
-    """A block of code that must finish within ``seconds`` (no validation here).
+    """A block of code that must finish within ``seconds`` (not validated here).
 
     ``with Deadline(s):`` interrupts the block with ``TimeoutError`` when ``s``
     seconds have passed. One block at a time per object.
@@ -159,27 +155,41 @@ class Deadline:
         self.state = _IDLE
         self.fired = False
         self.thread: Optional[_ThreadState] = None
-        self.expiry: Optional[type[_Expired]] = None
+        self.expiry: Optional[type[_ExpiredError]] = None
 
     @_critical
     def __enter__(self: _D) -> _D:
         if self.state != _IDLE:
             raise RuntimeError("this timeout is already active; use one object per block")
-        state = _thread_state()
+        try:
+            state: _ThreadState = _local.state
+        except AttributeError:
+            state = _local.state = _ThreadState()
         self.thread = state
         self.fired = False
-        self.expiry = None
-        self.state = _ACTIVE
-        self.deadline = monotonic() + self.seconds
-        if state.blocks:
-            if state.signal_mode:
-                _enter_nested_alarm(state, self)
-            else:
-                _scheduler.enter(state, self)
-        elif state.is_main and _install_alarm(state):
-            _enter_outermost_alarm(state, self)
-        else:
-            _scheduler.enter(state, self)
+        self.deadline = deadline = monotonic() + self.seconds
+        blocks = state.blocks
+        if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
+            self.state = _ACTIVE
+            blocks.append(self)
+            armed = state.armed
+            if armed is None:
+                state.armed = self
+                state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
+                state.saved_at = monotonic()
+            elif deadline < armed.deadline:
+                state.armed = self
+                _setitimer(_ITIMER_REAL, self.seconds)
+            return self
+        scheduler = _scheduler
+        with scheduler.lock:
+            self.state = _ACTIVE
+            blocks.append(self)
+            armed = state.armed
+            if armed is None or deadline < armed.deadline:
+                state.armed = self
+                if deadline < state.wake_at:
+                    scheduler.push(state, deadline)
         return self
 
     @_critical
@@ -193,26 +203,54 @@ class Deadline:
         assert state is not None
         if state.signal_mode:
             _leave_alarm(state, self)
-        elif _scheduler.leave(state, self, exc):
-            # Our own asynchronous exception: re-raise it as a proper TimeoutError.
+            return
+        with _scheduler.lock:
+            blocks = state.blocks
+            if blocks[-1] is self:
+                blocks.pop()
+            else:  # left out of order (a block held across a generator's yield)
+                _remove(blocks, self)
+            fired = self.fired = self.state == _FIRED
+            self.state = _IDLE
+            if not fired and state.armed is self:
+                # The scheduler wakes at or before this deadline and re-arms from there.
+                state.armed = state.earliest_unfired() if blocks else None
+            if state.pending is None:
+                return
+            own = fired and isinstance(exc, _ExpiredError) and exc.block is self
+            if isinstance(exc, _ExpiredError) and state.pending is exc.block:
+                state.pending = None  # delivered
+            elif fired and state.pending is self:
+                # Fired as the block ended: cancel the exception before anyone sees it.
+                _clear_async_exc(state.ident, None)
+                state.pending = None
+        if own:  # our asynchronous exception: re-raised as a proper TimeoutError
             raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+
+
+def _remove(blocks: list[Deadline], block: Deadline) -> None:
+    del blocks[next(i for i, b in enumerate(blocks) if b is block)]
 
 
 # -- main thread: SIGALRM -------------------------------------------------------------
 
-_HAS_ALARM = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+# _signal, not signal: the wrappers in signal.py convert handlers to enums (microseconds).
+_signal: Any = importlib.import_module("_signal")
+_setitimer = getattr(_signal, "setitimer", None)
+_ITIMER_REAL = getattr(_signal, "ITIMER_REAL", 0)
+_SIGALRM = getattr(_signal, "SIGALRM", 0)
 
 
 @_critical
 def _install_alarm(state: _ThreadState) -> bool:
     """Installs our SIGALRM handler; False when signals cannot be used here."""
-    if not _HAS_ALARM:
+    if _setitimer is None or not _SIGALRM:
         return False
-    previous = signal.getsignal(signal.SIGALRM)
-    if previous is None:  # installed outside Python: we could not put it back
+    previous = _signal.getsignal(_SIGALRM)
+    if previous is None:  # installed outside Python: it could not be put back
         return False
     try:
-        signal.signal(signal.SIGALRM, _on_alarm)
+        _signal.signal(_SIGALRM, _on_alarm)
     except ValueError:  # not the main thread of the main interpreter
         return False
     state.saved_handler = previous
@@ -221,38 +259,25 @@ def _install_alarm(state: _ThreadState) -> bool:
 
 
 @_critical
-def _enter_outermost_alarm(state: _ThreadState, block: Deadline) -> None:
-    state.blocks.append(block)
-    state.armed = block
-    state.saved_timer = signal.setitimer(signal.ITIMER_REAL, block.seconds)
-    state.saved_at = monotonic()
-
-
-@_critical
-def _enter_nested_alarm(state: _ThreadState, block: Deadline) -> None:
-    state.blocks.append(block)
-    armed = state.armed
-    if armed is None or block.deadline < armed.deadline:
-        state.armed = block
-        signal.setitimer(signal.ITIMER_REAL, block.seconds)
-
-
-@_critical
 def _arm_next_alarm(state: _ThreadState) -> None:
     following = state.armed = state.earliest_unfired()
     if following is None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _setitimer(_ITIMER_REAL, 0)
     else:
-        signal.setitimer(signal.ITIMER_REAL, max(following.deadline - monotonic(), _MIN_DELAY))
+        _setitimer(_ITIMER_REAL, max(following.deadline - monotonic(), _MIN_DELAY))
 
 
 @_critical
 def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
-    _remove(state.blocks, block)
+    blocks = state.blocks
+    if blocks[-1] is block:
+        blocks.pop()
+    else:
+        _remove(blocks, block)
     was_armed = state.armed is block
     block.fired = block.state == _FIRED
     block.state = _IDLE
-    if state.blocks:
+    if blocks:
         if was_armed:
             _arm_next_alarm(state)
         return
@@ -260,38 +285,31 @@ def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
     # ignores it: nothing is armed) and never the restored one.
     state.armed = None
     state.signal_mode = False
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, state.saved_handler)
+    _setitimer(_ITIMER_REAL, 0)
+    _signal.signal(_SIGALRM, state.saved_handler)
     state.saved_handler = None
     delay, interval = state.saved_timer
-    if delay > 0:
+    if delay > 0:  # the itimer that was running before: what is left of it
         remaining = delay - (monotonic() - state.saved_at)
-        signal.setitimer(signal.ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
+        _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
 
 
 def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     """SIGALRM: raises TimeoutError in the main thread when its armed deadline passed."""
-    state = _thread_state()
-    armed = state.armed
-    if armed is None or not state.signal_mode:
+    state: Optional[_ThreadState] = getattr(_local, "state", None)
+    armed = state.armed if state is not None and state.signal_mode else None
+    if state is None or armed is None:
         return  # a late alarm of a block that has left
     if _in_critical(frame):
-        signal.setitimer(signal.ITIMER_REAL, _RETRY)
+        _setitimer(_ITIMER_REAL, _RETRY)
         return
     remaining = armed.deadline - monotonic()
     if remaining > 0:  # the timer ran ahead of the monotonic clock
-        signal.setitimer(signal.ITIMER_REAL, remaining)
+        _setitimer(_ITIMER_REAL, remaining)
         return
     armed.state = _FIRED
     _arm_next_alarm(state)
     raise TimeoutError(timeout_message(armed.seconds))
-
-
-def _remove(blocks: list[Deadline], block: Deadline) -> None:
-    if blocks[-1] is block:
-        blocks.pop()
-    else:  # left out of order (a block held across a generator's yield)
-        del blocks[next(i for i, b in enumerate(blocks) if b is block)]
 
 
 # -- other threads: one scheduler thread ------------------------------------------------
@@ -305,103 +323,82 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 class _Scheduler:
     """One daemon thread that interrupts threads at their armed deadlines.
 
-    The heap holds ``(deadline, seq, block)``; an entry is live while its block is
-    active and armed (``thread.armed is block``), else dropped lazily, and the heap
-    is compacted when it doubles past its live size, so its length stays bounded by
-    the number of threads inside a block. Callers wake the thread only when they arm
-    a deadline earlier than the one it sleeps towards.
+    The heap holds ``(when, seq, thread state)``, at most one live entry per
+    thread (``state.wake_at == when``; others are dropped lazily, and the heap is
+    compacted when it doubles past its live size). A thread pushes only when it
+    arms a deadline earlier than its entry; leaving a block pushes nothing: the
+    scheduler wakes at the old time and re-arms for whatever the thread is inside
+    then. So a thread running many short blocks costs a lock and no heap work, and
+    the scheduler wakes about once per ``seconds`` per thread. Callers notify the
+    condition only when they need a wake earlier than the one it sleeps towards.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.wakeup = threading.Condition(self.lock)
-        self.heap: list[tuple[float, int, Deadline]] = []
+        self.heap: list[tuple[float, int, _ThreadState]] = []
         self.seq = itertools.count()
         self.next_wake = math.inf
         self.compact_at = 64
         self.thread: Optional[threading.Thread] = None
 
     @_critical
-    def enter(self, state: _ThreadState, block: Deadline) -> None:
-        with self.lock:
-            state.blocks.append(block)
-            armed = state.armed
-            if armed is None or block.deadline < armed.deadline:
-                state.armed = block
-                self.push(block)
-
-    @_critical
-    def leave(self, state: _ThreadState, block: Deadline, exc: Optional[BaseException]) -> bool:
-        """Ends a block; True when ``exc`` is its own expiry (to convert)."""
-        with self.lock:
-            _remove(state.blocks, block)
-            fired = block.fired = block.state == _FIRED
-            block.state = _IDLE
-            if not fired:
-                if state.armed is block:
-                    following = state.armed = state.earliest_unfired()
-                    if following is not None:
-                        self.push(following)
-            own = fired and isinstance(exc, _Expired) and exc.block is block
-            if isinstance(exc, _Expired) and state.pending is exc.block:
-                state.pending = None  # delivered
-            elif fired and state.pending is block:
-                # Fired as the block ended: cancel the exception before anyone sees it.
-                _clear_async_exc(state.ident, None)
-                state.pending = None
-            return own
-
-    @_critical
-    def push(self, block: Deadline) -> None:
-        heapq.heappush(self.heap, (block.deadline, next(self.seq), block))
-        if len(self.heap) > self.compact_at:
-            self.heap = [entry for entry in self.heap if _live(entry[2])]
-            heapq.heapify(self.heap)
-            self.compact_at = max(64, 2 * len(self.heap))
+    def push(self, state: _ThreadState, when: float) -> None:
+        """Schedules a look at ``state`` at ``when`` (lock held)."""
+        state.wake_at = when
+        heap = self.heap
+        heapq.heappush(heap, (when, next(self.seq), state))
+        if len(heap) > self.compact_at:
+            heap[:] = [entry for entry in heap if entry[2].wake_at == entry[0]]
+            heapq.heapify(heap)
+            self.compact_at = max(64, 2 * len(heap))
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self.run, name="shared-timeout-scheduler", daemon=True
             )
             self.thread.start()
-        if block.deadline < self.next_wake:
-            self.next_wake = block.deadline
+        if when < self.next_wake:
+            self.next_wake = when
             self.wakeup.notify()
 
     def run(self) -> None:
+        heap = self.heap
         with self.lock:
             while True:
-                heap = self.heap
-                while heap and not _live(heap[0][2]):
+                while heap and heap[0][2].wake_at != heap[0][0]:
                     heapq.heappop(heap)
                 if not heap:
                     self.next_wake = math.inf
                     self.wakeup.wait()
                     continue
-                deadline = heap[0][0]
+                when = heap[0][0]
                 now = monotonic()
-                if deadline > now:
-                    self.next_wake = deadline
-                    self.wakeup.wait(deadline - now)
+                if when > now:
+                    self.next_wake = when
+                    self.wakeup.wait(when - now)
                     continue
-                self.fire(heapq.heappop(heap)[2], now)
+                state = heapq.heappop(heap)[2]
+                state.wake_at = math.inf
+                self.serve(state, now)
 
-    def fire(self, block: Deadline, now: float) -> None:
-        state = block.thread
-        assert state is not None
-        if _in_critical(sys._current_frames().get(state.ident)):
-            heapq.heappush(self.heap, (now + _RETRY, next(self.seq), block))
+    def serve(self, state: _ThreadState, now: float) -> None:
+        """Interrupts the thread if its armed deadline passed, else looks again later."""
+        armed = state.armed
+        if armed is None or state.signal_mode:
             return
-        block.state = _FIRED
-        block.expiry = type("DeadlineExpired", (_Expired,), {"block": block})
+        if armed.deadline > now:
+            self.push(state, armed.deadline)
+            return
+        if _in_critical(sys._current_frames().get(state.ident)):
+            self.push(state, now + _RETRY)
+            return
+        armed.state = _FIRED
+        armed.expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
         following = state.armed = state.earliest_unfired()
         if following is not None:
-            heapq.heappush(self.heap, (following.deadline, next(self.seq), following))
-        state.pending = block
-        _set_async_exc(state.ident, block.expiry)
-
-
-def _live(block: Deadline) -> bool:
-    return block.state == _ACTIVE and block.thread is not None and block.thread.armed is block
+            self.push(state, following.deadline)
+        state.pending = armed
+        _set_async_exc(state.ident, armed.expiry)
 
 
 _scheduler = _Scheduler()
@@ -411,9 +408,9 @@ def _reset_after_fork() -> None:
     """The child has only the forking thread: a fresh scheduler serves its blocks."""
     global _scheduler
     _scheduler = _Scheduler()
-    state = getattr(_local, "state", None)
+    state: Optional[_ThreadState] = getattr(_local, "state", None)
     if state is not None and not state.signal_mode and state.armed is not None:
-        _scheduler.push(state.armed)
+        _scheduler.push(state, state.armed.deadline)
 
 
 if hasattr(os, "register_at_fork"):

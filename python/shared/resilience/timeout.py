@@ -21,8 +21,9 @@ import builtins
 import functools
 import inspect
 import sys
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from shared import _validation
 from shared.resilience._deadlines import Deadline, timeout_message
