@@ -46,6 +46,7 @@ import math
 import os
 import sys
 import threading
+import time
 from time import monotonic
 from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Optional, TypeVar
@@ -95,6 +96,9 @@ class _ExpiredError(TimeoutError):
     block: Deadline
 
     def __init__(self, *args: object) -> None:
+        # Runs where the exception lands (CPython instantiates it there, before any
+        # handler sees it): from now on it is in flight, no longer cancellable.
+        self.block.delivered = True
         super().__init__(*(args or (timeout_message(self.block.seconds),)))
 
 
@@ -118,7 +122,7 @@ class _ThreadState:
         self.blocks: list[Deadline] = []
         # The earliest block not fired yet: the one the thread is interrupted for.
         self.armed: Optional[Deadline] = None
-        # The block whose exception SetAsyncExc queued and nobody has seen delivered.
+        # The block whose exception SetAsyncExc queued last (delivered or not).
         self.pending: Optional[Deadline] = None
         # When the scheduler looks at this thread next (its live heap entry); <= armed.deadline.
         self.wake_at = math.inf
@@ -129,6 +133,7 @@ class _ThreadState:
         self.saved_timer: tuple[float, float] = (0.0, 0.0)
         self.saved_at = 0.0
 
+    @_critical
     def earliest_unfired(self) -> Optional[Deadline]:
         earliest = None
         for block in self.blocks:
@@ -147,13 +152,14 @@ class Deadline:
     seconds have passed. One block at a time per object.
     """
 
-    __slots__ = ("deadline", "expiry", "fired", "seconds", "state", "thread")
+    __slots__ = ("deadline", "delivered", "expiry", "fired", "seconds", "state", "thread")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.deadline = 0.0
         self.state = _IDLE
         self.fired = False
+        self.delivered = False
         self.thread: Optional[_ThreadState] = None
         self.expiry: Optional[type[_ExpiredError]] = None
 
@@ -166,7 +172,7 @@ class Deadline:
         except AttributeError:
             state = _local.state = _ThreadState()
         self.thread = state
-        self.fired = False
+        self.fired = self.delivered = False
         self.deadline = deadline = monotonic() + self.seconds
         blocks = state.blocks
         if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
@@ -183,6 +189,12 @@ class Deadline:
             return self
         scheduler = _scheduler
         with scheduler.lock:
+            pending = state.pending
+            if pending is not None:
+                if not pending.delivered:  # the first call under the lock: nothing lands here
+                    _clear_async_exc(state.ident, None)
+                    scheduler.retry(state, pending)
+                state.pending = None
             self.state = _ACTIVE
             blocks.append(self)
             armed = state.armed
@@ -204,39 +216,44 @@ class Deadline:
         if state.signal_mode:
             _leave_alarm(state, self)
             return
-        with _scheduler.lock:
+        scheduler = _scheduler
+        with scheduler.lock:
+            pending = state.pending
+            if pending is not None:
+                if not pending.delivered:  # the first call under the lock: nothing lands here
+                    _clear_async_exc(state.ident, None)
+                    scheduler.retry(state, pending)
+                state.pending = None
+            fired = self.fired = self.state == _FIRED
+            self.state = _IDLE
             blocks = state.blocks
-            if blocks[-1] is self:
+            if blocks and blocks[-1] is self:
                 blocks.pop()
             else:  # left out of order (a block held across a generator's yield)
                 _remove(blocks, self)
-            fired = self.fired = self.state == _FIRED
-            self.state = _IDLE
-            if not fired and state.armed is self:
-                # The scheduler wakes at or before this deadline and re-arms from there.
-                state.armed = state.earliest_unfired() if blocks else None
-            if state.pending is None:
+            if not fired:
+                if state.armed is self:
+                    # The scheduler wakes at or before this deadline and re-arms from there.
+                    state.armed = state.earliest_unfired() if blocks else None
                 return
-            own = fired and isinstance(exc, _ExpiredError) and exc.block is self
-            if isinstance(exc, _ExpiredError) and state.pending is exc.block:
-                state.pending = None  # delivered
-            elif fired and state.pending is self:
-                # Fired as the block ended: cancel the exception before anyone sees it.
-                _clear_async_exc(state.ident, None)
-                state.pending = None
-        if own:  # our asynchronous exception: re-raised as a proper TimeoutError
+        if isinstance(exc, _ExpiredError) and exc.block is self:
+            # Our own asynchronous exception: re-raised as a proper TimeoutError.
             raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
 
 
+@_critical
 def _remove(blocks: list[Deadline], block: Deadline) -> None:
-    del blocks[next(i for i, b in enumerate(blocks) if b is block)]
+    for index, other in enumerate(blocks):
+        if other is block:
+            del blocks[index]
+            return
 
 
 # -- main thread: SIGALRM -------------------------------------------------------------
 
 # _signal, not signal: the wrappers in signal.py convert handlers to enums (microseconds).
 _signal: Any = importlib.import_module("_signal")
-_setitimer = getattr(_signal, "setitimer", None)
+_setitimer: Any = getattr(_signal, "setitimer", None)
 _ITIMER_REAL = getattr(_signal, "ITIMER_REAL", 0)
 _SIGALRM = getattr(_signal, "SIGALRM", 0)
 
@@ -379,26 +396,52 @@ class _Scheduler:
                     continue
                 state = heapq.heappop(heap)[2]
                 state.wake_at = math.inf
-                self.serve(state, now)
+                if not self.serve(state, now):
+                    # The thread is in our bookkeeping, most likely waiting for this lock:
+                    # let it through before looking again.
+                    self.wakeup.wait(_RETRY)
 
-    def serve(self, state: _ThreadState, now: float) -> None:
-        """Interrupts the thread if its armed deadline passed, else looks again later."""
+    def serve(self, state: _ThreadState, now: float) -> bool:
+        """Interrupts the thread if its armed deadline passed, else schedules a look later.
+
+        False when the thread was inside our bookkeeping and must be looked at again.
+        """
         armed = state.armed
         if armed is None or state.signal_mode:
-            return
+            return True
         if armed.deadline > now:
             self.push(state, armed.deadline)
-            return
-        if _in_critical(sys._current_frames().get(state.ident)):
+            return True
+        # A fresh GIL quantum, so no other thread runs between looking at the target
+        # thread and raising in it (only an OS preemption longer than the switch interval
+        # could let it move; a block that then meets its exception under the lock cancels it).
+        time.sleep(0)
+        frame = sys._current_frames().get(state.ident)
+        if frame is None:
+            return True  # the thread is gone
+        if frame.f_code in _CRITICAL_CODES or (
+            frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES
+        ):
             self.push(state, now + _RETRY)
-            return
+            return False
+        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        _set_async_exc(state.ident, expiry)
         armed.state = _FIRED
-        armed.expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        armed.expiry = expiry
+        state.pending = armed
         following = state.armed = state.earliest_unfired()
         if following is not None:
             self.push(state, following.deadline)
-        state.pending = armed
-        _set_async_exc(state.ident, armed.expiry)
+        return True
+
+    @_critical
+    def retry(self, state: _ThreadState, block: Deadline) -> None:
+        """Undoes a fire whose exception was cancelled before delivery; fires again soon."""
+        if block.state == _FIRED:
+            block.state = _ACTIVE
+            block.expiry = None
+            state.armed = state.earliest_unfired()
+            self.push(state, monotonic() + _RETRY)
 
 
 _scheduler = _Scheduler()
