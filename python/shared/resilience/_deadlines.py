@@ -19,21 +19,37 @@ outer deadline still fires later. Two ways to interrupt:
 
 The race at the edge of a block: an interruption that lands inside our own
 enter/leave code (between the end of the block and its bookkeeping) would
-escape with the bookkeeping half done. So neither mechanism ever raises while
-a frame of this module's critical functions (``_critical``) is on the target
-thread's stack: it retries ``_RETRY`` seconds later instead, by which time the
-block has either left (nothing to raise) or entered (the exception lands in the
-user's code). With the GIL this is exact: the target thread runs no bytecode
-while the scheduler holds the GIL, and it receives a pending exception at the
-same point the scheduler saw. A block that fired but whose exception was not
-delivered when it left cancels it (``SetAsyncExc(tid, NULL)``), so nothing is
-delivered after a block is gone. (On free-threaded builds the target runs while
-the scheduler looks, which narrows the window but does not close it.)
+escape with the bookkeeping half done, or after the block is gone. Three rules
+keep it out:
 
-Why Python and not Rust: per block the work is a heap push under a short lock
-(main thread: two timer syscalls and two ``sigaction`` calls); firing needs the
-interpreter anyway (frames, ``SetAsyncExc``, which Rust could only reach through
-``unsafe`` FFI, forbidden here). A Rust scheduler would move no cost that matters.
+- Neither mechanism raises while the target thread is in one of this module's
+  critical functions (``_critical``); it looks again ``_RETRY`` seconds later,
+  when the block has either left (nothing to raise) or entered (the exception
+  lands in the user's code). The SIGALRM handler runs in the main thread and
+  sees its frame, so there this is exact.
+- The scheduler takes a fresh GIL quantum (``time.sleep(0)``) just before it
+  looks at the target's frame and raises, so the target runs no bytecode in
+  between (it could only move if the OS preempted the scheduler for longer than
+  the switch interval).
+- If it moved anyway, into our enter/leave code, it waits for the scheduler's
+  lock there; the first call under that lock cancels an exception queued and
+  not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
+  So a block that ends as its deadline passes simply ends, and nothing is ever
+  delivered after a block has left. (A delivered exception marks itself when
+  CPython instantiates it at the landing point.)
+
+On free-threaded builds the target runs while the scheduler looks, so the
+second rule narrows the window without closing it.
+
+The resolution of worker-thread deadlines is about the interpreter's switch
+interval (``sys.getswitchinterval()``, 5 ms by default) when the target thread
+is busy: the scheduler needs the GIL to raise.
+
+Why Python and not Rust: per block the work is a few attribute updates under a
+short lock (main thread: two timer syscalls and two ``sigaction`` calls);
+firing needs the interpreter anyway (frames, ``SetAsyncExc``, which Rust could
+only reach through ``unsafe`` FFI, forbidden here). A Rust scheduler would move
+no cost that matters.
 """
 
 from __future__ import annotations
@@ -152,7 +168,7 @@ class Deadline:
     seconds have passed. One block at a time per object.
     """
 
-    __slots__ = ("deadline", "delivered", "expiry", "fired", "seconds", "state", "thread")
+    __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -161,7 +177,6 @@ class Deadline:
         self.fired = False
         self.delivered = False
         self.thread: Optional[_ThreadState] = None
-        self.expiry: Optional[type[_ExpiredError]] = None
 
     @_critical
     def __enter__(self: _D) -> _D:
@@ -427,7 +442,6 @@ class _Scheduler:
         expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
         _set_async_exc(state.ident, expiry)
         armed.state = _FIRED
-        armed.expiry = expiry
         state.pending = armed
         following = state.armed = state.earliest_unfired()
         if following is not None:
@@ -439,7 +453,6 @@ class _Scheduler:
         """Undoes a fire whose exception was cancelled before delivery; fires again soon."""
         if block.state == _FIRED:
             block.state = _ACTIVE
-            block.expiry = None
             state.armed = state.earliest_unfired()
             self.push(state, monotonic() + _RETRY)
 
