@@ -169,14 +169,15 @@ class Deadline:
     """
 
     __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
+    deadline: float
+    delivered: bool
+    thread: Optional[_ThreadState]
 
     def __init__(self, seconds: float) -> None:
+        # deadline, delivered and thread are set by __enter__.
         self.seconds = seconds
-        self.deadline = 0.0
         self.state = _IDLE
         self.fired = False
-        self.delivered = False
-        self.thread: Optional[_ThreadState] = None
 
     @_critical
     def __enter__(self: _D) -> _D:

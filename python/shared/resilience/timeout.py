@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import functools
 import inspect
+import math
 import sys
 from collections.abc import Awaitable
 from types import TracebackType
@@ -52,7 +53,9 @@ class TimeoutContext(Deadline):
     __slots__ = ("_loop_timeout",)
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(_validation.positive_finite("seconds", seconds))
+        if type(seconds) is not float or not 0.0 < seconds < math.inf:  # fast path: a good float
+            seconds = _validation.positive_finite("seconds", seconds)
+        super().__init__(seconds)
         self._loop_timeout: Optional[Any] = None
 
     @property
