@@ -235,6 +235,22 @@ def test_decorator_rejects_generators() -> None:
         with_timeout(1.0)(numbers)
 
 
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_block_own_builtin_timeout_passes_through(where: str) -> None:
+    """A builtin TimeoutError raised by the block itself is not relabelled or swallowed."""
+
+    def raise_socket_timeout() -> builtins.TimeoutError:
+        context = TimeoutContext(seconds=1.0)
+        with pytest.raises(builtins.TimeoutError) as caught, context:
+            raise builtins.TimeoutError("the socket's own")
+        assert not context.expired
+        return caught.value
+
+    error = raise_socket_timeout() if where == "main" else in_thread(raise_socket_timeout)
+    assert type(error) is builtins.TimeoutError
+    assert str(error) == "the socket's own"
+
+
 def test_context_is_one_block_at_a_time_and_reusable() -> None:
     """An object serves blocks one after another; entering it twice at once is an error."""
     context = TimeoutContext(seconds=1.0)
