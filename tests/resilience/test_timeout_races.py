@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -58,10 +59,15 @@ def blocks_at_the_edge(rounds: int) -> tuple[int, int]:
     Every TimeoutError must come out of a ``with`` statement (caught right here),
     be the public class, and nothing may arrive after the last block.
     """
-    errors = [one_block_at_the_edge(0.0004 + (i % 9) * 0.0002) for i in range(rounds)]
+    errors = [
+        one_block_at_the_edge(0.0004 + (i % 9) * 0.0002, nested=i % 3 == 0) for i in range(rounds)
+    ]
     timeouts = [error for error in errors if error is not None]
     assert {type(error) for error in timeouts} <= {TimeoutError}
-    assert all(str(error) == "operation timed out after 0.0008 seconds" for error in timeouts)
+    assert {str(error) for error in timeouts} <= {
+        "operation timed out after 0.0008 seconds",
+        "operation timed out after 0.002 seconds",
+    }
     spin(0.03)  # a stale interruption would land here and fail the test
     state = _deadlines._local.state
     assert state.blocks == []
@@ -70,11 +76,20 @@ def blocks_at_the_edge(rounds: int) -> tuple[int, int]:
     return len(timeouts), rounds - len(timeouts)
 
 
-def one_block_at_the_edge(work: float) -> TimeoutError | None:
-    """One block with ``work`` seconds of work and a 0.0008 s deadline; its timeout or None."""
+def one_block_at_the_edge(work: float, *, nested: bool) -> TimeoutError | None:
+    """A block with ``work`` seconds of work and a 0.0008 s deadline; its timeout or None.
+
+    ``nested``: inside an outer 0.002 s block that works on a little after it.
+    """
     try:
-        with TimeoutContext(seconds=0.0008):
-            spin(work)
+        if nested:
+            with TimeoutContext(seconds=0.002):
+                with contextlib.suppress(TimeoutError), TimeoutContext(seconds=0.0008):
+                    spin(work)
+                spin(work / 2)
+        else:
+            with TimeoutContext(seconds=0.0008):
+                spin(work)
     except TimeoutError as exc:
         return exc
     return None
@@ -85,6 +100,26 @@ def test_no_stale_exception_after_blocks_at_the_edge_in_a_worker(fine_switching:
     timed_out, finished = run_in_thread(blocks_at_the_edge, 300)
     assert timed_out + finished == 300
     assert timed_out > 0
+
+
+def test_no_stale_exception_with_several_busy_workers(fine_switching: None) -> None:
+    """Three workers racing their deadlines at once, plus the main thread: nothing leaks."""
+    outcomes: list[Any] = []
+
+    def worker() -> None:
+        try:
+            outcomes.append(blocks_at_the_edge(200))
+        except BaseException as exc:  # reported by the assertion below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    main_outcome = blocks_at_the_edge(200)
+    for thread in threads:
+        thread.join(20)
+    assert [type(outcome) for outcome in outcomes] == [tuple] * 3, outcomes
+    assert sum(main_outcome) == 200
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no SIGALRM here")
