@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -204,3 +206,45 @@ def test_thread_count_does_not_grow_per_call() -> None:
     assert after == before
     assert heap_size <= 130  # bounded by the live threads, not by the calls
     assert len([t for t in threading.enumerate() if t.name == SCHEDULER_NAME]) == 1
+
+
+FORK_CHILD_SCRIPT = """
+import os, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: that is the point
+from shared.resilience import TimeoutContext, TimeoutError
+
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+def bounded(result):
+    try:
+        with TimeoutContext(seconds=0.05):
+            spin(3.0)
+    except TimeoutError:
+        result.append("timeout")
+
+def in_thread():
+    result = []
+    thread = threading.Thread(target=bounded, args=(result,))
+    thread.start()
+    thread.join()
+    return result
+
+assert in_thread() == ["timeout"]  # the parent's scheduler thread is running
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if in_thread() == ["timeout"] else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_worker_timeouts_work_in_a_forked_child() -> None:
+    """After fork the child gets its own scheduler thread (the parent's did not survive)."""
+    child = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD_SCRIPT], capture_output=True, text=True, timeout=30
+    )
+    assert child.returncode == 0, child.stderr
