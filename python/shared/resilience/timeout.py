@@ -60,7 +60,7 @@ class TimeoutContext(Deadline):
 
     @property
     def expired(self) -> bool:
-        """Whether the deadline fired during the last block (in a running ``async with``: so far)."""
+        """Whether the deadline fired in the last block (in a running ``async with``: so far)."""
         if self._loop_timeout is not None:
             return bool(self._loop_timeout.expired())
         return self.fired
