@@ -232,18 +232,36 @@ def in_thread():
     thread.join()
     return result
 
+def fork_inside_a_block(codes):
+    # The forking thread is inside a block: the child's copy of it must still time out.
+    try:
+        with TimeoutContext(seconds=0.2):
+            pid = os.fork()
+            if pid == 0:
+                spin(3.0)
+                os._exit(1)
+    except TimeoutError:
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+
 assert in_thread() == ["timeout"]  # the parent's scheduler thread is running
 pid = os.fork()
 if pid == 0:
     os._exit(0 if in_thread() == ["timeout"] else 1)
 _, status = os.waitpid(pid, 0)
-raise SystemExit(os.waitstatus_to_exitcode(status))
+assert os.waitstatus_to_exitcode(status) == 0, "child of the main thread"
+codes = []
+thread = threading.Thread(target=fork_inside_a_block, args=(codes,))
+thread.start()
+thread.join()
+assert codes == [0], "child of a thread inside a block"
 """
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_worker_timeouts_work_in_a_forked_child() -> None:
-    """After fork the child gets its own scheduler thread (the parent's did not survive)."""
+    """After fork the child gets its own scheduler thread and keeps the forking thread's blocks."""
     child = subprocess.run(
         [sys.executable, "-c", FORK_CHILD_SCRIPT], capture_output=True, text=True, timeout=30
     )

@@ -467,7 +467,8 @@ def _reset_after_fork() -> None:
     _scheduler = _Scheduler()
     state: Optional[_ThreadState] = getattr(_local, "state", None)
     if state is not None and not state.signal_mode and state.armed is not None:
-        _scheduler.push(state, state.armed.deadline)
+        with _scheduler.lock:
+            _scheduler.push(state, state.armed.deadline)
 
 
 if hasattr(os, "register_at_fork"):
