@@ -28,6 +28,7 @@ from shared.resilience.retry import (
     RetryConfig,
     with_retry,
 )
+from shared.resilience.timeout import TimeoutContext, with_timeout
 
 __all__ = [
     "BackoffStrategy",
@@ -43,7 +44,9 @@ __all__ = [
     "Retry",
     "RetryBudget",
     "RetryConfig",
+    "TimeoutContext",
     "TimeoutError",
     "circuit_breaker_registry",
     "with_retry",
+    "with_timeout",
 ]

@@ -1,0 +1,475 @@
+"""Deadlines that interrupt the thread that set them: the machinery of ``TimeoutContext``.
+
+One model for every thread. A thread keeps the deadline blocks it is inside
+(``_ThreadState.blocks``, entered and left in any order); the earliest one not
+yet fired is *armed*. When the armed deadline passes, that block fires: its
+thread is interrupted with an exception that only that block turns into the
+user's ``TimeoutError``; the next earliest block of the thread is armed, so an
+outer deadline still fires later. Two ways to interrupt:
+
+- The main thread (Unix): ``setitimer(ITIMER_REAL)`` and a SIGALRM handler,
+  installed when the thread enters its outermost block and replaced by the
+  previous handler and the previous itimer (what is left of it) when it leaves.
+  SIGALRM also interrupts a blocking ``time.sleep`` or socket read.
+- Other threads, Windows, and a main thread whose SIGALRM handler Python could
+  not restore: one process-wide scheduler thread (a heap of armed deadlines and
+  a condition variable) raises in the target thread with
+  ``PyThreadState_SetAsyncExc``. CPython delivers such an exception only
+  between bytecodes, so a long C call is interrupted when it returns to Python.
+
+The race at the edge of a block: an interruption that lands inside our own
+enter/leave code (between the end of the block and its bookkeeping) would
+escape with the bookkeeping half done, or after the block is gone. Three rules
+keep it out:
+
+- Neither mechanism raises while the target thread is in one of this module's
+  critical functions (``_critical``); it looks again ``_RETRY`` seconds later,
+  when the block has either left (nothing to raise) or entered (the exception
+  lands in the user's code). The SIGALRM handler runs in the main thread and
+  sees its frame, so there this is exact.
+- The scheduler takes a fresh GIL quantum (``time.sleep(0)``) just before it
+  looks at the target's frame and raises, so the target runs no bytecode in
+  between (it could only move if the OS preempted the scheduler for longer than
+  the switch interval).
+- If it moved anyway, into our enter/leave code, it waits for the scheduler's
+  lock there; the first call under that lock cancels an exception queued and
+  not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
+  So a block that ends as its deadline passes simply ends, and nothing is ever
+  delivered after a block has left. (A delivered exception marks itself when
+  CPython instantiates it at the landing point.)
+
+On free-threaded builds the target runs while the scheduler looks, so the
+second rule narrows the window without closing it.
+
+The resolution of worker-thread deadlines is about the interpreter's switch
+interval (``sys.getswitchinterval()``, 5 ms by default) when the target thread
+is busy: the scheduler needs the GIL to raise.
+
+Why Python and not Rust: per block the work is a few attribute updates under a
+short lock (main thread: two timer syscalls and two ``sigaction`` calls);
+firing needs the interpreter anyway (frames, ``SetAsyncExc``, which Rust could
+only reach through ``unsafe`` FFI, forbidden here). A Rust scheduler would move
+no cost that matters.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import importlib
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+from time import monotonic
+from types import CodeType, FrameType, TracebackType
+from typing import Any, Callable, Optional, TypeVar
+
+from shared.resilience.exceptions import TimeoutError
+
+__all__ = ["Deadline", "timeout_message"]
+
+# Seconds before trying again when a deadline passes inside our own bookkeeping.
+_RETRY = 0.0002
+# Shortest timer we arm: setitimer(0) would disarm instead of firing at once.
+_MIN_DELAY = 1e-6
+
+_IDLE, _ACTIVE, _FIRED = 0, 1, 2
+
+_CRITICAL_CODES: set[CodeType] = set()
+_F = TypeVar("_F", bound=Callable[..., Any])
+_D = TypeVar("_D", bound="Deadline")
+
+
+def _critical(function: _F) -> _F:
+    """Marks a function no deadline may interrupt (it updates deadline bookkeeping)."""
+    _CRITICAL_CODES.add(function.__code__)
+    return function
+
+
+def _in_critical(frame: Optional[FrameType]) -> bool:
+    while frame is not None:
+        if frame.f_code in _CRITICAL_CODES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def timeout_message(seconds: float) -> str:
+    """The message of a TimeoutError: it names the seconds allowed."""
+    return f"operation timed out after {seconds:g} seconds"
+
+
+class _ExpiredError(TimeoutError):
+    """Delivered asynchronously into a worker thread; its block converts it on exit.
+
+    ``PyThreadState_SetAsyncExc`` takes a class, not an instance, so each fired
+    block gets its own subclass (``block`` names it) and knows its own exception.
+    """
+
+    block: Deadline
+
+    def __init__(self, *args: object) -> None:
+        # Runs where the exception lands (CPython instantiates it there, before any
+        # handler sees it): from now on it is in flight, no longer cancellable.
+        self.block.delivered = True
+        super().__init__(*(args or (timeout_message(self.block.seconds),)))
+
+
+class _ThreadState:
+    """The deadline blocks one thread is inside."""
+
+    __slots__ = (
+        "armed",
+        "blocks",
+        "ident",
+        "is_main",
+        "pending",
+        "saved_at",
+        "saved_handler",
+        "saved_timer",
+        "signal_mode",
+        "wake_at",
+    )
+
+    def __init__(self) -> None:
+        self.blocks: list[Deadline] = []
+        # The earliest block not fired yet: the one the thread is interrupted for.
+        self.armed: Optional[Deadline] = None
+        # The block whose exception SetAsyncExc queued last (delivered or not).
+        self.pending: Optional[Deadline] = None
+        # When the scheduler looks at this thread next (its live heap entry); <= armed.deadline.
+        self.wake_at = math.inf
+        self.ident = threading.get_ident()
+        self.is_main = threading.current_thread() is threading.main_thread()
+        self.signal_mode = False
+        self.saved_handler: Any = None
+        self.saved_timer: tuple[float, float] = (0.0, 0.0)
+        self.saved_at = 0.0
+
+    @_critical
+    def earliest_unfired(self) -> Optional[Deadline]:
+        earliest = None
+        for block in self.blocks:
+            if block.state == _ACTIVE and (earliest is None or block.deadline < earliest.deadline):
+                earliest = block
+        return earliest
+
+
+_local = threading.local()
+
+
+class Deadline:
+    """A block of code that must finish within ``seconds`` (not validated here).
+
+    ``with Deadline(s):`` interrupts the block with ``TimeoutError`` when ``s``
+    seconds have passed. One block at a time per object.
+    """
+
+    __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
+    deadline: float
+    delivered: bool
+    thread: Optional[_ThreadState]
+
+    def __init__(self, seconds: float) -> None:
+        # deadline, delivered and thread are set by __enter__.
+        self.seconds = seconds
+        self.state = _IDLE
+        self.fired = False
+
+    @_critical
+    def __enter__(self: _D) -> _D:
+        if self.state != _IDLE:
+            raise RuntimeError("this timeout is already active; use one object per block")
+        try:
+            state: _ThreadState = _local.state
+        except AttributeError:
+            state = _local.state = _ThreadState()
+        self.thread = state
+        self.fired = self.delivered = False
+        self.deadline = deadline = monotonic() + self.seconds
+        blocks = state.blocks
+        if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
+            self.state = _ACTIVE
+            blocks.append(self)
+            armed = state.armed
+            if armed is None:
+                state.armed = self
+                state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
+                state.saved_at = monotonic()
+            elif deadline < armed.deadline:
+                state.armed = self
+                _setitimer(_ITIMER_REAL, self.seconds)
+            return self
+        scheduler = _scheduler
+        with scheduler.lock:
+            pending = state.pending
+            if pending is not None:
+                if not pending.delivered:  # the first call under the lock: nothing lands here
+                    _clear_async_exc(state.ident, None)
+                    scheduler.retry(state, pending)
+                state.pending = None
+            self.state = _ACTIVE
+            blocks.append(self)
+            armed = state.armed
+            if armed is None or deadline < armed.deadline:
+                state.armed = self
+                if deadline < state.wake_at:
+                    scheduler.push(state, deadline)
+        return self
+
+    @_critical
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        state = self.thread
+        assert state is not None
+        if state.signal_mode:
+            _leave_alarm(state, self)
+            return
+        scheduler = _scheduler
+        with scheduler.lock:
+            pending = state.pending
+            if pending is not None:
+                if not pending.delivered:  # the first call under the lock: nothing lands here
+                    _clear_async_exc(state.ident, None)
+                    scheduler.retry(state, pending)
+                state.pending = None
+            fired = self.fired = self.state == _FIRED
+            self.state = _IDLE
+            blocks = state.blocks
+            if blocks and blocks[-1] is self:
+                blocks.pop()
+            else:  # left out of order (a block held across a generator's yield)
+                _remove(blocks, self)
+            if not fired:
+                if state.armed is self:
+                    # The scheduler wakes at or before this deadline and re-arms from there.
+                    state.armed = state.earliest_unfired() if blocks else None
+                return
+        if isinstance(exc, _ExpiredError) and exc.block is self:
+            # Our own asynchronous exception: re-raised as a proper TimeoutError.
+            raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+
+
+@_critical
+def _remove(blocks: list[Deadline], block: Deadline) -> None:
+    for index, other in enumerate(blocks):
+        if other is block:
+            del blocks[index]
+            return
+
+
+# -- main thread: SIGALRM -------------------------------------------------------------
+
+# _signal, not signal: the wrappers in signal.py convert handlers to enums (microseconds).
+_signal: Any = importlib.import_module("_signal")
+_setitimer: Any = getattr(_signal, "setitimer", None)
+_ITIMER_REAL = getattr(_signal, "ITIMER_REAL", 0)
+_SIGALRM = getattr(_signal, "SIGALRM", 0)
+
+
+@_critical
+def _install_alarm(state: _ThreadState) -> bool:
+    """Installs our SIGALRM handler; False when signals cannot be used here."""
+    if _setitimer is None or not _SIGALRM:
+        return False
+    previous = _signal.getsignal(_SIGALRM)
+    if previous is None:  # installed outside Python: it could not be put back
+        return False
+    try:
+        _signal.signal(_SIGALRM, _on_alarm)
+    except ValueError:  # not the main thread of the main interpreter
+        return False
+    state.saved_handler = previous
+    state.signal_mode = True
+    return True
+
+
+@_critical
+def _arm_next_alarm(state: _ThreadState) -> None:
+    following = state.armed = state.earliest_unfired()
+    if following is None:
+        _setitimer(_ITIMER_REAL, 0)
+    else:
+        _setitimer(_ITIMER_REAL, max(following.deadline - monotonic(), _MIN_DELAY))
+
+
+@_critical
+def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
+    blocks = state.blocks
+    if blocks[-1] is block:
+        blocks.pop()
+    else:
+        _remove(blocks, block)
+    was_armed = state.armed is block
+    block.fired = block.state == _FIRED
+    block.state = _IDLE
+    if blocks:
+        if was_armed:
+            _arm_next_alarm(state)
+        return
+    # Outermost block: disarm first, so a late alarm of ours meets our handler (which
+    # ignores it: nothing is armed) and never the restored one.
+    state.armed = None
+    state.signal_mode = False
+    _setitimer(_ITIMER_REAL, 0)
+    _signal.signal(_SIGALRM, state.saved_handler)
+    state.saved_handler = None
+    delay, interval = state.saved_timer
+    if delay > 0:  # the itimer that was running before: what is left of it
+        remaining = delay - (monotonic() - state.saved_at)
+        _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
+
+
+def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
+    """SIGALRM: raises TimeoutError in the main thread when its armed deadline passed."""
+    state: Optional[_ThreadState] = getattr(_local, "state", None)
+    armed = state.armed if state is not None and state.signal_mode else None
+    if state is None or armed is None:
+        return  # a late alarm of a block that has left
+    if _in_critical(frame):
+        _setitimer(_ITIMER_REAL, _RETRY)
+        return
+    remaining = armed.deadline - monotonic()
+    if remaining > 0:  # the timer ran ahead of the monotonic clock
+        _setitimer(_ITIMER_REAL, remaining)
+        return
+    armed.state = _FIRED
+    _arm_next_alarm(state)
+    raise TimeoutError(timeout_message(armed.seconds))
+
+
+# -- other threads: one scheduler thread ------------------------------------------------
+
+_ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_ASYNC_EXC)
+# The same function with a NULL exception: cancels a pending one.
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(_ASYNC_EXC)
+
+
+class _Scheduler:
+    """One daemon thread that interrupts threads at their armed deadlines.
+
+    The heap holds ``(when, seq, thread state)``, at most one live entry per
+    thread (``state.wake_at == when``; others are dropped lazily, and the heap is
+    compacted when it doubles past its live size). A thread pushes only when it
+    arms a deadline earlier than its entry; leaving a block pushes nothing: the
+    scheduler wakes at the old time and re-arms for whatever the thread is inside
+    then. So a thread running many short blocks costs a lock and no heap work, and
+    the scheduler wakes about once per ``seconds`` per thread. Callers notify the
+    condition only when they need a wake earlier than the one it sleeps towards.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wakeup = threading.Condition(self.lock)
+        self.heap: list[tuple[float, int, _ThreadState]] = []
+        self.seq = itertools.count()
+        self.next_wake = math.inf
+        self.compact_at = 64
+        self.thread: Optional[threading.Thread] = None
+
+    @_critical
+    def push(self, state: _ThreadState, when: float) -> None:
+        """Schedules a look at ``state`` at ``when`` (lock held)."""
+        state.wake_at = when
+        heap = self.heap
+        heapq.heappush(heap, (when, next(self.seq), state))
+        if len(heap) > self.compact_at:
+            heap[:] = [entry for entry in heap if entry[2].wake_at == entry[0]]
+            heapq.heapify(heap)
+            self.compact_at = max(64, 2 * len(heap))
+        if self.thread is None:
+            self.thread = threading.Thread(
+                target=self.run, name="shared-timeout-scheduler", daemon=True
+            )
+            self.thread.start()
+        if when < self.next_wake:
+            self.next_wake = when
+            self.wakeup.notify()
+
+    def run(self) -> None:
+        heap = self.heap
+        with self.lock:
+            while True:
+                while heap and heap[0][2].wake_at != heap[0][0]:
+                    heapq.heappop(heap)
+                if not heap:
+                    self.next_wake = math.inf
+                    self.wakeup.wait()
+                    continue
+                when = heap[0][0]
+                now = monotonic()
+                if when > now:
+                    self.next_wake = when
+                    self.wakeup.wait(when - now)
+                    continue
+                state = heapq.heappop(heap)[2]
+                state.wake_at = math.inf
+                if not self.serve(state, now):
+                    # The thread is in our bookkeeping, most likely waiting for this lock:
+                    # let it through before looking again.
+                    self.wakeup.wait(_RETRY)
+
+    def serve(self, state: _ThreadState, now: float) -> bool:
+        """Interrupts the thread if its armed deadline passed, else schedules a look later.
+
+        False when the thread was inside our bookkeeping and must be looked at again.
+        """
+        armed = state.armed
+        if armed is None or state.signal_mode:
+            return True
+        if armed.deadline > now:
+            self.push(state, armed.deadline)
+            return True
+        # A fresh GIL quantum, so no other thread runs between looking at the target
+        # thread and raising in it (only an OS preemption longer than the switch interval
+        # could let it move; a block that then meets its exception under the lock cancels it).
+        time.sleep(0)
+        frame = sys._current_frames().get(state.ident)
+        if frame is None:
+            return True  # the thread is gone
+        if frame.f_code in _CRITICAL_CODES or (
+            frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES
+        ):
+            self.push(state, now + _RETRY)
+            return False
+        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        _set_async_exc(state.ident, expiry)
+        armed.state = _FIRED
+        state.pending = armed
+        following = state.armed = state.earliest_unfired()
+        if following is not None:
+            self.push(state, following.deadline)
+        return True
+
+    @_critical
+    def retry(self, state: _ThreadState, block: Deadline) -> None:
+        """Undoes a fire whose exception was cancelled before delivery; fires again soon."""
+        if block.state == _FIRED:
+            block.state = _ACTIVE
+            state.armed = state.earliest_unfired()
+            self.push(state, monotonic() + _RETRY)
+
+
+_scheduler = _Scheduler()
+
+
+def _reset_after_fork() -> None:
+    """The child has only the forking thread: a fresh scheduler serves its blocks."""
+    global _scheduler
+    _scheduler = _Scheduler()
+    state: Optional[_ThreadState] = getattr(_local, "state", None)
+    if state is not None and not state.signal_mode and state.armed is not None:
+        with _scheduler.lock:
+            _scheduler.push(state, state.armed.deadline)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
