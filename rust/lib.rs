@@ -6,6 +6,8 @@
 //! registers what Python sees as `shared._native`.
 
 pub mod clock;
+pub mod limiter_registry;
+pub mod token_bucket;
 
 #[cfg(feature = "python")]
 #[pyo3::pymodule]
@@ -14,6 +16,10 @@ mod _native {
 
     #[pymodule_export]
     use crate::clock::monotonic_ns;
+    #[pymodule_export]
+    use crate::limiter_registry::{KeyedLimiter, RateLimiterRegistry};
+    #[pymodule_export]
+    use crate::token_bucket::TokenBucket;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

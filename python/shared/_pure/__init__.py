@@ -9,8 +9,17 @@ drive both with the same operations on one ``ManualClock``.
 from __future__ import annotations
 
 from shared._pure.clock import monotonic_ns
+from shared._pure.token_bucket import KeyedLimiter, RateLimiterRegistry, TokenBucket
 
-__all__ = ["ABI3", "BUILD_PROFILE", "__version__", "monotonic_ns"]
+__all__ = [
+    "ABI3",
+    "BUILD_PROFILE",
+    "KeyedLimiter",
+    "RateLimiterRegistry",
+    "TokenBucket",
+    "__version__",
+    "monotonic_ns",
+]
 
 __version__ = "0.3.0"
 BUILD_PROFILE = "python"

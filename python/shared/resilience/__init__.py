@@ -12,12 +12,22 @@ from shared.resilience.exceptions import (
     ResilienceError,
     TimeoutError,
 )
-from shared.resilience.rate_limiter import RateLimitConfig
+from shared.resilience.rate_limiter import (
+    KeyedLimiter,
+    RateLimitConfig,
+    RateLimiterRegistry,
+    TokenBucket,
+    rate_limited,
+)
 
 __all__ = [
     "CircuitBreakerOpenError",
+    "KeyedLimiter",
     "RateLimitConfig",
     "RateLimitExceeded",
+    "RateLimiterRegistry",
     "ResilienceError",
     "TimeoutError",
+    "TokenBucket",
+    "rate_limited",
 ]
