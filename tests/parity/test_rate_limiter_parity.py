@@ -63,9 +63,7 @@ class BucketParity(RuleBasedStateMachine):
     @initialize(config=configs)
     def create(self, config: RateLimitConfig) -> None:
         self.clock = ManualClock()
-        self.buckets = [
-            m.TokenBucket(config, clock=self.clock) for m in (self.native, self.pure)
-        ]
+        self.buckets = [m.TokenBucket(config, clock=self.clock) for m in (self.native, self.pure)]
 
     @rule(ns=advances)
     def advance(self, ns: int) -> None:

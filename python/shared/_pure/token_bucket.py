@@ -95,8 +95,7 @@ class _Limits:
         tokens = float(tokens)
         if not (math.isfinite(tokens) and 0.0 < tokens <= self.burst):
             raise ValueError(
-                "tokens must be a finite number > 0 and <= burst_size "
-                f"({self.burst}), got {tokens}"
+                f"tokens must be a finite number > 0 and <= burst_size ({self.burst}), got {tokens}"
             )
         return min(_ceil_ns(tokens * float(self.interval_ns)), self.tolerance_ns)
 
@@ -126,6 +125,12 @@ class TokenBucket:
     """The core of ``shared.resilience.TokenBucket`` (twin of the native class)."""
 
     __slots__ = ("_clock", "_config", "_limits", "_lock", "_now", "_tat")
+    _clock: NanosecondClock | None
+    _config: Any
+    _limits: _Limits
+    _lock: threading.Lock
+    _now: Callable[[], int]
+    _tat: int
 
     def __new__(cls, config: Any, *, clock: NanosecondClock | None = None) -> TokenBucket:
         self = object.__new__(cls)
@@ -212,6 +217,16 @@ class RateLimiterRegistry:
         "_no_eviction_before",
         "_now",
     )
+    _clock: NanosecondClock | None
+    _default: _Limits
+    _default_config: Any
+    _entries: dict[str, _Entry]
+    _idle_ns: int
+    _idle_ttl: float
+    _lock: threading.Lock
+    _max_keys: int
+    _no_eviction_before: int
+    _now: Callable[[], int]
 
     def __new__(
         cls,
@@ -237,15 +252,13 @@ class RateLimiterRegistry:
         self._now = time_source(clock)
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries = {}
         self._no_eviction_before = 0
         return self
 
     def _evict_idle(self, now: int) -> None:
         if now < self._no_eviction_before:
-            raise _rate_limit_exceeded(
-                ns_to_secs(self._no_eviction_before - now), _FULL_MESSAGE
-            )
+            raise _rate_limit_exceeded(ns_to_secs(self._no_eviction_before - now), _FULL_MESSAGE)
         idle_ns = self._idle_ns
         evictable = [k for k, e in self._entries.items() if not e.pinned]
         idle = [k for k in evictable if _sat(self._entries[k].tat + idle_ns) <= now]
@@ -264,7 +277,9 @@ class RateLimiterRegistry:
         if entry is None:
             if len(self._entries) >= self._max_keys:
                 self._evict_idle(now)
-            entry = _Entry(self._default, self._default_config, self._default.initial_tat(now), False)
+            entry = _Entry(
+                self._default, self._default_config, self._default.initial_tat(now), False
+            )
             self._entries[key] = entry
         return entry
 
@@ -337,6 +352,8 @@ class KeyedLimiter:
     """One key's limiter in a ``RateLimiterRegistry`` (twin of the native class)."""
 
     __slots__ = ("_key", "_registry")
+    _key: str
+    _registry: RateLimiterRegistry
 
     @classmethod
     def _new(cls, registry: RateLimiterRegistry, key: str) -> KeyedLimiter:
@@ -346,7 +363,9 @@ class KeyedLimiter:
         return self
 
     def __new__(cls) -> KeyedLimiter:
-        raise TypeError("cannot create KeyedLimiter instances (use RateLimiterRegistry.get_limiter)")
+        raise TypeError(
+            "cannot create KeyedLimiter instances (use RateLimiterRegistry.get_limiter)"
+        )
 
     def try_acquire(self, /, tokens: float = 1.0) -> bool:
         """Takes ``tokens`` if they are there now; never waits."""

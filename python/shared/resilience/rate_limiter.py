@@ -71,8 +71,12 @@ class RateLimitConfig:
 
 _DEFAULT_CONFIG = RateLimitConfig()
 
+# The backend's cores (typed Any: the backend is chosen at import time).
+_CoreTokenBucket: Any = core.TokenBucket
+_CoreRegistry: Any = core.RateLimiterRegistry
 
-class TokenBucket(core.TokenBucket):  # type: ignore[misc]
+
+class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
     """A token bucket: at most ``burst_size`` tokens, refilled continuously at
     ``tokens_per_second``, shared safely by threads and tasks.
 
@@ -115,7 +119,7 @@ class TokenBucket(core.TokenBucket):  # type: ignore[misc]
         return f"TokenBucket({self.config!r})"
 
 
-class RateLimiterRegistry(core.RateLimiterRegistry):  # type: ignore[misc]
+class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
     """One token bucket per key (a user, an API key, ...), kept in native memory.
 
     Args:
@@ -260,7 +264,9 @@ def _queue_of(limiter: Any) -> tuple[_WaitQueue, Any]:
     raise TypeError("acquire_async needs a shared.resilience TokenBucket or RateLimiterRegistry")
 
 
-async def _acquire_async(limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+async def _acquire_async(
+    limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None
+) -> None:
     """FIFO async wait: only the head sleeps, and nothing is reserved while waiting,
     so a cancelled or timed-out waiter consumes nothing."""
     _check_timeout(timeout)
@@ -338,7 +344,9 @@ def rate_limited(
         source = TokenBucket(limiter)
     elif isinstance(limiter, core.RateLimiterRegistry):
         if key is None:
-            raise TypeError("key must be given with a RateLimiterRegistry: key(*args, **kwargs) -> str")
+            raise TypeError(
+                "key must be given with a RateLimiterRegistry: key(*args, **kwargs) -> str"
+            )
         source = limiter
     elif isinstance(limiter, (core.TokenBucket, core.KeyedLimiter)):
         source = limiter
