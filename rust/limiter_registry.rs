@@ -297,6 +297,13 @@ impl<C> Registry<C> {
         Ok(table.insert(key, hash, DEFAULT_CONFIG, now))
     }
 
+    /// The key's location, if it is held.
+    #[must_use]
+    pub fn find(&self, key: &str, hash: u64) -> Option<Location> {
+        let table = self.lock();
+        table.find(key, hash).map(|slot| table.location(slot))
+    }
+
     /// The key's location, creating its bucket (default configuration) if needed.
     pub fn get(&self, key: &str, hash: u64, now: u64) -> Result<Location, Full> {
         let mut table = self.lock();
@@ -316,9 +323,12 @@ impl<C> Registry<C> {
     ) -> Result<(R, Location), Full> {
         let mut guard = self.lock();
         let table = &mut *guard;
-        let valid = table.slots.get(location.slot as usize).is_some_and(|s| {
-            s.generation == location.generation && s.hash == hash && s.key.is(key)
-        });
+        // A slot's generation changes whenever it is vacated, so a matching
+        // generation (and hash) means the slot still holds this key.
+        let valid = table
+            .slots
+            .get(location.slot as usize)
+            .is_some_and(|s| s.generation == location.generation && s.hash == hash);
         let slot = if valid {
             location.slot
         } else {
@@ -429,10 +439,18 @@ mod binding {
         Limits,
     };
     use pyo3::exceptions::PyValueError;
+    use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
     use pyo3::types::PyString;
+    use pyo3::PyTraverseError;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// Limiters handed out recently, one per slot modulo this size (a power of two).
+    const HANDLE_CACHE: usize = 1024;
+
+    type HandleCache = Vec<Option<(u64, Py<KeyedLimiter>)>>;
 
     fn full_error(py: Python<'_>, full: Full) -> PyErr {
         rate_limit_exceeded(
@@ -448,6 +466,15 @@ mod binding {
         core: Registry<Py<PyAny>>,
         clock: Clock,
         idle_ttl: f64,
+        /// Hot keys get their limiter back without allocating one (keyed by
+        /// packed location, so a reused slot never returns another key's).
+        handles: Mutex<HandleCache>,
+    }
+
+    impl RateLimiterRegistry {
+        fn handles(&self) -> MutexGuard<'_, HandleCache> {
+            self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+        }
     }
 
     /// The key's text and hash (Python's own `str` hash, cached in the string).
@@ -485,24 +512,45 @@ mod binding {
                 ),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
+                handles: Mutex::new((0..HANDLE_CACHE).map(|_| None).collect()),
             })
         }
 
         /// The key's limiter (a handle; the bucket lives in the registry).
-        fn get_limiter(slf: &Bound<'_, Self>, key: Bound<'_, PyString>) -> PyResult<KeyedLimiter> {
+        fn get_limiter(
+            slf: &Bound<'_, Self>,
+            key: Bound<'_, PyString>,
+        ) -> PyResult<Py<KeyedLimiter>> {
             let py = slf.py();
             let this = slf.get();
             let (text, hash) = key_parts(&key)?;
-            let location = this
-                .core
-                .get(text, hash, this.clock.now_ns(py)?)
-                .map_err(|full| full_error(py, full))?;
-            Ok(KeyedLimiter {
-                registry: slf.clone().unbind(),
-                key: key.unbind(),
-                hash,
-                location: AtomicU64::new(location.pack()),
-            })
+            // The clock is read only to create a bucket, not to find one.
+            let location = match this.core.find(text, hash) {
+                Some(location) => location,
+                None => this
+                    .core
+                    .get(text, hash, this.clock.now_ns(py)?)
+                    .map_err(|full| full_error(py, full))?,
+            };
+            let packed = location.pack();
+            let index = location.slot as usize & (HANDLE_CACHE - 1);
+            if let Some((cached, handle)) = &this.handles()[index] {
+                if *cached == packed {
+                    return Ok(handle.clone_ref(py));
+                }
+            }
+            let handle = Py::new(
+                py,
+                KeyedLimiter {
+                    registry: slf.clone().unbind(),
+                    key: key.unbind(),
+                    hash,
+                    location: AtomicU64::new(packed),
+                },
+            )?;
+            let evicted = this.handles()[index].replace((packed, handle.clone_ref(py)));
+            drop(evicted); // outside the lock: dropping a handle may free objects
+            Ok(handle)
         }
 
         /// Gives `key` its own configuration and a fresh bucket; returns its limiter.
@@ -557,6 +605,21 @@ mod binding {
                 }
                 Err(_) => Ok(false),
             }
+        }
+
+        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+            // Handles refer back to the registry; the collector must see that cycle.
+            if let Ok(handles) = self.handles.try_lock() {
+                for (_, handle) in handles.iter().flatten() {
+                    visit.call(handle)?;
+                }
+            }
+            Ok(())
+        }
+
+        fn __clear__(&self) {
+            let cleared: HandleCache = self.handles().iter_mut().map(Option::take).collect();
+            drop(cleared);
         }
 
         #[getter]
@@ -735,6 +798,10 @@ mod binding {
         #[getter]
         fn clock(&self, py: Python<'_>) -> Py<PyAny> {
             self.registry.get().clock.to_py(py)
+        }
+
+        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+            visit.call(&self.registry)
         }
 
         fn __repr__(&self, py: Python<'_>) -> String {
