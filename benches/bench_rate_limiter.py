@@ -237,24 +237,26 @@ def test_two_threads_rust(benchmark: Any, native: ModuleType) -> None:
 # -- async acquire (aiolimiter has no non-blocking acquire) ----------------------------
 
 
-def _async_batch(acquire: Callable[[], Any]) -> Callable[[], None]:
+def _async_batch(benchmark: Any, acquire: Callable[[], Any]) -> None:
     loop = asyncio.new_event_loop()
 
     async def batch() -> None:
         for _ in range(BATCH):
             await acquire()
 
-    return lambda: loop.run_until_complete(batch())
+    try:
+        benchmark(lambda: loop.run_until_complete(batch()))
+    finally:
+        loop.close()
 
 
 @pytest.mark.benchmark(group="acquire_async allowed x1000")
 def test_acquire_async_x1000_rust(benchmark: Any, native: ModuleType) -> None:
     bucket = TokenBucket(ALLOWED)
     assert isinstance(bucket, native.TokenBucket)
-    benchmark(_async_batch(bucket.acquire_async))
+    _async_batch(benchmark, bucket.acquire_async)
 
 
 @pytest.mark.benchmark(group="acquire_async allowed x1000")
 def test_acquire_async_x1000_aiolimiter(benchmark: Any) -> None:
-    limiter = aiolimiter.AsyncLimiter(1e9, 1.0)
-    benchmark(_async_batch(limiter.acquire))
+    _async_batch(benchmark, aiolimiter.AsyncLimiter(1e9, 1.0).acquire)
