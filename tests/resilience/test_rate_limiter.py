@@ -551,3 +551,20 @@ def test_concurrent_get_limiter_gives_one_bucket_per_key() -> None:
         t.join(timeout=30)
     assert sum(granted) == 5 * 100
     assert len(registry) == 5
+
+
+def test_waiters_on_other_event_loops_are_served_in_turn() -> None:
+    """Waiters from two threads' event loops share one FIFO queue and all get their token."""
+    limiter = TokenBucket(RateLimitConfig(tokens_per_second=200.0, burst_size=1, initial_tokens=0))
+    done: list[int] = []
+
+    def run(i: int) -> None:
+        asyncio.run(asyncio.wait_for(limiter.acquire_async(), 5))
+        done.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(done) == [0, 1, 2, 3]

@@ -243,15 +243,21 @@ class _WaitQueue:
 
     def leave(self, key: Any, waiter: _Waiter) -> None:
         """Removes ``waiter``; if it was the head, the next waiter's turn begins."""
-        with self._lock:
-            queue = self._queues[key]
-            was_head = queue[0] is waiter
-            queue.remove(waiter)
-            following = queue[0] if was_head and queue else None
-            if not queue:
-                del self._queues[key]
-        if following is not None:
-            following.future.get_loop().call_soon_threadsafe(_give_turn, following.future)
+        while True:
+            with self._lock:
+                queue = self._queues[key]
+                was_head = queue[0] is waiter
+                queue.remove(waiter)
+                following = queue[0] if was_head and queue else None
+                if not queue:
+                    del self._queues[key]
+            if following is None:
+                return
+            try:
+                following.future.get_loop().call_soon_threadsafe(_give_turn, following.future)
+                return
+            except RuntimeError:  # its event loop is closed: it will never run; skip it
+                waiter = following
 
 
 def _queue_of(limiter: Any) -> tuple[_WaitQueue, Any]:
