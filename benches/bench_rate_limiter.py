@@ -226,12 +226,12 @@ def _threads(bucket: Any, threads: int) -> Callable[[], None]:
 
 @pytest.mark.benchmark(group="threads on one bucket")
 def test_one_thread_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 1), rounds=15, warmup_rounds=1)
+    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 1), rounds=25, warmup_rounds=2)
 
 
 @pytest.mark.benchmark(group="threads on one bucket")
 def test_two_threads_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 2), rounds=15, warmup_rounds=1)
+    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 2), rounds=25, warmup_rounds=2)
 
 
 # -- async acquire (aiolimiter has no non-blocking acquire) ----------------------------

@@ -450,7 +450,8 @@ mod binding {
     /// Limiters handed out recently, one per slot modulo this size (a power of two).
     const HANDLE_CACHE: usize = 1024;
 
-    type HandleCache = Vec<Option<(u64, Py<KeyedLimiter>)>>;
+    /// Per entry: the packed location last asked for, and its handle once asked twice.
+    type HandleCache = Vec<(u64, Option<Py<KeyedLimiter>>)>;
 
     fn full_error(py: Python<'_>, full: Full) -> PyErr {
         rate_limit_exceeded(
@@ -512,7 +513,7 @@ mod binding {
                 ),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
-                handles: Mutex::new((0..HANDLE_CACHE).map(|_| None).collect()),
+                handles: Mutex::new((0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect()),
             })
         }
 
@@ -534,11 +535,13 @@ mod binding {
             };
             let packed = location.pack();
             let index = location.slot as usize & (HANDLE_CACHE - 1);
-            if let Some((cached, handle)) = &this.handles()[index] {
-                if *cached == packed {
-                    return Ok(handle.clone_ref(py));
-                }
-            }
+            // A key's handle is cached the second time in a row it is asked for
+            // here, so a stream of distinct keys never churns the cache.
+            let seen_before = match &this.handles()[index] {
+                (cached, Some(handle)) if *cached == packed => return Ok(handle.clone_ref(py)),
+                (cached, None) => *cached == packed,
+                (_, Some(_)) => false,
+            };
             let handle = Py::new(
                 py,
                 KeyedLimiter {
@@ -548,8 +551,9 @@ mod binding {
                     location: AtomicU64::new(packed),
                 },
             )?;
-            let evicted = this.handles()[index].replace((packed, handle.clone_ref(py)));
-            drop(evicted); // outside the lock: dropping a handle may free objects
+            let entry = (packed, seen_before.then(|| handle.clone_ref(py)));
+            let replaced = std::mem::replace(&mut this.handles()[index], entry);
+            drop(replaced); // outside the lock: dropping a handle may free objects
             Ok(handle)
         }
 
@@ -610,7 +614,7 @@ mod binding {
         fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
             // Handles refer back to the registry; the collector must see that cycle.
             if let Ok(handles) = self.handles.try_lock() {
-                for (_, handle) in handles.iter().flatten() {
+                for (_, handle) in handles.iter() {
                     visit.call(handle)?;
                 }
             }
@@ -618,7 +622,7 @@ mod binding {
         }
 
         fn __clear__(&self) {
-            let cleared: HandleCache = self.handles().iter_mut().map(Option::take).collect();
+            let cleared: Vec<_> = self.handles().iter_mut().map(|(_, h)| h.take()).collect();
             drop(cleared);
         }
 
