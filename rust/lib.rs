@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod limiter_registry;
+pub mod slot_index;
 pub mod token_bucket;
 
 #[cfg(feature = "python")]

@@ -3,7 +3,7 @@
 //! Memory is the constraint (a million keys in well under 100 bytes each), so
 //! no Python object is kept per key: a key is a slot of 48 bytes (its hash,
 //! its text inline when short, its TAT, its configuration and a generation)
-//! in one `Vec`, found through an index of `u32` slot numbers. `get_limiter`
+//! in one `Vec`, found through a compact index (`slot_index.rs`). `get_limiter`
 //! hands out a small handle holding the slot number and generation; a handle
 //! whose slot was evicted or reused finds (or recreates) its key again.
 //!
@@ -14,8 +14,8 @@
 //! configuration by `set` are never evicted. If nothing can be evicted, a new
 //! key is refused with the time until one can.
 
+use crate::slot_index::{fold, SlotIndex};
 use crate::token_bucket::Limits;
-use hashbrown::HashTable;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Key bytes stored inline (most keys are short ids); longer ones go to the heap.
@@ -101,7 +101,7 @@ struct Config<C> {
 }
 
 struct Table<C> {
-    index: HashTable<u32>,
+    index: SlotIndex,
     slots: Vec<Slot>,
     vacant: Vec<u32>,
     configs: Vec<Option<Config<C>>>,
@@ -120,12 +120,10 @@ pub struct Registry<C> {
 impl<C> Table<C> {
     fn find(&self, key: &str, hash: u64) -> Option<u32> {
         let slots = &self.slots;
-        self.index
-            .find(hash, |&i| {
-                let slot = &slots[i as usize];
-                slot.hash == hash && slot.key.is(key)
-            })
-            .copied()
+        self.index.find(fold(hash), |i| {
+            let slot = &slots[i as usize];
+            slot.hash == hash && slot.key.is(key)
+        })
     }
 
     fn location(&self, slot: u32) -> Location {
@@ -161,9 +159,7 @@ impl<C> Table<C> {
 
     fn vacate(&mut self, slot: u32) {
         let hash = self.slots[slot as usize].hash;
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == slot) {
-            entry.remove();
-        }
+        self.index.remove(fold(hash), slot);
         let config = {
             let s = &mut self.slots[slot as usize];
             s.key = Key::Vacant;
@@ -193,9 +189,7 @@ impl<C> Table<C> {
             });
             (self.slots.len() - 1) as u32
         };
-        let slots = &self.slots;
-        self.index
-            .insert_unique(hash, slot, |&i| slots[i as usize].hash);
+        self.index.insert(fold(hash), slot);
         slot
     }
 
@@ -240,7 +234,7 @@ impl<C> Registry<C> {
     pub fn new(default: Limits, payload: C, max_keys: usize, idle_ns: u64) -> Self {
         Self {
             table: Mutex::new(Table {
-                index: HashTable::new(),
+                index: SlotIndex::default(),
                 slots: Vec::new(),
                 vacant: Vec::new(),
                 configs: vec![Some(Config {
