@@ -150,14 +150,21 @@ impl<C> Table<C> {
         }
     }
 
-    fn drop_config(&mut self, id: u32) {
-        if id != DEFAULT_CONFIG {
-            self.configs[id as usize] = None;
-            self.vacant_configs.push(id);
+    /// Frees a key's own configuration; its payload is returned so that the
+    /// caller drops it after releasing the lock (dropping may run Python code).
+    #[must_use]
+    fn take_config(&mut self, id: u32) -> Option<C> {
+        if id == DEFAULT_CONFIG {
+            return None;
         }
+        self.vacant_configs.push(id);
+        self.configs[id as usize]
+            .take()
+            .map(|config| config.payload)
     }
 
-    fn vacate(&mut self, slot: u32) {
+    #[must_use]
+    fn vacate(&mut self, slot: u32) -> Option<C> {
         let hash = self.slots[slot as usize].hash;
         self.index.remove(fold(hash), slot);
         let config = {
@@ -166,8 +173,8 @@ impl<C> Table<C> {
             s.generation = s.generation.wrapping_add(1);
             std::mem::replace(&mut s.config, DEFAULT_CONFIG)
         };
-        self.drop_config(config);
         self.vacant.push(slot);
+        self.take_config(config)
     }
 
     fn insert(&mut self, key: &str, hash: u64, config: u32, now: u64) -> u32 {
@@ -213,7 +220,8 @@ impl<C> Table<C> {
                 continue;
             }
             if Limits::idle(s.tat, now, idle_ns) {
-                self.vacate(slot);
+                // Only keys with the default configuration are evicted: no payload.
+                let _ = self.vacate(slot);
                 evicted = true;
             } else {
                 soonest = soonest.min(s.tat.saturating_add(idle_ns));
@@ -371,21 +379,24 @@ impl<C> Registry<C> {
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
         let config = table.add_config(Config { limits, payload });
         let old = std::mem::replace(&mut table.slots[slot as usize].config, config);
-        table.drop_config(old);
+        let old_payload = table.take_config(old);
         table.slots[slot as usize].tat = limits.initial_tat(now);
-        Ok(table.location(slot))
+        let location = table.location(slot);
+        drop(table);
+        drop(old_payload);
+        Ok(location)
     }
 
     /// Forgets the key (and its configuration); whether it was there.
     pub fn remove(&self, key: &str, hash: u64) -> bool {
         let mut table = self.lock();
-        match table.find(key, hash) {
-            Some(slot) => {
-                table.vacate(slot);
-                true
-            }
-            None => false,
-        }
+        let Some(slot) = table.find(key, hash) else {
+            return false;
+        };
+        let payload = table.vacate(slot);
+        drop(table);
+        drop(payload);
+        true
     }
 
     /// Every bucket back to its configured initial tokens.

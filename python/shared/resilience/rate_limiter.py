@@ -125,7 +125,7 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
     Args:
         default_config: the configuration of keys without their own.
         max_keys: keyword-only; at most this many keys (default 1,000,000, about
-            60 MB when full). When full, keys whose bucket has been full for
+            65 MB when full). When full, keys whose bucket has been full for
             ``idle_ttl`` seconds are evicted (a full bucket forgets nothing);
             if none can be, a new key raises ``RateLimitExceeded``.
         idle_ttl: keyword-only; seconds a bucket must have been full before its
