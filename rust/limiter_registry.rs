@@ -719,9 +719,14 @@ mod binding {
             })
         }
 
-        /// Reserves `tokens`; the seconds to wait for them (see `TokenBucket.reserve`).
+        /// Reserves `tokens`: `(seconds to wait, ticket)` (see `TokenBucket.reserve`).
         #[pyo3(signature = (tokens = 1.0, timeout = None))]
-        fn reserve(&self, py: Python<'_>, tokens: f64, timeout: Option<f64>) -> PyResult<f64> {
+        fn reserve(
+            &self,
+            py: Python<'_>,
+            tokens: f64,
+            timeout: Option<f64>,
+        ) -> PyResult<(f64, u64)> {
             let max_wait = timeout.map(checked_timeout).transpose()?;
             let outcome = self.with_bucket(py, |limits, tat, now| {
                 let cost = limits.cost_ns(tokens)?;
@@ -729,13 +734,24 @@ mod binding {
                     .reserve(*tat, now, cost, max_wait)
                     .map(|(next, wait_ns)| {
                         *tat = next;
-                        wait_ns
+                        (wait_ns, next)
                     }))
             })?;
             match outcome {
-                Ok(wait_ns) => Ok(ns_to_secs(wait_ns)),
+                Ok((wait_ns, ticket)) => Ok((ns_to_secs(wait_ns), ticket)),
                 Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
             }
+        }
+
+        /// Withdraws a reservation if nothing happened since (see `TokenBucket.cancel_reservation`).
+        #[pyo3(signature = (tokens, ticket))]
+        fn cancel_reservation(&self, py: Python<'_>, tokens: f64, ticket: u64) -> PyResult<bool> {
+            self.with_bucket(py, |limits, tat, _| {
+                let cost = limits.cost_ns(tokens)?;
+                Ok(Limits::cancel(*tat, ticket, cost)
+                    .map(|previous| *tat = previous)
+                    .is_some())
+            })
         }
 
         /// Seconds until `tokens` are available (0.0 if they are now).

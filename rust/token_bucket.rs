@@ -157,6 +157,15 @@ impl Limits {
         Ok((tat.max(now).saturating_add(cost), wait_ns))
     }
 
+    /// The TAT after withdrawing the reservation that left it at `reserved`
+    /// (costing `cost`), or `None` when anything was granted or reserved since:
+    /// then the tokens stay consumed, which never grants more than the limit.
+    #[inline]
+    #[must_use]
+    pub fn cancel(tat: u64, reserved: u64, cost: u64) -> Option<u64> {
+        (tat == reserved).then(|| reserved.saturating_sub(cost))
+    }
+
     /// Tokens in the bucket at `now` (0 while reservations are outstanding).
     #[inline]
     #[must_use]
@@ -218,7 +227,13 @@ impl Bucket {
 
     /// Reserves `cost` now and returns how long to wait for it, unless the
     /// wait exceeds `max_wait_ns`: then nothing is reserved.
-    pub fn reserve(&self, now: u64, cost: u64, max_wait_ns: Option<u64>) -> Result<u64, TooLong> {
+    /// Returns `(wait_ns, ticket)`; the ticket withdraws the reservation with [`Bucket::cancel`].
+    pub fn reserve(
+        &self,
+        now: u64,
+        cost: u64,
+        max_wait_ns: Option<u64>,
+    ) -> Result<(u64, u64), TooLong> {
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let (next, wait_ns) = self.limits.reserve(tat, now, cost, max_wait_ns)?;
@@ -226,10 +241,20 @@ impl Bucket {
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(wait_ns),
+                Ok(_) => return Ok((wait_ns, next)),
                 Err(actual) => tat = actual,
             }
         }
+    }
+
+    /// Withdraws the reservation `ticket` of `cost` if nothing happened since; whether it did.
+    pub fn cancel(&self, ticket: u64, cost: u64) -> bool {
+        let tat = self.tat.load(Ordering::Acquire);
+        Limits::cancel(tat, ticket, cost).is_some_and(|previous| {
+            self.tat
+                .compare_exchange(tat, previous, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
     }
 
     #[inline]
@@ -348,17 +373,29 @@ mod binding {
             Ok(self.bucket.try_acquire(self.clock.now_ns(py)?, cost))
         }
 
-        /// Reserves `tokens` and returns the seconds to wait for them (0.0: granted
+        /// Reserves `tokens`: `(seconds to wait for them, ticket)` (0.0: granted
         /// now). Raises `RateLimitExceeded` and reserves nothing when the wait would
         /// exceed `timeout` seconds.
         #[pyo3(signature = (tokens = 1.0, timeout = None))]
-        fn reserve(&self, py: Python<'_>, tokens: f64, timeout: Option<f64>) -> PyResult<f64> {
+        fn reserve(
+            &self,
+            py: Python<'_>,
+            tokens: f64,
+            timeout: Option<f64>,
+        ) -> PyResult<(f64, u64)> {
             let cost = self.cost(tokens)?;
             let max_wait = timeout.map(checked_timeout).transpose()?;
             match self.bucket.reserve(self.clock.now_ns(py)?, cost, max_wait) {
-                Ok(wait_ns) => Ok(ns_to_secs(wait_ns)),
+                Ok((wait_ns, ticket)) => Ok((ns_to_secs(wait_ns), ticket)),
                 Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
             }
+        }
+
+        /// Withdraws a reservation (its `tokens` and `ticket`) if nothing was granted
+        /// or reserved since; whether it was. Otherwise its tokens stay consumed.
+        #[pyo3(signature = (tokens, ticket))]
+        fn cancel_reservation(&self, tokens: f64, ticket: u64) -> PyResult<bool> {
+            Ok(self.bucket.cancel(ticket, self.cost(tokens)?))
         }
 
         /// Seconds until `tokens` are available (0.0 if they are now).
@@ -455,14 +492,19 @@ mod tests {
     fn reservations_queue_and_respect_the_limit() {
         let bucket = Bucket::new(limits(10.0, 1.0, 1.0), 0);
         let cost = bucket.limits.cost_ns(1.0).unwrap();
-        assert_eq!(bucket.reserve(0, cost, None), Ok(0));
-        assert_eq!(bucket.reserve(0, cost, None), Ok(SEC / 10));
+        assert_eq!(bucket.reserve(0, cost, None), Ok((0, SEC / 10)));
+        assert_eq!(bucket.reserve(0, cost, None), Ok((SEC / 10, SEC / 5)));
         assert_eq!(
             bucket.reserve(0, cost, Some(SEC / 10)),
             Err(TooLong { wait_ns: SEC / 5 })
         );
-        assert_eq!(bucket.reserve(0, cost, Some(SEC / 5)), Ok(SEC / 5));
+        let (wait, ticket) = bucket.reserve(0, cost, Some(SEC / 5)).unwrap();
+        assert_eq!(wait, SEC / 5);
         assert!(bucket.available(0).abs() < 1e-12);
+        // Only the latest reservation can be withdrawn.
+        assert!(!bucket.cancel(SEC / 5, cost));
+        assert!(bucket.cancel(ticket, cost));
+        assert_eq!(bucket.wait_ns(0, cost), SEC / 5);
     }
 
     #[test]

@@ -64,6 +64,7 @@ class BucketParity(RuleBasedStateMachine):
     def create(self, config: RateLimitConfig) -> None:
         self.clock = ManualClock()
         self.buckets = [m.TokenBucket(config, clock=self.clock) for m in (self.native, self.pure)]
+        self.tickets: list[tuple[float, int]] = []
 
     @rule(ns=advances)
     def advance(self, ns: int) -> None:
@@ -75,7 +76,16 @@ class BucketParity(RuleBasedStateMachine):
 
     @rule(n=tokens, timeout=timeouts)
     def reserve(self, n: float, timeout: float | None) -> None:
-        same(*(outcome(lambda b=b: b.reserve(n, timeout)) for b in self.buckets))
+        results = [outcome(lambda b=b: b.reserve(n, timeout)) for b in self.buckets]
+        same(*results)
+        if results[0][0] == "ok":
+            self.tickets.append((n, results[0][1][1]))
+
+    @rule(data=st.data())
+    def cancel_reservation(self, data: st.DataObject) -> None:
+        if self.tickets:
+            n, ticket = data.draw(st.sampled_from(self.tickets))
+            same(*(outcome(lambda b=b: b.cancel_reservation(n, ticket)) for b in self.buckets))
 
     @rule(n=tokens)
     def retry_after(self, n: float) -> None:
@@ -133,11 +143,15 @@ class RegistryParity(RuleBasedStateMachine):
         if handles:
             same(*(outcome(lambda h=h: h.try_acquire(n)) for h in handles))
 
-    @rule(key=keys, n=tokens, timeout=timeouts)
-    def reserve(self, key: str, n: float, timeout: float | None) -> None:
+    @rule(key=keys, n=tokens, timeout=timeouts, cancel=st.booleans())
+    def reserve(self, key: str, n: float, timeout: float | None, cancel: bool) -> None:
         handles = self.limiters(key, False)
         if handles:
-            same(*(outcome(lambda h=h: h.reserve(n, timeout)) for h in handles))
+            results = [outcome(lambda h=h: h.reserve(n, timeout)) for h in handles]
+            same(*results)
+            if cancel and results[0][0] == "ok":
+                ticket = results[0][1][1]
+                same(*(outcome(lambda h=h: h.cancel_reservation(n, ticket)) for h in handles))
 
     @rule(key=keys, n=tokens)
     def retry_after_and_tokens(self, key: str, n: float) -> None:

@@ -199,8 +199,41 @@ def test_acquire_timeout_raises_at_once_and_reserves_nothing() -> None:
 def test_reserved_tokens_are_not_available() -> None:
     """While an acquire waits for its tokens, others see none and queue behind it."""
     limiter, _ = bucket(rate=1.0, burst=1, initial=0)
-    assert limiter.reserve() == pytest.approx(1.0)
+    wait, _ = limiter.reserve()
+    assert wait == pytest.approx(1.0)
     assert limiter.available_tokens == 0.0
+    assert limiter.retry_after() == pytest.approx(2.0)
+
+
+class InterruptedSleep(ManualClock):
+    """A ManualClock whose sleep is interrupted (like KeyboardInterrupt or a signal)."""
+
+    def sleep(self, seconds: float) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_interrupted_blocking_acquire_gives_its_reservation_back(keyed: bool) -> None:
+    """An acquire interrupted in its sleep withdraws its reservation: nothing consumed."""
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=2, initial_tokens=0)
+    clock = InterruptedSleep()
+    limiter = (
+        RateLimiterRegistry(config, clock=clock).get_limiter("k")
+        if keyed
+        else TokenBucket(config, clock=clock)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        limiter.acquire(2.0)
+    assert limiter.retry_after(2.0) == pytest.approx(2.0)
+
+
+def test_cancelled_reservation_with_later_ones_stays_consumed() -> None:
+    """A reservation with others after it cannot be withdrawn: those keep their place."""
+    limiter, _ = bucket(rate=1.0, burst=1, initial=0)
+    _, first = limiter.reserve()
+    _, second = limiter.reserve()
+    assert not limiter.cancel_reservation(1.0, first)
+    assert limiter.cancel_reservation(1.0, second)
     assert limiter.retry_after() == pytest.approx(2.0)
 
 

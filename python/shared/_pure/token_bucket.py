@@ -116,6 +116,12 @@ class _Limits:
             raise _rate_limit_exceeded(ns_to_secs(wait_ns))
         return _sat(max(tat, now) + cost), wait_ns
 
+    @staticmethod
+    def cancel(tat: int, reserved: int, cost: int) -> int | None:
+        """The TAT without the reservation that left it at ``reserved``, or None
+        when anything was granted or reserved since."""
+        return max(reserved - cost, 0) if tat == reserved else None
+
     def available(self, tat: int, now: int) -> float:
         credit = max(0, _sat(now + self.tolerance_ns) - max(tat, now))
         return float(credit) / float(self.interval_ns)
@@ -154,8 +160,8 @@ class TokenBucket:
             self._tat = following
             return True
 
-    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> float:
-        """Reserves ``tokens``; the seconds to wait for them (0.0: granted now).
+    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> tuple[float, int]:
+        """Reserves ``tokens``: ``(seconds to wait for them, ticket)`` (0.0: granted now).
 
         Raises ``RateLimitExceeded`` and reserves nothing when the wait would
         exceed ``timeout`` seconds.
@@ -165,7 +171,18 @@ class TokenBucket:
         now = self._now()
         with self._lock:
             self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
-        return ns_to_secs(wait_ns)
+            return ns_to_secs(wait_ns), self._tat
+
+    def cancel_reservation(self, /, tokens: float, ticket: int) -> bool:
+        """Withdraws a reservation (its ``tokens`` and ``ticket``) if nothing was
+        granted or reserved since; whether it was. Otherwise its tokens stay consumed."""
+        cost = self._limits.cost_ns(tokens)
+        with self._lock:
+            previous = _Limits.cancel(self._tat, ticket, cost)
+            if previous is None:
+                return False
+            self._tat = previous
+            return True
 
     def retry_after(self, /, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` are available (0.0 if they are now)."""
@@ -379,17 +396,29 @@ class KeyedLimiter:
 
         return self._registry._with_entry(self._key, take)
 
-    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> float:
-        """Reserves ``tokens``; the seconds to wait for them (see ``TokenBucket.reserve``)."""
+    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> tuple[float, int]:
+        """Reserves ``tokens``: ``(seconds to wait, ticket)`` (see ``TokenBucket.reserve``)."""
         max_wait = _checked_timeout(timeout)
 
-        def reserve(entry: _Entry, now: int) -> int:
+        def reserve(entry: _Entry, now: int) -> tuple[float, int]:
             entry.tat, wait_ns = entry.limits.reserve(
                 entry.tat, now, entry.limits.cost_ns(tokens), max_wait
             )
-            return wait_ns
+            return ns_to_secs(wait_ns), entry.tat
 
-        return ns_to_secs(self._registry._with_entry(self._key, reserve))
+        return self._registry._with_entry(self._key, reserve)
+
+    def cancel_reservation(self, /, tokens: float, ticket: int) -> bool:
+        """Withdraws a reservation if nothing happened since (see ``TokenBucket``)."""
+
+        def cancel(entry: _Entry, now: int) -> bool:
+            previous = _Limits.cancel(entry.tat, ticket, entry.limits.cost_ns(tokens))
+            if previous is None:
+                return False
+            entry.tat = previous
+            return True
+
+        return self._registry._with_entry(self._key, cancel)
 
     def retry_after(self, /, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` are available (0.0 if they are now)."""

@@ -201,11 +201,19 @@ def _check_timeout(timeout: Optional[float]) -> None:
 
 
 def _acquire(limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
-    """Reserve, then sleep exactly the wait (shared by every limiter type)."""
+    """Reserve, then sleep exactly the wait (shared by every limiter type).
+
+    If the sleep is interrupted (KeyboardInterrupt, a timeout raised by a
+    signal), the reservation is withdrawn when nothing was reserved after it.
+    """
     _check_timeout(timeout)
-    wait = limiter.reserve(tokens, timeout)
+    wait, ticket = limiter.reserve(tokens, timeout)
     if wait > 0.0:
-        _sleep_of(limiter)(wait)
+        try:
+            _sleep_of(limiter)(wait)
+        except BaseException:
+            limiter.cancel_reservation(tokens, ticket)
+            raise
 
 
 class _Waiter:
