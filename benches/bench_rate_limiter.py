@@ -25,7 +25,7 @@ from shared.resilience import RateLimitConfig, TokenBucket
 
 BATCH = 1000
 MANY_KEYS = 1_000_000
-THREAD_OPS = 100_000
+THREAD_OPS = 400_000
 
 # Allowed: a rate no benchmark can exhaust. Denied: an empty bucket that refills hourly.
 ALLOWED = RateLimitConfig(tokens_per_second=1e9, burst_size=1e9)
@@ -227,12 +227,12 @@ def _threads(bucket: Any, threads: int) -> Callable[[], None]:
 
 @pytest.mark.benchmark(group="threads on one bucket")
 def test_one_thread_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 1), rounds=25, warmup_rounds=2)
+    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 1), rounds=15, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="threads on one bucket")
 def test_two_threads_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 2), rounds=25, warmup_rounds=2)
+    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 2), rounds=15, warmup_rounds=1)
 
 
 # -- async acquire (aiolimiter has no non-blocking acquire) ----------------------------
