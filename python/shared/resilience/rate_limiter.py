@@ -102,11 +102,14 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
         The tokens are reserved at once and the caller sleeps exactly until they
         are due (no polling). When that wait would exceed ``timeout`` seconds,
         raises ``RateLimitExceeded`` at once, with the wait as ``retry_after``,
-        and reserves nothing.
+        and reserves nothing. An interrupted sleep gives the reservation back
+        unless others have reserved after it.
         """
         _acquire(self, tokens, timeout)
 
-    def acquire_async(self, tokens: float = 1.0, timeout: Optional[float] = None) -> Any:
+    def acquire_async(
+        self, tokens: float = 1.0, timeout: Optional[float] = None
+    ) -> Awaitable[None]:
         """Awaitable ``acquire``: waiters are served first come, first served.
 
         Only the waiter at the head of the queue sleeps (until its tokens are
