@@ -8,7 +8,10 @@
 pub mod backoff;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod limiter_registry;
 pub mod retry;
+pub mod slot_index;
+pub mod token_bucket;
 
 #[cfg(feature = "python")]
 #[pyo3::pymodule]
@@ -22,7 +25,11 @@ mod _native {
     #[pymodule_export]
     use crate::clock::monotonic_ns;
     #[pymodule_export]
+    use crate::limiter_registry::{KeyedLimiter, RateLimiterRegistry};
+    #[pymodule_export]
     use crate::retry::{RetryBudget, RetryCore, RetryingCall};
+    #[pymodule_export]
+    use crate::token_bucket::TokenBucket;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

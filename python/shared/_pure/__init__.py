@@ -12,15 +12,19 @@ from shared._pure.backoff import Backoff
 from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
 from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
+from shared._pure.token_bucket import KeyedLimiter, RateLimiterRegistry, TokenBucket
 
 __all__ = [
     "ABI3",
     "BUILD_PROFILE",
     "Backoff",
     "CircuitBreakerCore",
+    "KeyedLimiter",
+    "RateLimiterRegistry",
     "RetryBudget",
     "RetryCore",
     "RetryingCall",
+    "TokenBucket",
     "__version__",
     "monotonic_ns",
 ]

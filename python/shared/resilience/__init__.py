@@ -19,7 +19,13 @@ from shared.resilience.exceptions import (
     ResilienceError,
     TimeoutError,
 )
-from shared.resilience.rate_limiter import RateLimitConfig
+from shared.resilience.rate_limiter import (
+    KeyedLimiter,
+    RateLimitConfig,
+    RateLimiterRegistry,
+    TokenBucket,
+    rate_limited,
+)
 from shared.resilience.retry import (
     BackoffStrategy,
     Jitter,
@@ -38,15 +44,19 @@ __all__ = [
     "CircuitBreakerRegistry",
     "CircuitBreakerState",
     "Jitter",
+    "KeyedLimiter",
     "RateLimitConfig",
     "RateLimitExceeded",
+    "RateLimiterRegistry",
     "ResilienceError",
     "Retry",
     "RetryBudget",
     "RetryConfig",
     "TimeoutContext",
     "TimeoutError",
+    "TokenBucket",
     "circuit_breaker_registry",
+    "rate_limited",
     "with_retry",
     "with_timeout",
 ]

@@ -1,18 +1,35 @@
 """Token-bucket rate limiting (the document's "Rate Limiting" section).
 
-The configuration lives here first because both the in-process limiter and
-the Redis-backed limiter take it.
+``RateLimitConfig`` is taken by the in-process limiters here and by the
+Redis-backed limiter. ``TokenBucket`` and ``RateLimiterRegistry`` are GCRA
+cores (native when the extension is installed) with the waiting layer
+(blocking, async, decorator) on top.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import math
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from shared import _validation
+from shared._backend import core
+from shared.resilience.exceptions import RateLimitExceeded
 
-__all__ = ["RateLimitConfig"]
+__all__ = [
+    "KeyedLimiter",
+    "RateLimitConfig",
+    "RateLimiterRegistry",
+    "TokenBucket",
+    "rate_limited",
+]
 
 
 @dataclass(frozen=True)
@@ -50,3 +67,336 @@ class RateLimitConfig:
         object.__setattr__(self, "tokens_per_second", rate)
         object.__setattr__(self, "burst_size", burst)
         object.__setattr__(self, "initial_tokens", initial)
+
+
+_DEFAULT_CONFIG = RateLimitConfig()
+
+# The backend's cores (typed Any: the backend is chosen at import time).
+_CoreTokenBucket: Any = core.TokenBucket
+_CoreRegistry: Any = core.RateLimiterRegistry
+
+
+class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
+    """A token bucket: at most ``burst_size`` tokens, refilled continuously at
+    ``tokens_per_second``, shared safely by threads and tasks.
+
+    Args:
+        config: the bucket's ``RateLimitConfig``.
+        clock: keyword-only; an object with ``now_ns()`` (such as
+            ``shared.testing.ManualClock``) to read instead of the monotonic
+            clock. If it also has ``sleep``/``sleep_async``, waits use them.
+
+    ``try_acquire``, ``retry_after``, ``available_tokens`` and ``reset`` are
+    single native calls. ``tokens`` must be finite, > 0 and <= ``burst_size``
+    (else ``ValueError`` naming ``tokens``).
+    """
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self, config: RateLimitConfig, *, clock: Optional[Any] = None) -> None:
+        self._waiters = _WaitQueue()
+
+    def acquire(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+        """Blocks until ``tokens`` are granted.
+
+        The tokens are reserved at once and the caller sleeps exactly until they
+        are due (no polling). When that wait would exceed ``timeout`` seconds,
+        raises ``RateLimitExceeded`` at once, with the wait as ``retry_after``,
+        and reserves nothing. An interrupted sleep gives the reservation back
+        unless others have reserved after it.
+        """
+        _acquire(self, tokens, timeout)
+
+    def acquire_async(
+        self, tokens: float = 1.0, timeout: Optional[float] = None
+    ) -> Awaitable[None]:
+        """Awaitable ``acquire``: waiters are served first come, first served.
+
+        Only the waiter at the head of the queue sleeps (until its tokens are
+        due); the others wait for their turn. A waiter that is cancelled or
+        times out consumes nothing.
+        """
+        return _acquire_async(self, tokens, timeout)
+
+    def __repr__(self) -> str:
+        return f"TokenBucket({self.config!r})"
+
+
+class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
+    """One token bucket per key (a user, an API key, ...), kept in native memory.
+
+    Args:
+        default_config: the configuration of keys without their own.
+        max_keys: keyword-only; at most this many keys (default 1,000,000, about
+            65 MB when full). When full, keys whose bucket has been full for
+            ``idle_ttl`` seconds are evicted (a full bucket forgets nothing);
+            if none can be, a new key raises ``RateLimitExceeded``.
+        idle_ttl: keyword-only; seconds a bucket must have been full before its
+            key may be evicted (default 60).
+        clock: keyword-only; as for ``TokenBucket``.
+
+    ``get_limiter(key)`` returns a light handle with the ``TokenBucket`` API;
+    handles of one key share one bucket, even when created concurrently. Keys
+    given their own configuration by ``set_limiter`` are never evicted.
+    """
+
+    __slots__ = ("_waiters",)
+
+    def __new__(
+        cls,
+        default_config: RateLimitConfig = _DEFAULT_CONFIG,
+        *,
+        max_keys: int = 1_000_000,
+        idle_ttl: float = 60.0,
+        clock: Optional[Any] = None,
+    ) -> RateLimiterRegistry:
+        _validation.positive_int("max_keys", max_keys)
+        _validation.non_negative_finite("idle_ttl", idle_ttl)
+        registry: RateLimiterRegistry = super().__new__(
+            cls, default_config, max_keys=max_keys, idle_ttl=idle_ttl, clock=clock
+        )
+        return registry
+
+    def __init__(
+        self,
+        default_config: RateLimitConfig = _DEFAULT_CONFIG,
+        *,
+        max_keys: int = 1_000_000,
+        idle_ttl: float = 60.0,
+        clock: Optional[Any] = None,
+    ) -> None:
+        self._waiters = _WaitQueue()
+
+    def len(self) -> int:
+        """The number of keys held (also ``len(registry)``)."""
+        return len(self)
+
+    def __repr__(self) -> str:
+        return f"RateLimiterRegistry({self.default_config!r}, keys={len(self)})"
+
+
+KeyedLimiter = core.KeyedLimiter
+"""The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
+
+# -- waiting -----------------------------------------------------------------
+
+
+def _now_seconds(limiter: Any) -> float:
+    clock = limiter.clock
+    return time.monotonic() if clock is None else float(clock.now_ns()) / 1e9
+
+
+def _sleep_of(limiter: Any) -> Callable[[float], Any]:
+    sleep = getattr(limiter.clock, "sleep", None)
+    return sleep if callable(sleep) else time.sleep
+
+
+def _sleep_async_of(limiter: Any) -> Callable[[float], Awaitable[Any]]:
+    sleep = getattr(limiter.clock, "sleep_async", None)
+    return sleep if callable(sleep) else asyncio.sleep
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    if timeout is not None:
+        _validation.number("timeout", timeout)
+        if math.isnan(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+
+
+def _acquire(limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    """Reserve, then sleep exactly the wait (shared by every limiter type).
+
+    If the sleep is interrupted (KeyboardInterrupt, a timeout raised by a
+    signal), the reservation is withdrawn when nothing was reserved after it.
+    """
+    _check_timeout(timeout)
+    wait, ticket = limiter.reserve(tokens, timeout)
+    if wait > 0.0:
+        try:
+            _sleep_of(limiter)(wait)
+        except BaseException:
+            limiter.cancel_reservation(tokens, ticket)
+            raise
+
+
+class _Waiter:
+    __slots__ = ("future", "tokens")
+
+    def __init__(self, tokens: float, future: asyncio.Future[None]) -> None:
+        self.tokens = tokens
+        self.future = future
+
+
+def _give_turn(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _WaitQueue:
+    """FIFO queues of async waiters, one per key (``None`` for a lone bucket)."""
+
+    __slots__ = ("_lock", "_queues")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[Any, deque[_Waiter]] = {}
+
+    def busy(self, key: Any) -> bool:
+        return key in self._queues
+
+    def join(self, key: Any, waiter: _Waiter) -> float:
+        """Queues ``waiter``; the tokens queued ahead of it (0.0: it is the head)."""
+        with self._lock:
+            queue = self._queues.setdefault(key, deque())
+            ahead = sum(w.tokens for w in queue)
+            queue.append(waiter)
+            return ahead
+
+    def leave(self, key: Any, waiter: _Waiter) -> None:
+        """Removes ``waiter``; if it was the head, the next waiter's turn begins."""
+        while True:
+            with self._lock:
+                queue = self._queues[key]
+                was_head = queue[0] is waiter
+                queue.remove(waiter)
+                following = queue[0] if was_head and queue else None
+                if not queue:
+                    del self._queues[key]
+            if following is None:
+                return
+            try:
+                following.future.get_loop().call_soon_threadsafe(_give_turn, following.future)
+                return
+            except RuntimeError:  # its event loop is closed: it will never run; skip it
+                waiter = following
+
+
+def _queue_of(limiter: Any) -> tuple[_WaitQueue, Any]:
+    waiters = getattr(limiter, "_waiters", None)
+    if isinstance(waiters, _WaitQueue):
+        return waiters, None
+    waiters = getattr(limiter.registry, "_waiters", None)
+    if isinstance(waiters, _WaitQueue):
+        return waiters, limiter.key
+    raise TypeError("acquire_async needs a shared.resilience TokenBucket or RateLimiterRegistry")
+
+
+async def _acquire_async(
+    limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None
+) -> None:
+    """FIFO async wait: only the head sleeps, and nothing is reserved while waiting,
+    so a cancelled or timed-out waiter consumes nothing."""
+    _check_timeout(timeout)
+    queues, key = _queue_of(limiter)
+    if not queues.busy(key) and limiter.try_acquire(tokens):
+        return
+    retry_after = limiter.retry_after(tokens)  # validates tokens
+    waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
+    ahead = queues.join(key, waiter)
+    try:
+        start = _now_seconds(limiter)
+        estimate = retry_after + ahead / limiter.config.tokens_per_second
+        if timeout is not None and estimate > timeout:
+            raise RateLimitExceeded(estimate)
+        deadline = None if timeout is None else start + timeout
+        if ahead:
+            await _wait_for_turn(limiter, waiter, deadline)
+        sleep = _sleep_async_of(limiter)
+        while not limiter.try_acquire(tokens):
+            wait = limiter.retry_after(tokens)
+            if deadline is not None and _now_seconds(limiter) + wait > deadline:
+                raise RateLimitExceeded(wait)
+            await sleep(wait)
+    finally:
+        queues.leave(key, waiter)
+
+
+async def _wait_for_turn(limiter: Any, waiter: _Waiter, deadline: Optional[float]) -> None:
+    if deadline is None:
+        await waiter.future
+        return
+    remaining = max(0.0, deadline - _now_seconds(limiter))
+    try:
+        await asyncio.wait_for(waiter.future, remaining)
+    except asyncio.TimeoutError:
+        raise RateLimitExceeded(limiter.retry_after(waiter.tokens)) from None
+
+
+# -- decorator ---------------------------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def rate_limited(
+    limiter: Union[TokenBucket, RateLimiterRegistry, RateLimitConfig, Any, None] = None,
+    *,
+    tokens: float = 1.0,
+    timeout: Optional[float] = None,
+    key: Optional[Callable[..., str]] = None,
+) -> Any:
+    """Rate-limits a function or coroutine function: each call first acquires ``tokens``.
+
+    Args:
+        limiter: a ``TokenBucket`` (or a registry's limiter) to share, a
+            ``RateLimitConfig`` for a new bucket, or a ``RateLimiterRegistry``
+            together with ``key``. Default: a new bucket with ``RateLimitConfig()``.
+            ``@rate_limited`` without parentheses works too.
+        tokens: tokens per call.
+        timeout: the longest wait in seconds; ``RateLimitExceeded`` is raised at
+            once when the wait would be longer (``0`` fails fast). ``None`` waits.
+        key: with a registry, ``key(*args, **kwargs)`` names the caller's bucket.
+
+    The wrapper's ``limiter`` attribute is the bucket or registry it uses.
+    """
+    if callable(limiter) and not isinstance(
+        limiter, (core.TokenBucket, core.KeyedLimiter, core.RateLimiterRegistry)
+    ):
+        return rate_limited()(limiter)
+    _validation.positive_finite("tokens", tokens)
+    _check_timeout(timeout)
+    source: Any
+    if limiter is None:
+        source = TokenBucket(_DEFAULT_CONFIG)
+    elif isinstance(limiter, RateLimitConfig):
+        source = TokenBucket(limiter)
+    elif isinstance(limiter, core.RateLimiterRegistry):
+        if key is None:
+            raise TypeError(
+                "key must be given with a RateLimiterRegistry: key(*args, **kwargs) -> str"
+            )
+        source = limiter
+    elif isinstance(limiter, (core.TokenBucket, core.KeyedLimiter)):
+        source = limiter
+    else:
+        raise TypeError(
+            "limiter must be a TokenBucket, a RateLimiterRegistry or a RateLimitConfig, "
+            f"got {type(limiter).__name__}"
+        )
+    if key is not None and not isinstance(source, core.RateLimiterRegistry):
+        raise TypeError("key is only used with a RateLimiterRegistry")
+
+    def limiter_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if key is None:
+            return source
+        return source.get_limiter(key(*args, **kwargs))
+
+    def decorate(func: _F) -> _F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                await limiter_for(args, kwargs).acquire_async(tokens, timeout)
+                return await func(*args, **kwargs)
+
+            async_wrapper.limiter = source  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            limiter_for(args, kwargs).acquire(tokens, timeout)
+            return func(*args, **kwargs)
+
+        wrapper.limiter = source  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

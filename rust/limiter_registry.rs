@@ -1,0 +1,947 @@
+//! Per-key token buckets: one GCRA state per key in a compact table.
+//!
+//! Memory is the constraint (a million keys in well under 100 bytes each), so
+//! no Python object is kept per key: a key is a slot of 48 bytes (its hash,
+//! its text inline when short, its TAT, its configuration and a generation)
+//! in one `Vec`, found through a compact index (`slot_index.rs`). `get_limiter`
+//! hands out a small handle holding the slot number and generation; a handle
+//! whose slot was evicted or reused finds (or recreates) its key again.
+//!
+//! One mutex guards the table; every critical section is a lookup and a few
+//! integer operations, never user code. The registry is bounded by
+//! `max_keys`: when full, keys that have been full for `idle_ttl` are evicted
+//! (forgetting a full bucket loses nothing). Keys given their own
+//! configuration by `set` are never evicted. If nothing can be evicted, a new
+//! key is refused with the time until one can.
+
+use crate::slot_index::{fold, SlotIndex};
+use crate::token_bucket::Limits;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Key bytes stored inline (most keys are short ids); longer ones go to the heap.
+const INLINE: usize = 22;
+
+#[derive(Debug)]
+enum Key {
+    Vacant,
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(key: &str) -> Self {
+        if key.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..key.len()].copy_from_slice(key.as_bytes());
+            Self::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(key.into())
+        }
+    }
+
+    fn is(&self, key: &str) -> bool {
+        match self {
+            Self::Vacant => false,
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)] == key.as_bytes(),
+            Self::Heap(stored) => &**stored == key,
+        }
+    }
+}
+
+/// Configuration 0 is the registry's default; others were given by `set`.
+const DEFAULT_CONFIG: u32 = 0;
+
+#[derive(Debug)]
+struct Slot {
+    hash: u64,
+    key: Key,
+    tat: u64,
+    config: u32,
+    /// Bumped whenever the slot is vacated, so stale handles notice.
+    generation: u32,
+}
+
+/// Where a key lives: its slot and the slot's generation when it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl Location {
+    /// Packed into one word (for an atomic cache in a handle).
+    #[must_use]
+    pub fn pack(self) -> u64 {
+        (u64::from(self.slot) << 32) | u64::from(self.generation)
+    }
+
+    #[must_use]
+    pub fn unpack(word: u64) -> Self {
+        Self {
+            slot: (word >> 32) as u32,
+            generation: word as u32,
+        }
+    }
+}
+
+/// The registry is full and no key can be evicted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    /// Nanoseconds until a key becomes evictable.
+    pub retry_after_ns: u64,
+}
+
+/// A key's configuration: its limits and a payload (the Python config object).
+struct Config<C> {
+    limits: Limits,
+    payload: C,
+}
+
+struct Table<C> {
+    index: SlotIndex,
+    slots: Vec<Slot>,
+    vacant: Vec<u32>,
+    configs: Vec<Option<Config<C>>>,
+    vacant_configs: Vec<u32>,
+    /// When full, no key becomes evictable before this instant (skips rescans).
+    no_eviction_before: u64,
+}
+
+/// Per-key buckets, bounded by `max_keys`.
+pub struct Registry<C> {
+    table: Mutex<Table<C>>,
+    max_keys: usize,
+    idle_ns: u64,
+}
+
+impl<C> Table<C> {
+    fn find(&self, key: &str, hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(fold(hash), |i| {
+            let slot = &slots[i as usize];
+            slot.hash == hash && slot.key.is(key)
+        })
+    }
+
+    fn location(&self, slot: u32) -> Location {
+        Location {
+            slot,
+            generation: self.slots[slot as usize].generation,
+        }
+    }
+
+    fn limits(&self, config: u32) -> &Limits {
+        &self.configs[config as usize]
+            .as_ref()
+            .expect("a slot's configuration exists")
+            .limits
+    }
+
+    fn add_config(&mut self, config: Config<C>) -> u32 {
+        if let Some(id) = self.vacant_configs.pop() {
+            self.configs[id as usize] = Some(config);
+            id
+        } else {
+            self.configs.push(Some(config));
+            (self.configs.len() - 1) as u32
+        }
+    }
+
+    /// Frees a key's own configuration; its payload is returned so that the
+    /// caller drops it after releasing the lock (dropping may run Python code).
+    #[must_use]
+    fn take_config(&mut self, id: u32) -> Option<C> {
+        if id == DEFAULT_CONFIG {
+            return None;
+        }
+        self.vacant_configs.push(id);
+        self.configs[id as usize]
+            .take()
+            .map(|config| config.payload)
+    }
+
+    #[must_use]
+    fn vacate(&mut self, slot: u32) -> Option<C> {
+        let hash = self.slots[slot as usize].hash;
+        self.index.remove(fold(hash), slot);
+        let config = {
+            let s = &mut self.slots[slot as usize];
+            s.key = Key::Vacant;
+            s.generation = s.generation.wrapping_add(1);
+            std::mem::replace(&mut s.config, DEFAULT_CONFIG)
+        };
+        self.vacant.push(slot);
+        self.take_config(config)
+    }
+
+    fn insert(&mut self, key: &str, hash: u64, config: u32, now: u64) -> u32 {
+        let tat = self.limits(config).initial_tat(now);
+        let slot = if let Some(slot) = self.vacant.pop() {
+            let s = &mut self.slots[slot as usize];
+            s.hash = hash;
+            s.key = Key::new(key);
+            s.tat = tat;
+            s.config = config;
+            slot
+        } else {
+            self.slots.push(Slot {
+                hash,
+                key: Key::new(key),
+                tat,
+                config,
+                generation: 0,
+            });
+            (self.slots.len() - 1) as u32
+        };
+        self.index.insert(fold(hash), slot);
+        slot
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Evicts every key that has been full for `idle_ns` and uses the default
+    /// configuration; when none can go, the time until one can.
+    fn evict_idle(&mut self, now: u64, idle_ns: u64) -> Result<(), Full> {
+        if now < self.no_eviction_before {
+            return Err(Full {
+                retry_after_ns: self.no_eviction_before - now,
+            });
+        }
+        let mut evicted = false;
+        let mut soonest = u64::MAX;
+        for slot in 0..self.slots.len() as u32 {
+            let s = &self.slots[slot as usize];
+            if matches!(s.key, Key::Vacant) || s.config != DEFAULT_CONFIG {
+                continue;
+            }
+            if Limits::idle(s.tat, now, idle_ns) {
+                // Only keys with the default configuration are evicted: no payload.
+                let _ = self.vacate(slot);
+                evicted = true;
+            } else {
+                soonest = soonest.min(s.tat.saturating_add(idle_ns));
+            }
+        }
+        if evicted {
+            return Ok(());
+        }
+        // Only keys with their own configuration: nothing will become evictable.
+        let retry_after_ns = soonest.saturating_sub(now).max(1);
+        self.no_eviction_before = now.saturating_add(retry_after_ns);
+        Err(Full { retry_after_ns })
+    }
+}
+
+impl<C> Registry<C> {
+    /// A registry whose keys get `default` (with its payload) unless `set` says otherwise.
+    pub fn new(default: Limits, payload: C, max_keys: usize, idle_ns: u64) -> Self {
+        Self {
+            table: Mutex::new(Table {
+                index: SlotIndex::default(),
+                slots: Vec::new(),
+                vacant: Vec::new(),
+                configs: vec![Some(Config {
+                    limits: default,
+                    payload,
+                })],
+                vacant_configs: Vec::new(),
+                no_eviction_before: 0,
+            }),
+            max_keys,
+            idle_ns,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table<C>> {
+        // The table is consistent after every statement that can panic.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the payload of the default configuration.
+    pub fn default_payload<R>(&self, read: impl FnOnce(&C) -> R) -> R {
+        let table = self.lock();
+        read(
+            &table.configs[DEFAULT_CONFIG as usize]
+                .as_ref()
+                .expect("the default configuration exists")
+                .payload,
+        )
+    }
+
+    #[must_use]
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    #[must_use]
+    pub fn idle_ns(&self) -> u64 {
+        self.idle_ns
+    }
+
+    fn find_or_insert(
+        &self,
+        table: &mut Table<C>,
+        key: &str,
+        hash: u64,
+        now: u64,
+    ) -> Result<u32, Full> {
+        if let Some(slot) = table.find(key, hash) {
+            return Ok(slot);
+        }
+        if table.len() >= self.max_keys {
+            table.evict_idle(now, self.idle_ns)?;
+        }
+        Ok(table.insert(key, hash, DEFAULT_CONFIG, now))
+    }
+
+    /// The key's location, if it is held.
+    #[must_use]
+    pub fn find(&self, key: &str, hash: u64) -> Option<Location> {
+        let table = self.lock();
+        table.find(key, hash).map(|slot| table.location(slot))
+    }
+
+    /// The key's location, creating its bucket (default configuration) if needed.
+    pub fn get(&self, key: &str, hash: u64, now: u64) -> Result<Location, Full> {
+        let mut table = self.lock();
+        let slot = self.find_or_insert(&mut table, key, hash, now)?;
+        Ok(table.location(slot))
+    }
+
+    /// Runs `op` on the key's limits and TAT: at `location` if it still holds
+    /// the key, else wherever the key is found or recreated (returned).
+    pub fn with_bucket<R>(
+        &self,
+        location: Location,
+        key: &str,
+        hash: u64,
+        now: u64,
+        op: impl FnOnce(&Limits, &mut u64) -> R,
+    ) -> Result<(R, Location), Full> {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        // A slot's generation changes whenever it is vacated, so a matching
+        // generation (and hash) means the slot still holds this key.
+        let valid = table
+            .slots
+            .get(location.slot as usize)
+            .is_some_and(|s| s.generation == location.generation && s.hash == hash);
+        let slot = if valid {
+            location.slot
+        } else {
+            self.find_or_insert(table, key, hash, now)?
+        };
+        let s = &mut table.slots[slot as usize];
+        let generation = s.generation;
+        let limits = &table.configs[s.config as usize]
+            .as_ref()
+            .expect("a slot's configuration exists")
+            .limits;
+        let result = op(limits, &mut s.tat);
+        Ok((result, Location { slot, generation }))
+    }
+
+    /// Reads the payload of the key's configuration (creating the key if needed).
+    pub fn with_payload<R>(
+        &self,
+        key: &str,
+        hash: u64,
+        now: u64,
+        read: impl FnOnce(&C) -> R,
+    ) -> Result<R, Full> {
+        let mut table = self.lock();
+        let slot = self.find_or_insert(&mut table, key, hash, now)?;
+        let config = table.slots[slot as usize].config;
+        Ok(read(
+            &table.configs[config as usize]
+                .as_ref()
+                .expect("a slot's configuration exists")
+                .payload,
+        ))
+    }
+
+    /// Gives the key its own configuration and a fresh bucket; such keys are
+    /// never evicted (only `remove` forgets them).
+    pub fn set(
+        &self,
+        key: &str,
+        hash: u64,
+        limits: Limits,
+        payload: C,
+        now: u64,
+    ) -> Result<Location, Full> {
+        let mut table = self.lock();
+        let slot = self.find_or_insert(&mut table, key, hash, now)?;
+        let config = table.add_config(Config { limits, payload });
+        let old = std::mem::replace(&mut table.slots[slot as usize].config, config);
+        let old_payload = table.take_config(old);
+        table.slots[slot as usize].tat = limits.initial_tat(now);
+        let location = table.location(slot);
+        drop(table);
+        drop(old_payload);
+        Ok(location)
+    }
+
+    /// Forgets the key (and its configuration); whether it was there.
+    pub fn remove(&self, key: &str, hash: u64) -> bool {
+        let mut table = self.lock();
+        let Some(slot) = table.find(key, hash) else {
+            return false;
+        };
+        let payload = table.vacate(slot);
+        drop(table);
+        drop(payload);
+        true
+    }
+
+    /// Every bucket back to its configured initial tokens.
+    pub fn reset_all(&self, now: u64) {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        // Refilled buckets may become evictable sooner than the cached bound.
+        table.no_eviction_before = 0;
+        for slot in &mut table.slots {
+            if !matches!(slot.key, Key::Vacant) {
+                let limits = &table.configs[slot.config as usize]
+                    .as_ref()
+                    .expect("a slot's configuration exists")
+                    .limits;
+                slot.tat = limits.initial_tat(now);
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn contains(&self, key: &str, hash: u64) -> bool {
+        self.lock().find(key, hash).is_some()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(feature = "python")]
+pub use binding::{KeyedLimiter, RateLimiterRegistry};
+
+#[cfg(feature = "python")]
+mod binding {
+    use super::{Full, Location, Registry};
+    use crate::clock::{ns_to_secs, secs_to_ns, Clock};
+    use crate::token_bucket::{
+        checked_timeout, invalid_value_error, rate_limit_exceeded, read_limits, InvalidValue,
+        Limits,
+    };
+    use pyo3::exceptions::PyValueError;
+    use pyo3::gc::PyVisit;
+    use pyo3::prelude::*;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::PyString;
+    use pyo3::PyTraverseError;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// Limiters handed out recently, one per slot modulo this size (a power of two).
+    const HANDLE_CACHE: usize = 1024;
+
+    /// Per entry: the packed location last asked for, and its handle once asked twice.
+    type HandleCache = Vec<(u64, Option<Py<KeyedLimiter>>)>;
+
+    fn full_error(py: Python<'_>, full: Full) -> PyErr {
+        rate_limit_exceeded(
+            py,
+            ns_to_secs(full.retry_after_ns),
+            Some("rate limiter registry is full (max_keys) and no key is idle yet"),
+        )
+    }
+
+    /// The core of `shared.resilience.RateLimiterRegistry`: buckets per key in Rust.
+    #[pyclass(subclass, frozen, module = "shared._native")]
+    pub struct RateLimiterRegistry {
+        core: Registry<Py<PyAny>>,
+        clock: Clock,
+        idle_ttl: f64,
+        /// Hot keys get their limiter back without allocating one (keyed by
+        /// packed location, so a reused slot never returns another key's).
+        handles: Mutex<HandleCache>,
+    }
+
+    impl RateLimiterRegistry {
+        fn handles(&self) -> MutexGuard<'_, HandleCache> {
+            self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    /// The key's text and hash (Python's own `str` hash, cached in the string).
+    fn key_parts<'a>(key: &'a Bound<'_, PyString>) -> PyResult<(&'a str, u64)> {
+        Ok((key.to_str()?, key.hash()? as u64))
+    }
+
+    #[pymethods]
+    impl RateLimiterRegistry {
+        #[new]
+        #[pyo3(signature = (default_config, *, max_keys = 1_000_000, idle_ttl = 60.0, clock = None))]
+        fn new(
+            default_config: &Bound<'_, PyAny>,
+            max_keys: i64,
+            idle_ttl: f64,
+            clock: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<Self> {
+            let limits = read_limits(default_config)?;
+            if !(1..=i64::from(u32::MAX - 1)).contains(&max_keys) {
+                return Err(PyValueError::new_err(format!(
+                    "max_keys must be >= 1 and < 2**32 - 1, got {max_keys}"
+                )));
+            }
+            if !(idle_ttl.is_finite() && idle_ttl >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "idle_ttl must be a finite number >= 0, got {idle_ttl}"
+                )));
+            }
+            Ok(Self {
+                core: Registry::new(
+                    limits,
+                    default_config.clone().unbind(),
+                    max_keys as usize,
+                    secs_to_ns(idle_ttl),
+                ),
+                clock: Clock::from_py(clock)?,
+                idle_ttl,
+                handles: Mutex::new((0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect()),
+            })
+        }
+
+        /// The key's limiter (a handle; the bucket lives in the registry).
+        fn get_limiter(
+            slf: &Bound<'_, Self>,
+            key: Bound<'_, PyString>,
+        ) -> PyResult<Py<KeyedLimiter>> {
+            let py = slf.py();
+            let this = slf.get();
+            let (text, hash) = key_parts(&key)?;
+            // The clock is read only to create a bucket, not to find one.
+            let location = match this.core.find(text, hash) {
+                Some(location) => location,
+                None => this
+                    .core
+                    .get(text, hash, this.clock.now_ns(py)?)
+                    .map_err(|full| full_error(py, full))?,
+            };
+            let packed = location.pack();
+            let index = location.slot as usize & (HANDLE_CACHE - 1);
+            // A key's handle is cached the second time in a row it is asked for
+            // here, so a stream of distinct keys never churns the cache.
+            let seen_before = match &this.handles()[index] {
+                (cached, Some(handle)) if *cached == packed => return Ok(handle.clone_ref(py)),
+                (cached, None) => *cached == packed,
+                (_, Some(_)) => false,
+            };
+            let handle = Py::new(
+                py,
+                KeyedLimiter {
+                    registry: slf.clone().unbind(),
+                    key: key.unbind(),
+                    hash,
+                    location: AtomicU64::new(packed),
+                },
+            )?;
+            let entry = (packed, seen_before.then(|| handle.clone_ref(py)));
+            let replaced = std::mem::replace(&mut this.handles()[index], entry);
+            drop(replaced); // outside the lock: dropping a handle may free objects
+            Ok(handle)
+        }
+
+        /// Gives `key` its own configuration and a fresh bucket; returns its limiter.
+        fn set_limiter(
+            slf: &Bound<'_, Self>,
+            key: Bound<'_, PyString>,
+            config: &Bound<'_, PyAny>,
+        ) -> PyResult<KeyedLimiter> {
+            let py = slf.py();
+            let this = slf.get();
+            let limits = read_limits(config)?;
+            let (text, hash) = key_parts(&key)?;
+            let location = this
+                .core
+                .set(
+                    text,
+                    hash,
+                    limits,
+                    config.clone().unbind(),
+                    this.clock.now_ns(py)?,
+                )
+                .map_err(|full| full_error(py, full))?;
+            Ok(KeyedLimiter {
+                registry: slf.clone().unbind(),
+                key: key.unbind(),
+                hash,
+                location: AtomicU64::new(location.pack()),
+            })
+        }
+
+        /// Forgets `key`; whether it was there.
+        fn remove_limiter(&self, key: Bound<'_, PyString>) -> PyResult<bool> {
+            let (text, hash) = key_parts(&key)?;
+            Ok(self.core.remove(text, hash))
+        }
+
+        /// Every bucket back to its configured initial tokens.
+        fn reset_all(&self, py: Python<'_>) -> PyResult<()> {
+            self.core.reset_all(self.clock.now_ns(py)?);
+            Ok(())
+        }
+
+        fn __len__(&self) -> usize {
+            self.core.len()
+        }
+
+        fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+            match key.cast::<PyString>() {
+                Ok(key) => {
+                    let (text, hash) = key_parts(key)?;
+                    Ok(self.core.contains(text, hash))
+                }
+                Err(_) => Ok(false),
+            }
+        }
+
+        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+            // Handles refer back to the registry; the collector must see that cycle.
+            if let Ok(handles) = self.handles.try_lock() {
+                for (_, handle) in handles.iter() {
+                    visit.call(handle)?;
+                }
+            }
+            Ok(())
+        }
+
+        fn __clear__(&self) {
+            let cleared: Vec<_> = self.handles().iter_mut().map(|(_, h)| h.take()).collect();
+            drop(cleared);
+        }
+
+        #[getter]
+        fn default_config(&self, py: Python<'_>) -> Py<PyAny> {
+            self.core.default_payload(|config| config.clone_ref(py))
+        }
+
+        #[getter]
+        fn max_keys(&self) -> usize {
+            self.core.max_keys()
+        }
+
+        #[getter]
+        fn idle_ttl(&self) -> f64 {
+            self.idle_ttl
+        }
+
+        #[getter]
+        fn clock(&self, py: Python<'_>) -> Py<PyAny> {
+            self.clock.to_py(py)
+        }
+    }
+
+    static ACQUIRE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static ACQUIRE_ASYNC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+    /// The blocking and async waits are Python (they sleep); they live with the public API.
+    fn waiting_helper<'py>(
+        py: Python<'py>,
+        cell: &'static PyOnceLock<Py<PyAny>>,
+        name: &str,
+    ) -> PyResult<&'py Bound<'py, PyAny>> {
+        cell.get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("shared.resilience.rate_limiter")?
+                    .getattr(name)?
+                    .unbind(),
+            )
+        })
+        .map(|helper| helper.bind(py))
+    }
+
+    /// One key's limiter in a `RateLimiterRegistry`: the `TokenBucket` API on
+    /// the registry's bucket for that key. Cheap to create; holds no state of its own.
+    #[pyclass(frozen, module = "shared._native")]
+    pub struct KeyedLimiter {
+        registry: Py<RateLimiterRegistry>,
+        key: Py<PyString>,
+        hash: u64,
+        /// Where the key was last found (a cache; revalidated on every use).
+        location: AtomicU64,
+    }
+
+    impl KeyedLimiter {
+        fn with_bucket<R>(
+            &self,
+            py: Python<'_>,
+            op: impl FnOnce(&Limits, &mut u64, u64) -> Result<R, InvalidValue>,
+        ) -> PyResult<R> {
+            let registry = self.registry.get();
+            let now = registry.clock.now_ns(py)?;
+            let key = self.key.bind(py).to_str()?;
+            let cached = Location::unpack(self.location.load(Ordering::Relaxed));
+            let (result, location) = registry
+                .core
+                .with_bucket(cached, key, self.hash, now, |limits, tat| {
+                    op(limits, tat, now)
+                })
+                .map_err(|full| full_error(py, full))?;
+            if location != cached {
+                self.location.store(location.pack(), Ordering::Relaxed);
+            }
+            result.map_err(invalid_value_error)
+        }
+    }
+
+    #[pymethods]
+    impl KeyedLimiter {
+        /// Takes `tokens` if they are there now; never waits.
+        #[pyo3(signature = (tokens = 1.0))]
+        fn try_acquire(&self, py: Python<'_>, tokens: f64) -> PyResult<bool> {
+            self.with_bucket(py, |limits, tat, now| {
+                let cost = limits.cost_ns(tokens)?;
+                Ok(limits
+                    .grant(*tat, now, cost)
+                    .map(|next| *tat = next)
+                    .is_some())
+            })
+        }
+
+        /// Reserves `tokens`: `(seconds to wait, ticket)` (see `TokenBucket.reserve`).
+        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        fn reserve(
+            &self,
+            py: Python<'_>,
+            tokens: f64,
+            timeout: Option<f64>,
+        ) -> PyResult<(f64, u64)> {
+            let max_wait = timeout.map(checked_timeout).transpose()?;
+            let outcome = self.with_bucket(py, |limits, tat, now| {
+                let cost = limits.cost_ns(tokens)?;
+                Ok(limits
+                    .reserve(*tat, now, cost, max_wait)
+                    .map(|(next, wait_ns)| {
+                        *tat = next;
+                        (wait_ns, next)
+                    }))
+            })?;
+            match outcome {
+                Ok((wait_ns, ticket)) => Ok((ns_to_secs(wait_ns), ticket)),
+                Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
+            }
+        }
+
+        /// Withdraws a reservation if nothing happened since (see `TokenBucket.cancel_reservation`).
+        #[pyo3(signature = (tokens, ticket))]
+        fn cancel_reservation(&self, py: Python<'_>, tokens: f64, ticket: u64) -> PyResult<bool> {
+            self.with_bucket(py, |limits, tat, _| {
+                let cost = limits.cost_ns(tokens)?;
+                Ok(Limits::cancel(*tat, ticket, cost)
+                    .map(|previous| *tat = previous)
+                    .is_some())
+            })
+        }
+
+        /// Seconds until `tokens` are available (0.0 if they are now).
+        #[pyo3(signature = (tokens = 1.0))]
+        fn retry_after(&self, py: Python<'_>, tokens: f64) -> PyResult<f64> {
+            self.with_bucket(py, |limits, tat, now| {
+                Ok(ns_to_secs(limits.wait_ns(
+                    *tat,
+                    now,
+                    limits.cost_ns(tokens)?,
+                )))
+            })
+        }
+
+        /// Tokens in the key's bucket now.
+        #[getter]
+        fn available_tokens(&self, py: Python<'_>) -> PyResult<f64> {
+            self.with_bucket(py, |limits, tat, now| Ok(limits.available(*tat, now)))
+        }
+
+        /// The key's bucket back to its configured initial tokens.
+        fn reset(&self, py: Python<'_>) -> PyResult<()> {
+            self.with_bucket(py, |limits, tat, now| {
+                *tat = limits.initial_tat(now);
+                Ok(())
+            })
+        }
+
+        /// Waits until `tokens` are granted (see `TokenBucket.acquire`).
+        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        fn acquire(slf: &Bound<'_, Self>, tokens: f64, timeout: Option<f64>) -> PyResult<()> {
+            waiting_helper(slf.py(), &ACQUIRE, "_acquire")?.call1((slf, tokens, timeout))?;
+            Ok(())
+        }
+
+        /// Awaitable: waits until `tokens` are granted (see `TokenBucket.acquire_async`).
+        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        fn acquire_async<'py>(
+            slf: &Bound<'py, Self>,
+            tokens: f64,
+            timeout: Option<f64>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            waiting_helper(slf.py(), &ACQUIRE_ASYNC, "_acquire_async")?
+                .call1((slf, tokens, timeout))
+        }
+
+        /// The key's configuration (the registry's default unless `set_limiter` gave one).
+        #[getter]
+        fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+            let registry = self.registry.get();
+            let now = registry.clock.now_ns(py)?;
+            let key = self.key.bind(py).to_str()?;
+            registry
+                .core
+                .with_payload(key, self.hash, now, |config| config.clone_ref(py))
+                .map_err(|full| full_error(py, full))
+        }
+
+        #[getter]
+        fn key(&self, py: Python<'_>) -> Py<PyString> {
+            self.key.clone_ref(py)
+        }
+
+        #[getter]
+        fn registry(&self, py: Python<'_>) -> Py<RateLimiterRegistry> {
+            self.registry.clone_ref(py)
+        }
+
+        #[getter]
+        fn clock(&self, py: Python<'_>) -> Py<PyAny> {
+            self.registry.get().clock.to_py(py)
+        }
+
+        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+            visit.call(&self.registry)
+        }
+
+        fn __repr__(&self, py: Python<'_>) -> String {
+            format!(
+                "KeyedLimiter(key={})",
+                self.key
+                    .bind(py)
+                    .repr()
+                    .map_or_else(|_| "?".into(), |r| r.to_string())
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn h(key: &str) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn registry(max_keys: usize, idle_ns: u64) -> Registry<()> {
+        Registry::new(Limits::new(1.0, 2.0, 2.0).unwrap(), (), max_keys, idle_ns)
+    }
+
+    fn take(r: &Registry<()>, key: &str, now: u64) -> bool {
+        let loc = r.get(key, h(key), now).unwrap();
+        r.with_bucket(loc, key, h(key), now, |limits, tat| {
+            limits
+                .grant(*tat, now, limits.interval_ns)
+                .map(|next| *tat = next)
+                .is_some()
+        })
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn one_bucket_per_key() {
+        let r = registry(10, 0);
+        let long = "a-key-longer-than-twenty-two-bytes";
+        assert_eq!(r.get("a", h("a"), 0), r.get("a", h("a"), 0));
+        assert_eq!(r.get(long, h(long), 0), r.get(long, h(long), 0));
+        assert!(take(&r, "a", 0) && take(&r, "a", 0) && !take(&r, "a", 0));
+        assert!(take(&r, long, 0));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn full_registry_evicts_idle_keys_only() {
+        let r = registry(2, SEC);
+        assert!(take(&r, "a", 0));
+        assert!(take(&r, "b", 0));
+        // Neither is full again (and idle) before 1 s + 1 s.
+        assert_eq!(
+            r.get("c", h("c"), SEC),
+            Err(Full {
+                retry_after_ns: SEC
+            })
+        );
+        assert_eq!(
+            r.get("c", h("c"), SEC + 1),
+            Err(Full {
+                retry_after_ns: SEC - 1
+            })
+        );
+        assert!(r.get("c", h("c"), 2 * SEC).is_ok());
+        assert_eq!(r.len(), 1);
+        assert!(r.contains("c", h("c")) && !r.contains("a", h("a")));
+    }
+
+    #[test]
+    fn stale_handles_find_their_key_again() {
+        let r = registry(1, 0);
+        let a = r.get("a", h("a"), 0).unwrap();
+        let b = r.get("b", h("b"), 0).unwrap(); // evicts "a", reuses its slot
+        assert_eq!(a.slot, b.slot);
+        assert_ne!(a.generation, b.generation);
+        let ((), moved) = r.with_bucket(a, "a", h("a"), 0, |_, _| ()).unwrap();
+        assert_ne!(moved, a);
+        assert!(r.contains("a", h("a")) && !r.contains("b", h("b")));
+    }
+
+    #[test]
+    fn set_keys_are_pinned_and_remove_forgets_them() {
+        let r = registry(1, 0);
+        let premium = Limits::new(50.0, 50.0, 50.0).unwrap();
+        r.set("p", h("p"), premium, (), 0).unwrap();
+        assert!(r.get("q", h("q"), 10 * SEC).is_err());
+        assert!(r.remove("p", h("p")));
+        assert!(!r.remove("p", h("p")));
+        assert!(r.get("q", h("q"), 10 * SEC).is_ok());
+    }
+
+    #[test]
+    fn reset_all_refills() {
+        let r = registry(4, 0);
+        assert!(take(&r, "a", 0) && take(&r, "a", 0) && !take(&r, "a", 0));
+        r.reset_all(0);
+        assert!(take(&r, "a", 0));
+    }
+
+    #[test]
+    fn location_packs_into_a_word() {
+        let loc = Location {
+            slot: 7,
+            generation: u32::MAX,
+        };
+        assert_eq!(Location::unpack(loc.pack()), loc);
+    }
+}

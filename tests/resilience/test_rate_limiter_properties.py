@@ -1,0 +1,125 @@
+"""Rate-limit guarantees: over any schedule, grants never exceed burst + rate x time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.resilience import RateLimitConfig, RateLimiterRegistry, TokenBucket
+from shared.testing import ManualClock
+
+# Rounding to whole nanoseconds can grant at most one nanosecond's worth of
+# tokens more than the exact bound (1e-9 x rate, far below this slack).
+SLACK = 1e-6
+
+rates = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)
+bursts = st.floats(min_value=1.0, max_value=1e3, allow_nan=False)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["try", "acquire"]),
+        st.floats(min_value=0.0, max_value=1.0),  # fraction of the burst asked for
+        st.integers(min_value=0, max_value=3_000_000_000),  # ns to advance after
+    ),
+    max_size=60,
+)
+
+
+def assert_bound(grants: list[tuple[int, float]], rate: float, burst: float) -> None:
+    """Every window [t0, t1] between grants holds at most burst + rate * (t1 - t0) tokens."""
+    for i, (t0, _) in enumerate(grants):
+        total = 0.0
+        for t1, tokens in grants[i:]:
+            total += tokens
+            assert total <= burst + rate * (t1 - t0) / 1e9 + SLACK * max(1.0, burst)
+
+
+@given(rate=rates, burst=bursts, initial=st.floats(0.0, 1.0), schedule=steps)
+def test_grants_never_exceed_burst_plus_rate_times_time(
+    rate: float, burst: float, initial: float, schedule: list[tuple[str, float, int]]
+) -> None:
+    """Tries and blocking acquires on a ManualClock respect the token-bucket bound."""
+    clock = ManualClock()
+    limiter = TokenBucket(
+        RateLimitConfig(tokens_per_second=rate, burst_size=burst, initial_tokens=initial * burst),
+        clock=clock,
+    )
+    grants: list[tuple[int, float]] = []
+    for kind, fraction, advance in schedule:
+        tokens = max(fraction * burst, 1e-3)
+        if kind == "try":
+            if limiter.try_acquire(tokens):
+                grants.append((clock.now_ns(), tokens))
+        elif tokens / rate < 1e4:  # acquire sleeps on the ManualClock
+            limiter.acquire(tokens)
+            grants.append((clock.now_ns(), tokens))
+        clock.advance_ns(advance)
+    assert_bound(grants, rate, burst)
+
+
+@given(rate=rates, burst=bursts, schedule=steps)
+def test_registry_limiters_respect_the_bound(
+    rate: float, burst: float, schedule: list[tuple[str, float, int]]
+) -> None:
+    """A registry key's bucket obeys the same bound as a TokenBucket."""
+    clock = ManualClock()
+    registry = RateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=rate, burst_size=burst), max_keys=2, clock=clock
+    )
+    grants: list[tuple[int, float]] = []
+    for _, fraction, advance in schedule:
+        tokens = max(fraction * burst, 1e-3)
+        if registry.get_limiter("k").try_acquire(tokens):
+            grants.append((clock.now_ns(), tokens))
+        clock.advance_ns(advance)
+    assert_bound(grants, rate, burst)
+
+
+def test_eight_threads_get_exactly_the_tokens_there_are() -> None:
+    """8 threads racing on one bucket get every token there is and not one more."""
+    limiter = TokenBucket(RateLimitConfig(tokens_per_second=1e-6, burst_size=4000))
+    start = threading.Barrier(8)
+    granted = [0] * 8
+
+    def worker(i: int) -> None:
+        start.wait(timeout=10)
+        for _ in range(1000):
+            granted[i] += limiter.try_acquire()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sum(granted) == 4000
+
+
+def test_eight_threads_never_exceed_the_bound_in_real_time() -> None:
+    """8 threads on one refilling bucket stay under burst + rate x time in every window."""
+    rate, burst = 2000.0, 50.0
+    limiter = TokenBucket(RateLimitConfig(tokens_per_second=rate, burst_size=burst))
+    start = threading.Barrier(8)
+    # Each grant happened at some instant between these two readings.
+    grants: list[list[tuple[int, int]]] = [[] for _ in range(8)]
+
+    def worker(i: int) -> None:
+        start.wait(timeout=10)
+        deadline = time.monotonic_ns() + 200_000_000
+        while (before := time.monotonic_ns()) < deadline:
+            if limiter.try_acquire():
+                grants[i].append((before, time.monotonic_ns()))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    spans = sorted(g for per_thread in grants for g in per_thread)
+    assert len(spans) >= burst
+    # Grants surely inside [spans[i].before, end] number at most burst + rate x that window.
+    for i, (window_start, _) in enumerate(spans):
+        ends = sorted(after for _, after in spans[i:])
+        for count, end in enumerate(ends, start=1):
+            assert count <= burst + rate * (end - window_start) / 1e9 + SLACK * burst
