@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from shared.resilience.exceptions import (
     CircuitBreakerOpenError,
+    RateLimiterUnavailableError,
     RateLimitExceeded,
     ResilienceError,
     TimeoutError,
 )
 from shared.resilience.rate_limiter import RateLimitConfig
+from shared.resilience.redis_rate_limiter import (
+    AsyncRedisRateLimiterRegistry,
+    AsyncRedisTokenBucket,
+    RedisRateLimiterRegistry,
+    RedisTokenBucket,
+)
 
 __all__ = [
+    "AsyncRedisRateLimiterRegistry",
+    "AsyncRedisTokenBucket",
     "CircuitBreakerOpenError",
     "RateLimitConfig",
     "RateLimitExceeded",
+    "RateLimiterUnavailableError",
+    "RedisRateLimiterRegistry",
+    "RedisTokenBucket",
     "ResilienceError",
     "TimeoutError",
 ]
