@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -133,6 +135,7 @@ def test_acquire_waits_for_the_tokens(client: redis.Redis, prefix: str) -> None:
     limiter.acquire(timeout=1.0)
     assert 0.03 <= time.perf_counter() - started < 0.5
     assert not limiter.try_acquire()
+    limiter.acquire(timeout=math.inf)  # no limit, like None
 
 
 def test_acquire_raises_at_once_when_the_wait_exceeds_the_timeout(
@@ -171,6 +174,22 @@ def test_handles_and_clients_share_one_bucket(client: redis.Redis, prefix: str) 
         assert grants.count(True) == 4
     finally:
         other.close()
+
+
+def test_works_with_decoded_responses(prefix: str) -> None:
+    """A client created with decode_responses=True (str replies) works the same."""
+    require_service("Redis", PORT)
+    with redis.Redis(host="127.0.0.1", port=PORT, decode_responses=True) as decoded:
+        limiter = bucket(decoded, prefix, rate=1.0, burst=2)
+        assert [limiter.try_acquire() for _ in range(3)] == [True, True, False]
+        assert 0.9 < limiter.retry_after() <= 1.0
+        limiter.reset()
+
+
+def test_importing_shared_does_not_need_redis() -> None:
+    """redis is optional: shared.resilience imports without loading it."""
+    code = "import sys, shared.resilience; assert 'redis' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --- keys in Redis ----------------------------------------------------------------
