@@ -254,7 +254,7 @@ def test_outage_applies_the_policy_and_recovers(server: PrivateRedis, policy: st
             limiter.acquire(timeout=0.1)
         assert limiter.available_tokens < 1.0
         assert limiter.retry_after() > 1.0
-    with pytest.raises(RateLimiterUnavailableError):
+    with pytest.raises(RateLimiterUnavailableError, match="ConnectionError"):
         limiter.reset()  # a reset that cannot reach Redis never passes silently
 
     server.start()  # same port, empty: the restarted server forgot the bucket
@@ -361,15 +361,28 @@ def test_registry_local_fallback_keeps_per_key_configs(server: PrivateRedis) -> 
     client.close()
 
 
-def test_unavailable_error_is_clear(server: PrivateRedis) -> None:
-    """The fail_closed error names the server, the policy and the cause."""
+def test_unavailable_error_is_clear_and_logged_once(
+    server: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fail_closed error names the server, the policy and the cause; an outage is
+    logged once when it starts and once when it ends."""
     client = _client(server)
-    limiter = RedisTokenBucket(RateLimitConfig(tokens_per_second=1.0), client, "k")
+    limiter = RedisTokenBucket(
+        RateLimitConfig(tokens_per_second=1.0), client, "k", reconnect_interval=0
+    )
     server.stop()
-    with pytest.raises(RateLimiterUnavailableError) as caught:
-        limiter.try_acquire()
+    with caplog.at_level("WARNING", logger="shared.resilience.redis_rate_limiter"):
+        for _ in range(3):
+            with pytest.raises(RateLimiterUnavailableError) as caught:
+                limiter.try_acquire()
+        server.start()
+        assert _until(lambda: _attempt(limiter))
     message = str(caught.value)
     assert server.url in message
     assert "fail_closed" in message
     assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 2
+    assert "unreachable" in logged[0]
+    assert "reachable again" in logged[1]
     client.close()

@@ -238,9 +238,11 @@ class _Link:
         if self.policy == "fail_closed":
             raise self.unavailable() from exc
 
-    def unavailable(self) -> RateLimiterUnavailableError:
+    def unavailable(self, exc: Optional[BaseException] = None) -> RateLimiterUnavailableError:
+        """The error naming the server and the cause (``exc``, else the last failure)."""
         wait = max(0.0, self._retry_at - time.monotonic())
-        reason = self._last_error or "unreachable"
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else self._last_error
+        reason = reason or "unreachable"
         if wait > 0:
             reason += f" (next attempt in {wait:.3f}s)"
         return RateLimiterUnavailableError(self.server, reason)
@@ -453,7 +455,7 @@ class RedisTokenBucket(_BucketBase):
         try:
             self._link.client.delete(self._redis_key)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
 
 
 class AsyncRedisTokenBucket(_BucketBase):
@@ -550,7 +552,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         try:
             await self._link.client.delete(self._redis_key)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
 
 
 async def _reserve(reservation: Awaitable[_T], refund: Callable[[], Awaitable[None]]) -> _T:
@@ -678,7 +680,7 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
         try:
             self._link.client.delete(redis_key)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
 
     def reset_all(self) -> None:
         """Deletes the state of every key under ``key_prefix`` (SCAN + UNLINK)."""
@@ -696,7 +698,7 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
             if batch:
                 client.unlink(*batch)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
 
 
 class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
@@ -712,7 +714,7 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
         try:
             await self._link.client.delete(redis_key)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
 
     async def reset_all(self) -> None:
         """Deletes the state of every key under ``key_prefix`` (SCAN + UNLINK)."""
@@ -729,4 +731,4 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
             if batch:
                 await client.unlink(*batch)
         except self._link.errors as exc:
-            raise self._link.unavailable() from exc
+            raise self._link.unavailable(exc) from exc
