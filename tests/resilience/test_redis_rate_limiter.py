@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -154,6 +157,50 @@ def test_acquire_raises_at_once_when_the_wait_exceeds_the_timeout(
     assert 0.7 < limiter.retry_after() <= 1.0  # nothing was reserved
     with pytest.raises(RateLimitExceeded):
         limiter.acquire(timeout=0)
+
+
+class Interrupted(BaseException):
+    """Stands for KeyboardInterrupt arriving while acquire() sleeps."""
+
+
+def test_interrupted_acquire_gives_the_tokens_back(client: redis.Redis, prefix: str) -> None:
+    """An acquire interrupted during its wait refunds its reservation."""
+    limiter = bucket(client, prefix, rate=2.0, burst=1)
+    assert limiter.try_acquire()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(Interrupted):
+            limiter.acquire()  # reserves the token due in 0.5 s, then sleeps
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert limiter.retry_after() <= 0.4  # not 0.9: the reservation was returned
+
+
+def test_threads_share_the_limit(client: redis.Redis, prefix: str) -> None:
+    """4 threads on one bucket are granted at most burst + rate x elapsed together."""
+    limiter = bucket(client, prefix, rate=20.0, burst=5)
+    granted = [0] * 4
+
+    def hammer(index: int) -> None:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            granted[index] += limiter.try_acquire()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=hammer, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    elapsed = time.monotonic() - started
+    assert 5 + 20 * 0.5 * 0.8 <= sum(granted) <= 5 + 20 * elapsed
 
 
 def test_reset_restores_the_initial_state(client: redis.Redis, prefix: str) -> None:

@@ -354,7 +354,11 @@ def test_registry_local_fallback_keeps_per_key_configs(server: PrivateRedis) -> 
     assert [registry.get_limiter("vip").try_acquire() for _ in range(4)] == [True] * 3 + [False]
     assert [registry.get_limiter("user").try_acquire() for _ in range(2)] == [True, False]
     with pytest.raises(RateLimiterUnavailableError):
+        registry.get_limiter("user").reset()  # raises, but resets the local bucket too
+    assert registry.get_limiter("user").try_acquire()
+    with pytest.raises(RateLimiterUnavailableError):
         registry.reset_all()
+    assert registry.get_limiter("vip").try_acquire()
     server.start()
     with redis.Redis(host="127.0.0.1", port=server.port) as admin:
         assert _until(_served_by_redis(registry.get_limiter("user"), admin))

@@ -257,7 +257,10 @@ class _BucketBase:
     """What the sync and async buckets share: config, key, arguments, fallback."""
 
     _link: _Link
+    # The in-process bucket of the ``local`` policy: created on first use, or
+    # None if it was never needed (a registry's handles take it from the registry).
     _fallback: Callable[[], _LocalBucket]
+    _existing_fallback: Callable[[], Optional[_LocalBucket]]
 
     def _setup(self, config: RateLimitConfig, key: str, redis_key: str, link: _Link) -> None:
         self._config = config
@@ -273,6 +276,7 @@ class _BucketBase:
         self._local: Optional[_LocalBucket] = None
         self._local_lock = threading.Lock()
         self._fallback = self._own_local_bucket
+        self._existing_fallback = lambda: self._local
 
     @property
     def config(self) -> RateLimitConfig:
@@ -329,8 +333,9 @@ class _BucketBase:
         return self._fallback() if self._link.policy == "local" else None
 
     def _reset_local(self) -> None:
-        if self._local is not None:
-            self._local.reset()
+        local = self._existing_fallback()
+        if local is not None:
+            local.reset()
 
 
 class RedisTokenBucket(_BucketBase):
@@ -625,6 +630,9 @@ class _RegistryBase(Generic[_B]):
         config = self._configs.get(key, self._default_config)
         bucket._setup(config, key, self._key_prefix + key, self._link)
         bucket._fallback = lambda: self._local_registry().get_limiter(key)
+        bucket._existing_fallback = lambda: (
+            None if self._local is None else self._local.get_limiter(key)
+        )
         return bucket
 
     def set_limiter(self, key: str, config: RateLimitConfig) -> _B:
