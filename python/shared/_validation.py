@@ -42,6 +42,14 @@ def at_least(name: str, value: Any, minimum: float) -> float:
     return result
 
 
+def positive_at_most(name: str, value: Any, maximum: float, maximum_name: str) -> float:
+    """A finite number in (0, ``maximum``]; the error names the bound's field too."""
+    result = positive_finite(name, value)
+    if result > maximum:
+        raise ValueError(f"{name} must be <= {maximum_name} ({maximum:g}), got {value!r}")
+    return result
+
+
 def fraction(name: str, value: Any) -> float:
     """A number in (0, 1]."""
     result = number(name, value)

@@ -15,6 +15,7 @@ from shared.resilience.circuit_breaker import (
 )
 from shared.resilience.exceptions import (
     CircuitBreakerOpenError,
+    RateLimiterUnavailableError,
     RateLimitExceeded,
     ResilienceError,
     TimeoutError,
@@ -25,6 +26,12 @@ from shared.resilience.rate_limiter import (
     RateLimiterRegistry,
     TokenBucket,
     rate_limited,
+)
+from shared.resilience.redis_rate_limiter import (
+    AsyncRedisRateLimiterRegistry,
+    AsyncRedisTokenBucket,
+    RedisRateLimiterRegistry,
+    RedisTokenBucket,
 )
 from shared.resilience.retry import (
     BackoffStrategy,
@@ -37,6 +44,8 @@ from shared.resilience.retry import (
 from shared.resilience.timeout import TimeoutContext, with_timeout
 
 __all__ = [
+    "AsyncRedisRateLimiterRegistry",
+    "AsyncRedisTokenBucket",
     "BackoffStrategy",
     "CircuitBreaker",
     "CircuitBreakerConfig",
@@ -48,6 +57,9 @@ __all__ = [
     "RateLimitConfig",
     "RateLimitExceeded",
     "RateLimiterRegistry",
+    "RateLimiterUnavailableError",
+    "RedisRateLimiterRegistry",
+    "RedisTokenBucket",
     "ResilienceError",
     "Retry",
     "RetryBudget",

@@ -13,6 +13,7 @@ __all__ = [
     "CircuitBreakerOpenError",
     "CircuitBreakerRejectedError",
     "RateLimitExceeded",
+    "RateLimiterUnavailableError",
     "ResilienceError",
     "TimeoutError",
 ]
@@ -63,6 +64,25 @@ class TimeoutError(ResilienceError, builtins.TimeoutError):
     Subclasses the builtin ``TimeoutError``, so ``except TimeoutError`` catches it
     whichever of the two names is in scope.
     """
+
+
+class RateLimiterUnavailableError(ResilienceError):
+    """A shared rate limiter's backend (Redis) could not be reached, and its policy
+    is to fail closed: the request is neither granted nor denied by the limit.
+
+    Attributes:
+        server: the backend's address, e.g. ``redis://127.0.0.1:6379/0``.
+        reason: why it is unavailable (the connection error, or that the limiter
+            is waiting before it tries the server again).
+    """
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(server, reason)
+        self.server = server
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"rate limiter backend {self.server} is unavailable (fail_closed): {self.reason}"
 
 
 class CircuitBreakerRejectedError(CircuitBreakerOpenError):

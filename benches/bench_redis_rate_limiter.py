@@ -1,0 +1,128 @@
+"""The Redis-backed limiter against the machine's Redis (127.0.0.1:6379).
+
+An acquire is one round trip (one EVALSHA). Its floor is a no-op Lua script
+over the same client in the same run (``noop_script``): the gate holds the
+acquire within 1.5x of it, which a second round trip could not meet. A plain
+``PING`` is reported beside it, and ``limits`` (moving window, also a Lua
+script) is the peer. The asyncio group runs 8 concurrent tasks, each doing a
+batch of calls on one shared client, and reports calls per second in
+``extra_info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable
+
+import pytest
+import redis
+import redis.asyncio
+
+from shared.resilience import AsyncRedisTokenBucket, RateLimitConfig, RedisTokenBucket
+
+HOST, PORT = "127.0.0.1", 6379
+PREFIX = f"bench:shared:ratelimit:{uuid.uuid4().hex}:"
+# Never denies, so every call takes the path that writes the new state.
+ALWAYS_ALLOWED = RateLimitConfig(tokens_per_second=1e9, burst_size=1e9)
+TASKS, CALLS_PER_TASK = 8, 25
+NOOP_SCRIPT = "return 1"
+
+
+def _redis_is_up() -> bool:
+    try:
+        with socket.create_connection((HOST, PORT), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+# The gate fails on the missing benchmarks, so CI cannot pass without Redis.
+pytestmark = pytest.mark.skipif(not _redis_is_up(), reason=f"Redis is not up at {HOST}:{PORT}")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis.Redis]:
+    client = redis.Redis(host=HOST, port=PORT)
+    yield client
+    keys = list(client.scan_iter(match=PREFIX + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.benchmark(group="redis round trip")
+def test_redis_round_trip_ping(benchmark: Any, client: redis.Redis) -> None:
+    assert benchmark(client.ping)
+
+
+@pytest.mark.benchmark(group="redis round trip")
+def test_redis_round_trip_noop_script(benchmark: Any, client: redis.Redis) -> None:
+    noop = client.register_script(NOOP_SCRIPT)
+    assert benchmark(noop) == 1
+
+
+@pytest.mark.benchmark(group="redis round trip")
+def test_redis_round_trip_shared(benchmark: Any, client: redis.Redis) -> None:
+    limiter = RedisTokenBucket(ALWAYS_ALLOWED, client, "one", key_prefix=PREFIX)
+    assert benchmark(limiter.try_acquire)
+
+
+@pytest.mark.benchmark(group="redis round trip")
+def test_redis_round_trip_limits(benchmark: Any) -> None:
+    from limits import RateLimitItemPerSecond
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    limiter = MovingWindowRateLimiter(RedisStorage(f"redis://{HOST}:{PORT}"))
+    item = RateLimitItemPerSecond(10**9)
+    try:
+        assert benchmark(limiter.hit, item, PREFIX + "limits")
+    finally:
+        limiter.clear(item, PREFIX + "limits")
+
+
+def _tasks_benchmark(
+    benchmark: Any, make_call: Callable[[redis.asyncio.Redis], Callable[[], Awaitable[Any]]]
+) -> None:
+    """Times TASKS concurrent tasks x CALLS_PER_TASK calls on one asyncio client."""
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis(host=HOST, port=PORT)
+    call = make_call(client)
+
+    async def task() -> None:
+        for _ in range(CALLS_PER_TASK):
+            assert await call()
+
+    async def batch() -> None:
+        await asyncio.gather(*(task() for _ in range(TASKS)))
+
+    try:
+        benchmark.pedantic(lambda: loop.run_until_complete(batch()), rounds=25, warmup_rounds=2)
+        calls = TASKS * CALLS_PER_TASK
+        benchmark.extra_info["calls_per_round"] = calls
+        benchmark.extra_info["calls_per_second"] = round(calls / benchmark.stats.stats.median)
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+
+
+@pytest.mark.benchmark(group="redis 8 asyncio tasks")
+def test_redis_8_tasks_ping(benchmark: Any) -> None:
+    _tasks_benchmark(benchmark, lambda client: client.ping)
+
+
+@pytest.mark.benchmark(group="redis 8 asyncio tasks")
+def test_redis_8_tasks_noop_script(benchmark: Any) -> None:
+    _tasks_benchmark(benchmark, lambda client: client.register_script(NOOP_SCRIPT))
+
+
+@pytest.mark.benchmark(group="redis 8 asyncio tasks")
+def test_redis_8_tasks_shared(benchmark: Any, client: redis.Redis) -> None:
+    def make_call(aclient: redis.asyncio.Redis) -> Callable[[], Awaitable[bool]]:
+        limiter = AsyncRedisTokenBucket(ALWAYS_ALLOWED, aclient, "tasks", key_prefix=PREFIX)
+        return limiter.try_acquire
+
+    _tasks_benchmark(benchmark, make_call)

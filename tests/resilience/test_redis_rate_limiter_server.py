@@ -1,0 +1,392 @@
+"""The Redis limiter against a private redis-server this file starts, stops and restarts.
+
+A server of our own (free port, no persistence) lets us count the commands the
+limiter sends (INFO commandstats sees only us) and take Redis away mid-run to
+check each ``on_unavailable`` policy and the recovery; the shared server at
+6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from conftest import IN_CI
+from shared.resilience import (
+    AsyncRedisTokenBucket,
+    RateLimitConfig,
+    RateLimiterUnavailableError,
+    RateLimitExceeded,
+    RedisRateLimiterRegistry,
+    RedisTokenBucket,
+)
+
+BOUNDED_SECONDS = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    """Polls ``condition`` for up to BOUNDED_SECONDS."""
+    deadline = time.monotonic() + BOUNDED_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class PrivateRedis:
+    """A redis-server process of our own on a fixed free port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if not _until(self._answers):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2) as probe:
+                return bool(probe.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=BOUNDED_SECONDS)
+            self.process = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private Redis, running; stopped after the test."""
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not on PATH")
+        pytest.skip("redis-server is not on PATH")
+    private = PrivateRedis(tmp_path)
+    private.start()
+    yield private
+    private.stop()
+
+
+def _client(server: PrivateRedis) -> redis.Redis:
+    # No client-side retries: the limiter's policy decides what an outage means.
+    return redis.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _async_client(server: PrivateRedis) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+    )
+
+
+# What the script itself calls; INFO commandstats counts those too.
+SCRIPT_COMMANDS = {"time", "get", "set", "del"}
+
+
+def _assert_only_evalsha(admin: redis.Redis, expected: int) -> None:
+    """Since CONFIG RESETSTAT the server ran ``expected`` EVALSHA and, besides our
+    own probes, only the commands inside the script (one TIME per EVALSHA)."""
+    calls = {
+        name[len("cmdstat_") :]: int(stat["calls"])
+        for name, stat in admin.info("commandstats").items()
+        if not name.startswith(("cmdstat_config", "cmdstat_info"))
+    }
+    assert calls["evalsha"] == expected
+    assert calls["time"] == expected
+    assert set(calls) <= {"evalsha"} | SCRIPT_COMMANDS
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts the requests it writes to the socket."""
+
+    requests = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.requests += 1
+        super().send_packed_command(command, check_health)
+
+
+# --- one round trip ---------------------------------------------------------------
+
+
+def test_one_round_trip_per_operation(server: PrivateRedis) -> None:
+    """Every acquire, try_acquire and read is exactly one EVALSHA, nothing else."""
+    pool = redis.ConnectionPool(
+        host="127.0.0.1", port=server.port, connection_class=CountingConnection
+    )
+    client = redis.Redis(connection_pool=pool)
+    config = RateLimitConfig(tokens_per_second=1000.0, burst_size=10)
+    limiter = RedisTokenBucket(config, client, "k")
+    assert limiter.try_acquire()  # loads the script (NOSCRIPT, SCRIPT LOAD) once
+    client.config_resetstat()
+    CountingConnection.requests = 0
+    for _ in range(30):
+        limiter.try_acquire()
+    for _ in range(20):
+        limiter.acquire(timeout=1.0)  # some of these wait: still one round trip
+    assert limiter.available_tokens >= 0
+    assert limiter.retry_after() >= 0
+    assert CountingConnection.requests == 52
+    _assert_only_evalsha(client, 52)
+    client.close()
+
+
+async def test_one_round_trip_per_async_operation(server: PrivateRedis) -> None:
+    """The asyncio bucket also sends one EVALSHA per operation."""
+    client = _async_client(server)
+    config = RateLimitConfig(tokens_per_second=1000.0, burst_size=10)
+    limiter = AsyncRedisTokenBucket(config, client, "k")
+    assert await limiter.try_acquire()
+    with redis.Redis(host="127.0.0.1", port=server.port) as admin:
+        admin.config_resetstat()
+        for _ in range(30):
+            await limiter.try_acquire()
+        for _ in range(20):
+            await limiter.acquire(timeout=1.0)
+        _assert_only_evalsha(admin, 50)
+    await client.aclose()
+
+
+def test_survives_a_script_flush(server: PrivateRedis) -> None:
+    """After SCRIPT FLUSH (or a restart) the script is loaded again by itself."""
+    client = _client(server)
+    limiter = RedisTokenBucket(RateLimitConfig(tokens_per_second=1.0, burst_size=2), client, "k")
+    assert limiter.try_acquire()
+    client.script_flush()
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire()
+    client.close()
+
+
+# --- outages ----------------------------------------------------------------------
+
+
+def _served_by_redis(limiter: RedisTokenBucket, admin: redis.Redis) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            limiter.try_acquire()
+        except RateLimiterUnavailableError:
+            return False
+        return bool(admin.exists(limiter.redis_key))
+
+    return check
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
+def test_outage_applies_the_policy_and_recovers(server: PrivateRedis, policy: str) -> None:
+    """With Redis stopped mid-run the policy decides; when Redis is back, so is the limit.
+
+    The ``local`` case uses the in-process TokenBucket (the rate limiter branch).
+    """
+    client = _client(server)
+    config = RateLimitConfig(tokens_per_second=0.5, burst_size=3)
+    limiter = RedisTokenBucket(config, client, "k", on_unavailable=policy, reconnect_interval=0)
+    assert [limiter.try_acquire() for _ in range(4)] == [True, True, True, False]
+
+    server.stop()
+    if policy == "fail_closed":
+        operations = (
+            limiter.try_acquire,
+            limiter.acquire,
+            limiter.retry_after,
+            lambda: limiter.available_tokens,
+        )
+        for operation in operations:
+            with pytest.raises(RateLimiterUnavailableError, match=server.url) as caught:
+                operation()
+            assert caught.value.server == server.url
+            assert "ConnectionError" in caught.value.reason
+    elif policy == "fail_open":
+        assert all(limiter.try_acquire() for _ in range(10))
+        limiter.acquire(timeout=0)
+        assert limiter.available_tokens == 3.0
+        assert limiter.retry_after() == 0.0
+    else:  # a local bucket with the same config, starting full
+        assert [limiter.try_acquire() for _ in range(4)] == [True, True, True, False]
+        with pytest.raises(RateLimitExceeded):
+            limiter.acquire(timeout=0.1)
+        assert limiter.available_tokens < 1.0
+        assert limiter.retry_after() > 1.0
+    with pytest.raises(RateLimiterUnavailableError, match="ConnectionError"):
+        limiter.reset()  # a reset that cannot reach Redis never passes silently
+
+    server.start()  # same port, empty: the restarted server forgot the bucket
+    with redis.Redis(host="127.0.0.1", port=server.port) as admin:
+        assert _until(_served_by_redis(limiter, admin))
+        limiter.reset()
+        assert [limiter.try_acquire() for _ in range(4)] == [True, True, True, False]
+    client.close()
+
+
+def test_waits_reconnect_interval_before_trying_again(server: PrivateRedis) -> None:
+    """After a failure Redis is not tried again before reconnect_interval has passed."""
+    client = _client(server)
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=5)
+    limiter = RedisTokenBucket(config, client, "k", reconnect_interval=0.5)
+    server.stop()
+    failed_at = time.monotonic()
+    with pytest.raises(RateLimiterUnavailableError, match="ConnectionError"):
+        limiter.try_acquire()
+    server.start()
+    if time.monotonic() - failed_at < 0.4:
+        with pytest.raises(RateLimiterUnavailableError, match="next attempt in"):
+            limiter.try_acquire()
+    time.sleep(max(0.0, failed_at + 0.55 - time.monotonic()))
+    assert _until(lambda: _attempt(limiter))
+    client.close()
+
+
+def _attempt(limiter: RedisTokenBucket) -> bool:
+    try:
+        return limiter.try_acquire()
+    except RateLimiterUnavailableError:
+        return False
+
+
+async def _async_served_by_redis(
+    limiter: AsyncRedisTokenBucket, client: redis.asyncio.Redis
+) -> bool:
+    try:
+        await limiter.try_acquire()
+    except RateLimiterUnavailableError:
+        return False
+    return bool(await client.exists(limiter.redis_key))
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
+async def test_async_outage_applies_the_policy_and_recovers(
+    server: PrivateRedis, policy: str
+) -> None:
+    """The asyncio bucket applies the same policies and recovers the same way.
+
+    The ``local`` case uses the in-process TokenBucket (the rate limiter branch).
+    """
+    client = _async_client(server)
+    config = RateLimitConfig(tokens_per_second=0.5, burst_size=2)
+    limiter = AsyncRedisTokenBucket(
+        config, client, "k", on_unavailable=policy, reconnect_interval=0
+    )
+    assert [await limiter.try_acquire() for _ in range(3)] == [True, True, False]
+
+    server.stop()
+    if policy == "fail_closed":
+        with pytest.raises(RateLimiterUnavailableError, match=server.url):
+            await limiter.try_acquire()
+        with pytest.raises(RateLimiterUnavailableError, match=server.url):
+            await limiter.acquire()
+    elif policy == "fail_open":
+        assert all([await limiter.try_acquire() for _ in range(5)])
+        await limiter.acquire_async(timeout=0)
+        assert await limiter.available_tokens == 2.0
+    else:
+        assert [await limiter.try_acquire() for _ in range(3)] == [True, True, False]
+        with pytest.raises(RateLimitExceeded):
+            await limiter.acquire(timeout=0.1)
+
+    server.start()
+    deadline = time.monotonic() + BOUNDED_SECONDS
+    while not await _async_served_by_redis(limiter, client):
+        assert time.monotonic() < deadline, "the limiter did not return to Redis"
+    await limiter.reset()
+    assert [await limiter.try_acquire() for _ in range(3)] == [True, True, False]
+    await client.aclose()
+
+
+def test_registry_local_fallback_keeps_per_key_configs(server: PrivateRedis) -> None:
+    """With the ``local`` policy a registry falls back to an in-process registry with the
+    same default and per-key configs (needs the in-process RateLimiterRegistry)."""
+    client = _client(server)
+    registry = RedisRateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=0.5, burst_size=1),
+        client,
+        on_unavailable="local",
+        reconnect_interval=0,
+    )
+    registry.set_limiter("vip", RateLimitConfig(tokens_per_second=0.5, burst_size=3))
+    server.stop()
+    assert [registry.get_limiter("vip").try_acquire() for _ in range(4)] == [True] * 3 + [False]
+    assert [registry.get_limiter("user").try_acquire() for _ in range(2)] == [True, False]
+    with pytest.raises(RateLimiterUnavailableError):
+        registry.get_limiter("user").reset()  # raises, but resets the local bucket too
+    assert registry.get_limiter("user").try_acquire()
+    with pytest.raises(RateLimiterUnavailableError):
+        registry.reset_all()
+    assert registry.get_limiter("vip").try_acquire()
+    server.start()
+    with redis.Redis(host="127.0.0.1", port=server.port) as admin:
+        assert _until(_served_by_redis(registry.get_limiter("user"), admin))
+    client.close()
+
+
+def test_unavailable_error_is_clear_and_logged_once(
+    server: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fail_closed error names the server, the policy and the cause; an outage is
+    logged once when it starts and once when it ends."""
+    client = _client(server)
+    limiter = RedisTokenBucket(
+        RateLimitConfig(tokens_per_second=1.0), client, "k", reconnect_interval=0
+    )
+    server.stop()
+    with caplog.at_level("WARNING", logger="shared.resilience.redis_rate_limiter"):
+        for _ in range(3):
+            with pytest.raises(RateLimiterUnavailableError) as caught:
+                limiter.try_acquire()
+        server.start()
+        assert _until(lambda: _attempt(limiter))
+    message = str(caught.value)
+    assert server.url in message
+    assert "fail_closed" in message
+    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 2
+    assert "unreachable" in logged[0]
+    assert "reachable again" in logged[1]
+    client.close()
