@@ -680,13 +680,13 @@ mod binding {
             }
         }
 
-        /// `CircuitBreakerRejectedError(name, retry_after)`: a `CircuitBreakerOpenError`
-        /// whose construction runs no Python code.
+        /// `CircuitBreakerOpenError(name, retry_after)`, built without running Python code
+        /// (the class has no Python `__init__`).
         fn open_error(&self, py: Python<'_>, retry_after: f64) -> PyErr {
             let error = OPEN_ERROR
                 .get_or_try_init(py, || {
                     py.import("shared.resilience.exceptions")?
-                        .getattr("CircuitBreakerRejectedError")?
+                        .getattr("CircuitBreakerOpenError")?
                         .cast_into::<PyType>()
                         .map(Bound::unbind)
                         .map_err(PyErr::from)

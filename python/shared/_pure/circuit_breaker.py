@@ -456,17 +456,17 @@ class CircuitBreakerCore:
         }
 
 
-_rejected_error: Callable[[str, float], BaseException] | None = None
+_open_error_class: Callable[[str, float], BaseException] | None = None
 
 
 def _open_error(name: str, retry_after: float) -> BaseException:
-    global _rejected_error
-    if _rejected_error is None:
+    global _open_error_class
+    if _open_error_class is None:
         # Imported late: shared.resilience imports the backend, which imports this module.
-        from shared.resilience.exceptions import CircuitBreakerRejectedError
+        from shared.resilience.exceptions import CircuitBreakerOpenError
 
-        _rejected_error = CircuitBreakerRejectedError
-    return _rejected_error(name, retry_after)
+        _open_error_class = CircuitBreakerOpenError
+    return _open_error_class(name, retry_after)
 
 
 def _permit(state: int, epoch: int, start_ns: int) -> int:

@@ -8,10 +8,10 @@ least that long when asked to retry them.
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
 
 __all__ = [
     "CircuitBreakerOpenError",
-    "CircuitBreakerRejectedError",
     "RateLimitExceeded",
     "RateLimiterUnavailableError",
     "ResilienceError",
@@ -26,16 +26,28 @@ class ResilienceError(Exception):
 class CircuitBreakerOpenError(ResilienceError):
     """A circuit breaker rejected the call without running it.
 
+    ``CircuitBreakerOpenError(name, retry_after)``. The class has no Python
+    ``__init__`` (the attributes read ``args``), so a breaker builds it without
+    running Python code and a rejection costs about what raising any exception
+    costs.
+
     Attributes:
         name: the breaker's name.
         retry_after: seconds until the breaker admits a probe again (0 when it is
             half-open and only its probe slots are taken).
     """
 
-    def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(name, retry_after)
-        self.name = name
-        self.retry_after = retry_after
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, retry_after: float) -> None: ...
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def retry_after(self) -> float:
+        return self.args[1]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         return f"circuit breaker {self.name!r} is open; retry after {self.retry_after:.3f}s"
@@ -83,23 +95,3 @@ class RateLimiterUnavailableError(ResilienceError):
 
     def __str__(self) -> str:
         return f"rate limiter backend {self.server} is unavailable (fail_closed): {self.reason}"
-
-
-class CircuitBreakerRejectedError(CircuitBreakerOpenError):
-    """The ``CircuitBreakerOpenError`` a breaker raises when it rejects a call.
-
-    Catch ``CircuitBreakerOpenError``; this subclass exists for speed. It is
-    built without running Python code (``BaseException.__init__`` keeps the
-    arguments, ``name`` and ``retry_after`` read them), so a rejection costs
-    about what raising any exception costs.
-    """
-
-    __init__ = BaseException.__init__
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.args[0]  # type: ignore[no-any-return]
-
-    @property
-    def retry_after(self) -> float:  # type: ignore[override]
-        return self.args[1]  # type: ignore[no-any-return]
