@@ -1,7 +1,8 @@
 """Resilience patterns: circuit breaker, timeout, retry, rate limiting, idempotency.
 
 Modules (the design document's "Module Structure"): ``circuit_breaker``,
-``timeout``, ``retry``, ``rate_limiter``, ``idempotency`` and ``exceptions``.
+``timeout``, ``retry``, ``rate_limiter``, ``redis_rate_limiter`` and ``exceptions``
+(``idempotency`` is not built yet).
 """
 
 from __future__ import annotations
