@@ -51,6 +51,15 @@ class Upstream:
         return 101.25
 
 
+def call_through(breaker: CircuitBreaker, upstream: Upstream) -> str:
+    try:
+        return f"quote: {breaker.call(upstream.quote, 'BTC-USD')}"
+    except ConnectionError:
+        return "upstream failed (counted)"
+    except CircuitBreakerOpenError as exc:
+        return f"rejected without calling upstream; retry after {exc.retry_after:.1f}s"
+
+
 def breaker_demo() -> None:
     print("\n== circuit breaker")
     clock = ManualClock()
@@ -65,19 +74,15 @@ def breaker_demo() -> None:
     print(f"   quote: {breaker.call(upstream.quote, 'BTC-USD')}")
     upstream.down = True
     for _ in range(5):
-        try:
-            breaker.call(upstream.quote, "BTC-USD")
-        except ConnectionError:
-            print("   upstream failed (counted)")
-        except CircuitBreakerOpenError as exc:
-            print(f"   rejected without calling upstream; retry after {exc.retry_after:.1f}s")
+        print(f"   {call_through(breaker, upstream)}")
     upstream.down = False
     clock.advance(5.0)
     for _ in range(2):
         print(f"   probe: {breaker.call(upstream.quote, 'BTC-USD')}")
     print(f"   upstream saw {upstream.calls} calls; state {breaker.state.name}")
     fast = CircuitBreaker("bench", CircuitBreakerConfig(), registry=None)
-    print(f"   closed breaker.call(f): {per_call_ns(functools.partial(fast.call, int)):.0f} ns per call")
+    cost = per_call_ns(functools.partial(fast.call, int))
+    print(f"   closed breaker.call(f): {cost:.0f} ns per call")
 
 
 def limiter_demo() -> None:
@@ -122,7 +127,8 @@ def retry_demo() -> None:
     )
     print(f"   {retry.execute(flaky)} after {clock.monotonic():.2f}s of (simulated) backoff")
     ok = Retry("bench", RetryConfig())
-    print(f"   retry.execute(f) that succeeds: {per_call_ns(functools.partial(ok.execute, int)):.0f} ns per call")
+    cost = per_call_ns(functools.partial(ok.execute, int))
+    print(f"   retry.execute(f) that succeeds: {cost:.0f} ns per call")
 
 
 def timeout_demo() -> None:
