@@ -173,6 +173,11 @@ else:
             assert self._handle is not None
             self._handle.cancel()
             if self._expired and exc_type is asyncio.CancelledError:
+                # A task factory may give tasks a backported cancel counter
+                # (pytest-asyncio's runner on 3.9 does): take ours back off it.
+                uncancel = getattr(self._task, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
                 raise builtins.TimeoutError from exc
 
     def _loop_timeout(seconds: float) -> Any:
