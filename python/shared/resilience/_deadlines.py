@@ -531,6 +531,8 @@ def _refire(error: Optional[BaseException], frame: Optional[FrameType]) -> bool:
         if _in_critical(frame):
             # Our bookkeeping runs under this, maybe holding the scheduler's lock; its
             # first step under the lock takes the exception as cancelled and fires again.
+            if state.pending is not block:
+                return False
             block.delivered = False
             return True
         scheduler = _scheduler
