@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+import weakref
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -266,3 +269,145 @@ def test_worker_timeouts_work_in_a_forked_child() -> None:
         [sys.executable, "-c", FORK_CHILD_SCRIPT], capture_output=True, text=True, timeout=30
     )
     assert child.returncode == 0, child.stderr
+
+
+# -- deadlines that fall where CPython swallows exceptions -----------------------------
+
+CLEANUP_KINDS = ["weakref callback", "__del__", "gc callback"]
+
+
+@contextlib.contextmanager
+def recording_unraisable_hook() -> Iterator[list[Any]]:
+    """Makes ``sys.unraisablehook`` record what it gets; puts the previous hook back."""
+    recorded: list[Any] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = recorded.append
+    try:
+        yield recorded
+    finally:
+        sys.unraisablehook = previous
+
+
+class Referent:
+    """Something to hold a weak reference to."""
+
+
+class SlowToDie:
+    """Runs ``cleanup`` in ``__del__``."""
+
+    def __init__(self, cleanup: Callable[[], None]) -> None:
+        self.cleanup = cleanup
+
+    def __del__(self) -> None:
+        self.cleanup()
+
+
+class RaisesWhenCollected:
+    """``__del__`` raises ValueError: an unraisable that is none of ours."""
+
+    def __del__(self) -> None:
+        raise ValueError("not a deadline")
+
+
+def interrupted_in_cleanup(kind: str, *, nested: bool = False) -> list[str]:
+    """A 0.01 s block whose deadline falls in cleanup code CPython runs for it.
+
+    The cleanup (``kind``) spins until something interrupts it (5 s at most);
+    then the block spins for up to 2 s itself. Returns what happened, in order.
+    ``nested``: inside an outer 5 s block, which must not be the one that fires.
+    """
+    events: list[str] = []
+
+    def cleanup() -> None:
+        events.append("cleanup started")
+        spin(5.0)
+        events.append("cleanup finished")
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cleanup()
+
+    if kind == "gc callback":
+        # Earlier tests' garbage out of the way first: finalizers that catch Exception
+        # themselves (redis-py's __del__) would swallow the deadline fired again, unseen.
+        gc.collect()
+    started = time.monotonic()
+    try:
+        outer = TimeoutContext(seconds=5.0) if nested else contextlib.nullcontext()
+        with outer, TimeoutContext(seconds=0.01):
+            if kind == "weakref callback":
+                referent = Referent()
+                reference = weakref.ref(referent, lambda _: cleanup())
+                del referent
+                assert reference() is None
+            elif kind == "__del__":
+                SlowToDie(cleanup)
+            else:
+                gc.callbacks.append(on_gc)
+                try:
+                    gc.collect()
+                finally:
+                    gc.callbacks.remove(on_gc)
+            events.append("block goes on")
+            spin(2.0)
+            events.append("block finished")
+    except TimeoutError as exc:
+        events.append(f"{type(exc).__name__}: {exc}")
+    assert time.monotonic() - started < 1.0, events
+    return events
+
+
+SWALLOWED_THEN_REFIRED = [
+    "cleanup started",  # and interrupted: it never finished
+    "block goes on",
+    "TimeoutError: operation timed out after 0.01 seconds",
+]
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no SIGALRM here")
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("kind", CLEANUP_KINDS)
+def test_deadline_swallowed_in_cleanup_fires_again_on_the_main_thread(
+    kind: str, nested: bool
+) -> None:
+    """Main thread: a deadline lost in a weakref callback, __del__ or gc callback fires again."""
+    handler_before = signal.getsignal(signal.SIGALRM)
+    with recording_unraisable_hook() as recorded:
+        events = interrupted_in_cleanup(kind, nested=nested)
+    assert events == SWALLOWED_THEN_REFIRED
+    assert recorded == []  # our exception was not reported as unraisable
+    assert signal.getsignal(signal.SIGALRM) is handler_before
+    assert _deadlines._local.state.alarm_raised is None  # no traceback kept alive
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("kind", CLEANUP_KINDS)
+def test_deadline_swallowed_in_cleanup_fires_again_in_a_worker(kind: str, nested: bool) -> None:
+    """Worker: the scheduler's exception lost in cleanup code is delivered again to the block."""
+
+    def in_worker() -> tuple[list[str], Any]:
+        events = interrupted_in_cleanup(kind, nested=nested)
+        spin(0.03)  # a second, stale interruption would land here
+        return events, _deadlines._local.state.pending
+
+    with recording_unraisable_hook() as recorded:
+        events, pending = run_in_thread(in_worker)
+    assert events == SWALLOWED_THEN_REFIRED
+    assert recorded == []
+    assert pending is None
+
+
+def test_other_unraisables_reach_the_hook_that_was_there_unchanged() -> None:
+    """Our hook passes every other unraisable to the hook it wraps, even one set after ours."""
+    with recording_unraisable_hook() as first:
+        assert run_in_thread(interrupted_in_cleanup, "__del__") == SWALLOWED_THEN_REFIRED
+        RaisesWhenCollected()
+        with recording_unraisable_hook() as second:  # someone replaces our hook
+            RaisesWhenCollected()
+            assert run_in_thread(interrupted_in_cleanup, "__del__") == SWALLOWED_THEN_REFIRED
+            RaisesWhenCollected()
+    for unraisable in [*first, *second]:
+        assert type(unraisable.exc_value) is ValueError
+        assert str(unraisable.exc_value) == "not a deadline"
+        assert unraisable.object is RaisesWhenCollected.__del__
+    assert (len(first), len(second)) == (1, 2)

@@ -41,6 +41,17 @@ keep it out:
 On free-threaded builds the target runs while the scheduler looks, so the
 second rule narrows the window without closing it.
 
+An interruption can also land where CPython cannot let it out: a weakref
+callback, a ``__del__``, a ``gc`` callback (a dying ``Thread`` object's
+``WeakSet`` callback, say). CPython hands it to ``sys.unraisablehook`` and goes
+on, and the block would run on past its deadline. So when a deadline fires we
+make sure ``sys.unraisablehook`` is one of ours (wrapping the hook that was
+current); it knows our exception (the main thread's by identity, a worker's by
+its private class), does not report it, puts its block back to armed and fires
+again ``_RETRY`` seconds later, or at once on a worker thread, until the
+exception reaches the block's own code. Every other unraisable goes to the
+wrapped hook unchanged.
+
 The resolution of worker-thread deadlines is about the interpreter's switch
 interval (``sys.getswitchinterval()``, 5 ms by default) when the target thread
 is busy: the scheduler needs the GIL to raise.
@@ -122,6 +133,7 @@ class _ThreadState:
     """The deadline blocks one thread is inside."""
 
     __slots__ = (
+        "alarm_raised",
         "armed",
         "blocks",
         "ident",
@@ -148,6 +160,9 @@ class _ThreadState:
         self.saved_handler: Any = None
         self.saved_timer: tuple[float, float] = (0.0, 0.0)
         self.saved_at = 0.0
+        # The TimeoutError the SIGALRM handler raised last, and its block, until the
+        # outermost block leaves: the unraisable hook knows it by identity.
+        self.alarm_raised: Optional[tuple[BaseException, Deadline]] = None
 
     @_critical
     def earliest_unfired(self) -> Optional[Deadline]:
@@ -318,6 +333,7 @@ def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
     # ignores it: nothing is armed) and never the restored one.
     state.armed = None
     state.signal_mode = False
+    state.alarm_raised = None  # its traceback would keep the block's frames alive
     _setitimer(_ITIMER_REAL, 0)
     _signal.signal(_SIGALRM, state.saved_handler)
     state.saved_handler = None
@@ -340,9 +356,12 @@ def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     if remaining > 0:  # the timer ran ahead of the monotonic clock
         _setitimer(_ITIMER_REAL, remaining)
         return
+    _install_unraisable_hook()
     armed.state = _FIRED
     _arm_next_alarm(state)
-    raise TimeoutError(timeout_message(armed.seconds))
+    error = TimeoutError(timeout_message(armed.seconds))
+    state.alarm_raised = (error, armed)
+    raise error
 
 
 # -- other threads: one scheduler thread ------------------------------------------------
@@ -441,6 +460,7 @@ class _Scheduler:
             self.push(state, now + _RETRY)
             return False
         expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        _install_unraisable_hook()
         _set_async_exc(state.ident, expiry)
         armed.state = _FIRED
         state.pending = armed
@@ -450,15 +470,88 @@ class _Scheduler:
         return True
 
     @_critical
-    def retry(self, state: _ThreadState, block: Deadline) -> None:
-        """Undoes a fire whose exception was cancelled before delivery; fires again soon."""
+    def retry(self, state: _ThreadState, block: Deadline, delay: float = _RETRY) -> None:
+        """Undoes a fire whose exception was cancelled or swallowed; fires again after ``delay``."""
         if block.state == _FIRED:
             block.state = _ACTIVE
             state.armed = state.earliest_unfired()
-            self.push(state, monotonic() + _RETRY)
+            self.push(state, monotonic() + delay)
 
 
 _scheduler = _Scheduler()
+
+
+# -- interruptions CPython swallowed: sys.unraisablehook --------------------------------
+
+
+class _UnraisableHook:
+    """``sys.unraisablehook``: fires again a deadline whose exception was swallowed.
+
+    Wraps the hook that was current when it was installed and passes it every
+    other unraisable unchanged.
+    """
+
+    __slots__ = ("previous",)
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self.previous = previous
+
+    @_critical  # an interruption landing in here would be swallowed too
+    def __call__(self, unraisable: Any) -> None:
+        if not _refire(unraisable.exc_value, sys._getframe(1)):
+            self.previous(unraisable)
+
+
+def _install_unraisable_hook() -> None:
+    """Wraps the current hook unless it is one of ours.
+
+    Called before each fire, so a hook set after ours (a test framework's, say)
+    gets wrapped in its turn, and one that put ours back needs nothing.
+    """
+    current = sys.unraisablehook
+    if not isinstance(current, _UnraisableHook):
+        # None makes CPython report the default way: the default hook does that.
+        sys.unraisablehook = _UnraisableHook(sys.__unraisablehook__ if current is None else current)
+
+
+@_critical
+def _refire(error: Optional[BaseException], frame: Optional[FrameType]) -> bool:
+    """Arms again the block whose interruption ``error`` is; False if it is not ours.
+
+    ``frame`` was running when ``error`` was swallowed, in this thread: the thread
+    the interruption was meant for.
+    """
+    state: Optional[_ThreadState] = getattr(_local, "state", None)
+    if state is None or error is None:
+        return False
+    if isinstance(error, _ExpiredError):
+        block = error.block
+        if block.thread is not state or block.state != _FIRED:
+            return False  # the block has left: its own code saw the exception
+        if _in_critical(frame):
+            # Our bookkeeping runs under this, maybe holding the scheduler's lock; its
+            # first step under the lock takes the exception as cancelled and fires again.
+            if state.pending is not block:
+                return False
+            block.delivered = False
+            return True
+        scheduler = _scheduler
+        with scheduler.lock:
+            if state.pending is block:
+                state.pending = None
+            scheduler.retry(state, block, 0.0)
+        return True
+    raised = state.alarm_raised
+    if raised is None or raised[0] is not error:
+        return False
+    state.alarm_raised = None
+    block = raised[1]
+    if block.state != _FIRED:
+        return False  # the block has left: its own code saw the exception
+    block.state = _ACTIVE
+    state.armed = state.earliest_unfired()
+    _setitimer(_ITIMER_REAL, _RETRY)
+    return True
 
 
 def _reset_after_fork() -> None:
