@@ -153,3 +153,55 @@ def test_project_thresholds_load(gate: ModuleType) -> None:
     rules = gate.load_rules(gate.DEFAULT_THRESHOLDS)
     assert rules
     assert all(r.subject != r.baseline for r in rules)
+
+
+def _confirm_command(tmp_path: Path, medians_ns: dict[str, float]) -> str:
+    """A stand-in for the pytest rerun: writes the given medians to {json}."""
+    payload = tmp_path / "rerun.json"
+    payload.write_text(json.dumps(_results(**medians_ns)))
+    copy = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
+    return f"{sys.executable} -c '{copy}' {payload} {{json}}"
+
+
+def _gate_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    results = tmp_path / "results.json"
+    broken = {"test_fast[rust]": 100, "test_slow[peer]": 1000}
+    results.write_text(
+        json.dumps(_results(**broken, **{"test_reject[rust]": 250, "test_raise[bare]": 200}))
+    )
+    rules = tmp_path / "thresholds.toml"
+    rules.write_text(_RULES)
+    return subprocess.run(
+        [sys.executable, str(GATE_PATH), str(results), "--thresholds", str(rules), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_gate_confirms_a_failed_rule_by_measuring_it_again(tmp_path: Path) -> None:
+    """A rule that fails once but holds when re-measured passes, and both verdicts show."""
+    command = _confirm_command(tmp_path, {"test_fast[rust]": 40, "test_slow[peer]": 1000})
+    proc = _gate_cli(tmp_path, "--confirm", command)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAIL  fast is 20x slow" in proc.stdout
+    assert "re-measuring 1 failed rule(s)" in proc.stdout
+    assert "PASS  fast is 20x slow" in proc.stdout
+    assert proc.stdout.rstrip().endswith("bench gate: passed (2 rules)")
+
+
+def test_gate_fails_when_the_re_measurement_fails_too(tmp_path: Path) -> None:
+    """A regression that shows in both runs fails the gate."""
+    command = _confirm_command(tmp_path, {"test_fast[rust]": 100, "test_slow[peer]": 1000})
+    proc = _gate_cli(tmp_path, "--confirm", command)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAIL  fast is 20x slow") == 2
+    assert "bench gate: FAILED" in proc.stdout
+
+
+def test_gate_fails_when_the_re_measurement_cannot_run(tmp_path: Path) -> None:
+    """A rerun command that fails is a failed gate, not a pass."""
+    proc = _gate_cli(tmp_path, "--confirm", f"{sys.executable} -c 'raise SystemExit(3)'")
+    assert proc.returncode == 1
+    assert "the re-measurement did not run" in proc.stdout
