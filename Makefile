@@ -58,8 +58,11 @@ pytest-python: build
 
 # Full benchmark run, then the gate on its own JSON output.
 bench: build
-	$(PY) -m pytest benches --benchmark-json=.bench/results.json $(BENCH_ARGS)
-	$(PY) benches/gate.py .bench/results.json
+	mkdir -p .bench
+	$(PY) -m pytest benches -p no:cacheprovider --benchmark-disable-gc \
+		--benchmark-json=.bench/results.json $(BENCH_ARGS)
+	$(PY) benches/gate.py .bench/results.json \
+		--confirm '$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-disable-gc --benchmark-json={json} -k {k}'
 
 # CI: a quick run (fewer rounds) gated the same way; a failed rule is re-measured once.
 BENCH_CI_PYTEST = $(PY) -m pytest benches -q -p no:cacheprovider \
