@@ -70,6 +70,7 @@ import heapq
 import importlib
 import itertools
 import math
+import opcode
 import os
 import sys
 import threading
@@ -106,6 +107,29 @@ def _in_critical(frame: Optional[FrameType]) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# 3.9 only: the eval loop may deliver an interruption between a ``with`` block's
+# POP_BLOCK and its ``__exit__`` call (LOAD_CONST None, DUP_TOP, DUP_TOP, CALL_FUNCTION 3),
+# where it would leave the block without ``__exit__``. 3.10 checks nowhere in that stretch
+# (3.11 has no POP_BLOCK): the first check is at ``__exit__``'s entry, a critical frame.
+_WITH_EXIT_EDGE = sys.version_info < (3, 10)
+if _WITH_EXIT_EDGE:
+    _POP_BLOCK = opcode.opmap["POP_BLOCK"]
+    _EXIT_CALL = bytes(opcode.opmap[name] for name in ("LOAD_CONST", "DUP_TOP", "DUP_TOP"))
+    _CALL_FUNCTION = opcode.opmap["CALL_FUNCTION"]
+
+
+def _leaving_a_with(frame: FrameType) -> bool:
+    """3.9: ``frame`` stopped right after a ``with`` block's POP_BLOCK, before its ``__exit__``."""
+    code = frame.f_code.co_code
+    at = frame.f_lasti  # on 3.9 the instruction before the check, here POP_BLOCK
+    return (
+        at >= 0
+        and code[at] == _POP_BLOCK
+        and code[at + 2 : at + 8 : 2] == _EXIT_CALL
+        and code[at + 8 : at + 10] == bytes((_CALL_FUNCTION, 3))
+    )
 
 
 def timeout_message(seconds: float) -> str:
@@ -196,44 +220,48 @@ class Deadline:
 
     @_critical
     def __enter__(self: _D) -> _D:
-        if self.state != _IDLE:
-            raise RuntimeError("this timeout is already active; use one object per block")
-        try:
-            state: _ThreadState = _local.state
-        except AttributeError:
-            state = _local.state = _ThreadState()
-        self.thread = state
-        self.fired = self.delivered = False
-        self.deadline = deadline = monotonic() + self.seconds
-        blocks = state.blocks
-        if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
-            self.state = _ACTIVE
-            blocks.append(self)
-            armed = state.armed
-            if armed is None:
-                state.armed = self
-                state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
-                state.saved_at = monotonic()
-            elif deadline < armed.deadline:
-                state.armed = self
-                _setitimer(_ITIMER_REAL, self.seconds)
+        try:  # first: see _take_back
+            if self.state != _IDLE:
+                raise RuntimeError("this timeout is already active; use one object per block")
+            try:
+                state: _ThreadState = _local.state
+            except AttributeError:
+                state = _local.state = _ThreadState()
+            self.thread = state
+            self.fired = self.delivered = False
+            self.deadline = deadline = monotonic() + self.seconds
+            blocks = state.blocks
+            if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
+                self.state = _ACTIVE
+                blocks.append(self)
+                armed = state.armed
+                if armed is None:
+                    state.armed = self
+                    state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
+                    state.saved_at = monotonic()
+                elif deadline < armed.deadline:
+                    state.armed = self
+                    _setitimer(_ITIMER_REAL, self.seconds)
+                return self
+            scheduler = _scheduler
+            with scheduler.lock:
+                pending = state.pending
+                if pending is not None:
+                    if not pending.delivered:  # the first call under the lock: nothing lands here
+                        _clear_async_exc(state.ident, None)
+                        scheduler.retry(state, pending)
+                    state.pending = None
+                self.state = _ACTIVE
+                blocks.append(self)
+                armed = state.armed
+                if armed is None or deadline < armed.deadline:
+                    state.armed = self
+                    if deadline < state.wake_at:
+                        scheduler.push(state, deadline)
             return self
-        scheduler = _scheduler
-        with scheduler.lock:
-            pending = state.pending
-            if pending is not None:
-                if not pending.delivered:  # the first call under the lock: nothing lands here
-                    _clear_async_exc(state.ident, None)
-                    scheduler.retry(state, pending)
-                state.pending = None
-            self.state = _ACTIVE
-            blocks.append(self)
-            armed = state.armed
-            if armed is None or deadline < armed.deadline:
-                state.armed = self
-                if deadline < state.wake_at:
-                    scheduler.push(state, deadline)
-        return self
+        except _ExpiredError as landed:
+            _take_back(landed)
+        return self.__enter__()  # reached only after a take-back: nothing was done yet
 
     @_critical
     def __exit__(
@@ -242,34 +270,64 @@ class Deadline:
         exc: Optional[BaseException],
         traceback: Optional[TracebackType],
     ) -> None:
-        state = self.thread
-        assert state is not None
-        if state.signal_mode:
-            _leave_alarm(state, self)
-            return
-        scheduler = _scheduler
-        with scheduler.lock:
-            pending = state.pending
-            if pending is not None:
-                if not pending.delivered:  # the first call under the lock: nothing lands here
-                    _clear_async_exc(state.ident, None)
-                    scheduler.retry(state, pending)
-                state.pending = None
-            fired = self.fired = self.state == _FIRED
-            self.state = _IDLE
-            blocks = state.blocks
-            if blocks and blocks[-1] is self:
-                blocks.pop()
-            else:  # left out of order (a block held across a generator's yield)
-                _remove(blocks, self)
-            if not fired:
-                if state.armed is self:
-                    # The scheduler wakes at or before this deadline and re-arms from there.
-                    state.armed = state.earliest_unfired() if blocks else None
+        try:  # first: see _take_back
+            state = self.thread
+            assert state is not None
+            if state.signal_mode:
+                _leave_alarm(state, self)
                 return
-        if isinstance(exc, _ExpiredError) and exc.block is self:
-            # Our own asynchronous exception: re-raised as a proper TimeoutError.
-            raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+            scheduler = _scheduler
+            with scheduler.lock:
+                pending = state.pending
+                if pending is not None:
+                    if not pending.delivered:  # the first call under the lock: nothing lands here
+                        _clear_async_exc(state.ident, None)
+                        scheduler.retry(state, pending)
+                    state.pending = None
+                fired = self.fired = self.state == _FIRED
+                self.state = _IDLE
+                blocks = state.blocks
+                if blocks and blocks[-1] is self:
+                    blocks.pop()
+                else:  # left out of order (a block held across a generator's yield)
+                    _remove(blocks, self)
+                if not fired:
+                    if state.armed is self:
+                        # The scheduler wakes at or before this deadline and re-arms from there.
+                        state.armed = state.earliest_unfired() if blocks else None
+                    return
+            if isinstance(exc, _ExpiredError) and exc.block is self:
+                # Our own asynchronous exception: re-raised as a proper TimeoutError.
+                raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+        except _ExpiredError as landed:
+            _take_back(landed)
+        return self.__exit__(exc_type, exc, traceback)  # only after a take-back, as above
+
+
+@_critical
+def _take_back(landed: _ExpiredError) -> None:
+    """Undoes the fire whose exception landed in ``__enter__``/``__exit__``; it fires again later.
+
+    The scheduler queues an exception while the thread's bookkeeping waits for its lock
+    (the thread moved after the scheduler looked); the bookkeeping's first call under the
+    lock takes it back. On 3.11 nothing can deliver it before that call. On 3.9 the eval
+    loop checks for it between almost any two bytecodes: right after ``with
+    scheduler.lock:`` took the lock, say, so it landed there before our call could cancel
+    it, and escaped the ``with`` statement unconverted with the block left in
+    ``state.blocks``. So both methods run their body in a ``try`` that catches it, treat
+    it as cancelled, and start again: it landed before their first change of state (and
+    once the lock is held and the queue is empty, none can be queued until they return:
+    the scheduler sees them in a critical function). The ``try`` is their first
+    instruction: 3.9 and 3.10 deliver nothing just before a ``SETUP_FINALLY``.
+    """
+    block = landed.block
+    state = block.thread
+    assert state is not None
+    scheduler = _scheduler
+    with scheduler.lock:
+        if state.pending is block:
+            state.pending = None
+        scheduler.retry(state, block)
 
 
 @_critical
@@ -349,7 +407,7 @@ def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     armed = state.armed if state is not None and state.signal_mode else None
     if state is None or armed is None:
         return  # a late alarm of a block that has left
-    if _in_critical(frame):
+    if _in_critical(frame) or (_WITH_EXIT_EDGE and frame is not None and _leaving_a_with(frame)):
         _setitimer(_ITIMER_REAL, _RETRY)
         return
     remaining = armed.deadline - monotonic()
@@ -447,20 +505,23 @@ class _Scheduler:
         if armed.deadline > now:
             self.push(state, armed.deadline)
             return True
+        # Everything but the look and the raise first, so little runs between the two.
+        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        _install_unraisable_hook()
         # A fresh GIL quantum, so no other thread runs between looking at the target
-        # thread and raising in it (only an OS preemption longer than the switch interval
-        # could let it move; a block that then meets its exception under the lock cancels it).
+        # thread and raising in it (if it moves anyway, into our bookkeeping, the
+        # bookkeeping takes the exception back: see _take_back).
         time.sleep(0)
         frame = sys._current_frames().get(state.ident)
         if frame is None:
             return True  # the thread is gone
-        if frame.f_code in _CRITICAL_CODES or (
-            frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES
+        if (
+            frame.f_code in _CRITICAL_CODES
+            or (frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES)
+            or (_WITH_EXIT_EDGE and _leaving_a_with(frame))
         ):
             self.push(state, now + _RETRY)
             return False
-        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
-        _install_unraisable_hook()
         _set_async_exc(state.ident, expiry)
         armed.state = _FIRED
         state.pending = armed
