@@ -109,27 +109,38 @@ def _in_critical(frame: Optional[FrameType]) -> bool:
     return False
 
 
-# 3.9 only: the eval loop may deliver an interruption between a ``with`` block's
-# POP_BLOCK and its ``__exit__`` call (LOAD_CONST None, DUP_TOP, DUP_TOP, CALL_FUNCTION 3),
-# where it would leave the block without ``__exit__``. 3.10 checks nowhere in that stretch
-# (3.11 has no POP_BLOCK): the first check is at ``__exit__``'s entry, a critical frame.
+# Two places where CPython 3.9/3.10 may deliver an interruption that would skip a ``with``
+# block's ``__exit__`` (3.11 delivers nothing at either):
+# - 3.9: between the block's POP_BLOCK and its ``__exit__`` call (LOAD_CONST None,
+#   DUP_TOP, DUP_TOP, CALL_FUNCTION 3). 3.10 checks nowhere in that stretch.
+# - 3.9, 3.10: as an exception enters a handler, before the handler's first instruction;
+#   a second exception raised there replaces the first and skips that handler.
+_OLD_EVAL_LOOP = sys.version_info < (3, 11)
 _WITH_EXIT_EDGE = sys.version_info < (3, 10)
 if _WITH_EXIT_EDGE:
     _POP_BLOCK = opcode.opmap["POP_BLOCK"]
     _EXIT_CALL = bytes(opcode.opmap[name] for name in ("LOAD_CONST", "DUP_TOP", "DUP_TOP"))
-    _CALL_FUNCTION = opcode.opmap["CALL_FUNCTION"]
+    _CALL_EXIT = bytes((opcode.opmap["CALL_FUNCTION"], 3))
 
 
-def _leaving_a_with(frame: FrameType) -> bool:
-    """3.9: ``frame`` stopped right after a ``with`` block's POP_BLOCK, before its ``__exit__``."""
-    code = frame.f_code.co_code
-    at = frame.f_lasti  # on 3.9 the instruction before the check, here POP_BLOCK
-    return (
-        at >= 0
-        and code[at] == _POP_BLOCK
-        and code[at + 2 : at + 8 : 2] == _EXIT_CALL
-        and code[at + 8 : at + 10] == bytes((_CALL_FUNCTION, 3))
-    )
+def _at_an_edge(frame: FrameType, handled: Optional[BaseException]) -> bool:
+    """``frame`` stopped where an interruption would skip a ``__exit__`` (3.9, 3.10).
+
+    ``handled``: the exception its thread is handling, if any. On 3.9 and 3.10
+    ``f_lasti`` is still the instruction before the check.
+    """
+    at = frame.f_lasti
+    if _WITH_EXIT_EDGE and at >= 0:
+        code = frame.f_code.co_code
+        if (
+            code[at] == _POP_BLOCK
+            and code[at + 2 : at + 8 : 2] == _EXIT_CALL
+            and code[at + 8 : at + 10] == _CALL_EXIT
+        ):
+            return True
+    traceback = handled.__traceback__ if handled is not None else None
+    # Handled, and its frame has run no instruction since it came in: entering a handler.
+    return traceback is not None and traceback.tb_frame is frame and traceback.tb_lasti == at
 
 
 def timeout_message(seconds: float) -> str:
@@ -298,7 +309,8 @@ class Deadline:
                     return
             if isinstance(exc, _ExpiredError) and exc.block is self:
                 # Our own asynchronous exception: re-raised as a proper TimeoutError.
-                raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+                timeout = TimeoutError(timeout_message(self.seconds))
+                raise timeout.with_traceback(traceback) from None
         except _ExpiredError as landed:
             _take_back(landed)
         return self.__exit__(exc_type, exc, traceback)  # only after a take-back, as above
@@ -407,7 +419,9 @@ def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     armed = state.armed if state is not None and state.signal_mode else None
     if state is None or armed is None:
         return  # a late alarm of a block that has left
-    if _in_critical(frame) or (_WITH_EXIT_EDGE and frame is not None and _leaving_a_with(frame)):
+    if _in_critical(frame) or (
+        _OLD_EVAL_LOOP and frame is not None and _at_an_edge(frame, sys.exc_info()[1])
+    ):
         _setitimer(_ITIMER_REAL, _RETRY)
         return
     remaining = armed.deadline - monotonic()
@@ -518,7 +532,7 @@ class _Scheduler:
         if (
             frame.f_code in _CRITICAL_CODES
             or (frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES)
-            or (_WITH_EXIT_EDGE and _leaving_a_with(frame))
+            or (_OLD_EVAL_LOOP and _at_an_edge(frame, _handled_in(state.ident)))
         ):
             self.push(state, now + _RETRY)
             return False
@@ -537,6 +551,15 @@ class _Scheduler:
             block.state = _ACTIVE
             state.armed = state.earliest_unfired()
             self.push(state, monotonic() + delay)
+
+
+def _handled_in(ident: int) -> Optional[BaseException]:
+    """The exception thread ``ident`` is handling; 3.9 cannot say (None)."""
+    current_exceptions = getattr(sys, "_current_exceptions", None)
+    if current_exceptions is None:
+        return None
+    handled = current_exceptions().get(ident)
+    return handled[1] if isinstance(handled, tuple) else handled
 
 
 _scheduler = _Scheduler()
