@@ -34,9 +34,15 @@ keep it out:
 - If it moved anyway, into our enter/leave code, it waits for the scheduler's
   lock there; the first call under that lock cancels an exception queued and
   not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
-  So a block that ends as its deadline passes simply ends, and nothing is ever
-  delivered after a block has left. (A delivered exception marks itself when
-  CPython instantiates it at the landing point.)
+  An older eval loop (3.9) can deliver it before that call (right after the
+  lock is taken): ``__enter__``/``__exit__`` catch it and do the same
+  (``_take_back``). So a block that ends as its deadline passes simply ends,
+  and nothing is ever delivered after a block has left. (A delivered exception
+  marks itself when CPython instantiates it.)
+- Neither mechanism raises where 3.9/3.10 would let the exception skip a
+  ``with`` block's ``__exit__`` (``_at_an_edge``): between the block's
+  POP_BLOCK and its ``__exit__`` call (3.9), or as an exception enters a
+  handler (3.9, 3.10; the scheduler cannot see that on 3.9).
 
 On free-threaded builds the target runs while the scheduler looks, so the
 second rule narrows the window without closing it.
@@ -558,8 +564,10 @@ def _handled_in(ident: int) -> Optional[BaseException]:
     current_exceptions = getattr(sys, "_current_exceptions", None)
     if current_exceptions is None:
         return None
-    handled = current_exceptions().get(ident)
-    return handled[1] if isinstance(handled, tuple) else handled
+    handled: object = current_exceptions().get(ident)
+    if isinstance(handled, tuple):  # (type, value, traceback) before 3.12
+        handled = handled[1]
+    return handled if isinstance(handled, BaseException) else None
 
 
 _scheduler = _Scheduler()
