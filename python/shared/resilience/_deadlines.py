@@ -34,9 +34,15 @@ keep it out:
 - If it moved anyway, into our enter/leave code, it waits for the scheduler's
   lock there; the first call under that lock cancels an exception queued and
   not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
-  So a block that ends as its deadline passes simply ends, and nothing is ever
-  delivered after a block has left. (A delivered exception marks itself when
-  CPython instantiates it at the landing point.)
+  An older eval loop (3.9) can deliver it before that call (right after the
+  lock is taken): ``__enter__``/``__exit__`` catch it and do the same
+  (``_take_back``). So a block that ends as its deadline passes simply ends,
+  and nothing is ever delivered after a block has left. (A delivered exception
+  marks itself when CPython instantiates it.)
+- Neither mechanism raises where 3.9/3.10 would let the exception skip a
+  ``with`` block's ``__exit__`` (``_at_an_edge``): between the block's
+  POP_BLOCK and its ``__exit__`` call (3.9), or as an exception enters a
+  handler (3.9, 3.10; the scheduler cannot see that on 3.9).
 
 On free-threaded builds the target runs while the scheduler looks, so the
 second rule narrows the window without closing it.
@@ -70,6 +76,7 @@ import heapq
 import importlib
 import itertools
 import math
+import opcode
 import os
 import sys
 import threading
@@ -106,6 +113,40 @@ def _in_critical(frame: Optional[FrameType]) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# Two places where CPython 3.9/3.10 may deliver an interruption that would skip a ``with``
+# block's ``__exit__`` (3.11 delivers nothing at either):
+# - 3.9: between the block's POP_BLOCK and its ``__exit__`` call (LOAD_CONST None,
+#   DUP_TOP, DUP_TOP, CALL_FUNCTION 3). 3.10 checks nowhere in that stretch.
+# - 3.9, 3.10: as an exception enters a handler, before the handler's first instruction;
+#   a second exception raised there replaces the first and skips that handler.
+_OLD_EVAL_LOOP = sys.version_info < (3, 11)
+_WITH_EXIT_EDGE = sys.version_info < (3, 10)
+if _WITH_EXIT_EDGE:
+    _POP_BLOCK = opcode.opmap["POP_BLOCK"]
+    _EXIT_CALL = bytes(opcode.opmap[name] for name in ("LOAD_CONST", "DUP_TOP", "DUP_TOP"))
+    _CALL_EXIT = bytes((opcode.opmap["CALL_FUNCTION"], 3))
+
+
+def _at_an_edge(frame: FrameType, handled: Optional[BaseException]) -> bool:
+    """``frame`` stopped where an interruption would skip a ``__exit__`` (3.9, 3.10).
+
+    ``handled``: the exception its thread is handling, if any. On 3.9 and 3.10
+    ``f_lasti`` is still the instruction before the check.
+    """
+    at = frame.f_lasti
+    if _WITH_EXIT_EDGE and at >= 0:
+        code = frame.f_code.co_code
+        if (
+            code[at] == _POP_BLOCK
+            and code[at + 2 : at + 8 : 2] == _EXIT_CALL
+            and code[at + 8 : at + 10] == _CALL_EXIT
+        ):
+            return True
+    traceback = handled.__traceback__ if handled is not None else None
+    # Handled, and its frame has run no instruction since it came in: entering a handler.
+    return traceback is not None and traceback.tb_frame is frame and traceback.tb_lasti == at
 
 
 def timeout_message(seconds: float) -> str:
@@ -196,44 +237,48 @@ class Deadline:
 
     @_critical
     def __enter__(self: _D) -> _D:
-        if self.state != _IDLE:
-            raise RuntimeError("this timeout is already active; use one object per block")
-        try:
-            state: _ThreadState = _local.state
-        except AttributeError:
-            state = _local.state = _ThreadState()
-        self.thread = state
-        self.fired = self.delivered = False
-        self.deadline = deadline = monotonic() + self.seconds
-        blocks = state.blocks
-        if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
-            self.state = _ACTIVE
-            blocks.append(self)
-            armed = state.armed
-            if armed is None:
-                state.armed = self
-                state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
-                state.saved_at = monotonic()
-            elif deadline < armed.deadline:
-                state.armed = self
-                _setitimer(_ITIMER_REAL, self.seconds)
+        try:  # first: see _take_back
+            if self.state != _IDLE:
+                raise RuntimeError("this timeout is already active; use one object per block")
+            try:
+                state: _ThreadState = _local.state
+            except AttributeError:
+                state = _local.state = _ThreadState()
+            self.thread = state
+            self.fired = self.delivered = False
+            self.deadline = deadline = monotonic() + self.seconds
+            blocks = state.blocks
+            if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
+                self.state = _ACTIVE
+                blocks.append(self)
+                armed = state.armed
+                if armed is None:
+                    state.armed = self
+                    state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
+                    state.saved_at = monotonic()
+                elif deadline < armed.deadline:
+                    state.armed = self
+                    _setitimer(_ITIMER_REAL, self.seconds)
+                return self
+            scheduler = _scheduler
+            with scheduler.lock:
+                pending = state.pending
+                if pending is not None:
+                    if not pending.delivered:  # the first call under the lock: nothing lands here
+                        _clear_async_exc(state.ident, None)
+                        scheduler.retry(state, pending)
+                    state.pending = None
+                self.state = _ACTIVE
+                blocks.append(self)
+                armed = state.armed
+                if armed is None or deadline < armed.deadline:
+                    state.armed = self
+                    if deadline < state.wake_at:
+                        scheduler.push(state, deadline)
             return self
-        scheduler = _scheduler
-        with scheduler.lock:
-            pending = state.pending
-            if pending is not None:
-                if not pending.delivered:  # the first call under the lock: nothing lands here
-                    _clear_async_exc(state.ident, None)
-                    scheduler.retry(state, pending)
-                state.pending = None
-            self.state = _ACTIVE
-            blocks.append(self)
-            armed = state.armed
-            if armed is None or deadline < armed.deadline:
-                state.armed = self
-                if deadline < state.wake_at:
-                    scheduler.push(state, deadline)
-        return self
+        except _ExpiredError as landed:
+            _take_back(landed)
+        return self.__enter__()  # reached only after a take-back: nothing was done yet
 
     @_critical
     def __exit__(
@@ -242,34 +287,69 @@ class Deadline:
         exc: Optional[BaseException],
         traceback: Optional[TracebackType],
     ) -> None:
-        state = self.thread
-        assert state is not None
-        if state.signal_mode:
-            _leave_alarm(state, self)
-            return
-        scheduler = _scheduler
-        with scheduler.lock:
-            pending = state.pending
-            if pending is not None:
-                if not pending.delivered:  # the first call under the lock: nothing lands here
-                    _clear_async_exc(state.ident, None)
-                    scheduler.retry(state, pending)
-                state.pending = None
-            fired = self.fired = self.state == _FIRED
-            self.state = _IDLE
-            blocks = state.blocks
-            if blocks and blocks[-1] is self:
-                blocks.pop()
-            else:  # left out of order (a block held across a generator's yield)
-                _remove(blocks, self)
-            if not fired:
-                if state.armed is self:
-                    # The scheduler wakes at or before this deadline and re-arms from there.
-                    state.armed = state.earliest_unfired() if blocks else None
+        try:  # first: see _take_back
+            state = self.thread
+            assert state is not None
+            if state.signal_mode:
+                _leave_alarm(state, self)
                 return
-        if isinstance(exc, _ExpiredError) and exc.block is self:
-            # Our own asynchronous exception: re-raised as a proper TimeoutError.
-            raise TimeoutError(timeout_message(self.seconds)).with_traceback(traceback) from None
+            scheduler = _scheduler
+            with scheduler.lock:
+                pending = state.pending
+                if pending is not None:
+                    if not pending.delivered:  # the first call under the lock: nothing lands here
+                        _clear_async_exc(state.ident, None)
+                        scheduler.retry(state, pending)
+                    state.pending = None
+                fired = self.fired = self.state == _FIRED
+                self.state = _IDLE
+                blocks = state.blocks
+                if blocks and blocks[-1] is self:
+                    blocks.pop()
+                else:  # left out of order (a block held across a generator's yield)
+                    _remove(blocks, self)
+                if not fired:
+                    if state.armed is self:
+                        # The scheduler wakes at or before this deadline and re-arms from there.
+                        state.armed = state.earliest_unfired() if blocks else None
+                    return
+            if isinstance(exc, _ExpiredError) and exc.block is self:
+                # Our own asynchronous exception: re-raised as a proper TimeoutError.
+                timeout = TimeoutError(timeout_message(self.seconds))
+                raise timeout.with_traceback(traceback) from None
+        except _ExpiredError as landed:
+            _take_back(landed)
+        return self.__exit__(exc_type, exc, traceback)  # only after a take-back, as above
+
+
+@_critical
+def _take_back(landed: _ExpiredError) -> None:
+    """Undoes the fire whose exception landed in ``__enter__``/``__exit__``; it fires again later.
+
+    The scheduler queues an exception while the thread's bookkeeping waits for its lock
+    (the thread moved after the scheduler looked); the bookkeeping's first call under the
+    lock takes it back. On 3.11 nothing can deliver it before that call. On 3.9 the eval
+    loop checks for it between almost any two bytecodes: right after ``with
+    scheduler.lock:`` took the lock, say, so it landed there before our call could cancel
+    it, and escaped the ``with`` statement unconverted with the block left in
+    ``state.blocks``. So both methods run their body in a ``try`` that catches it, treat
+    it as cancelled, and start again: it landed before their first change of state (and
+    once the lock is held and the queue is empty, none can be queued until they return:
+    the scheduler sees them in a critical function). The ``try`` is their first
+    instruction: 3.9 and 3.10 skip the check just before a ``SETUP_FINALLY``, so
+    nothing lands at their entry. 3.11 checks once at the entry (RESUME), before
+    the ``try``; there only the scheduler's look-to-raise stretch protects (the
+    target would have to stop exactly there while the scheduler, between its look
+    and its raise, lost the GIL; never seen in our stress tests).
+    """
+    block = landed.block
+    state = block.thread
+    assert state is not None
+    scheduler = _scheduler
+    with scheduler.lock:
+        if state.pending is block:
+            state.pending = None
+        scheduler.retry(state, block)
 
 
 @_critical
@@ -349,7 +429,9 @@ def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     armed = state.armed if state is not None and state.signal_mode else None
     if state is None or armed is None:
         return  # a late alarm of a block that has left
-    if _in_critical(frame):
+    if _in_critical(frame) or (
+        _OLD_EVAL_LOOP and frame is not None and _at_an_edge(frame, sys.exc_info()[1])
+    ):
         _setitimer(_ITIMER_REAL, _RETRY)
         return
     remaining = armed.deadline - monotonic()
@@ -447,20 +529,23 @@ class _Scheduler:
         if armed.deadline > now:
             self.push(state, armed.deadline)
             return True
+        # Everything but the look and the raise first, so little runs between the two.
+        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
+        _install_unraisable_hook()
         # A fresh GIL quantum, so no other thread runs between looking at the target
-        # thread and raising in it (only an OS preemption longer than the switch interval
-        # could let it move; a block that then meets its exception under the lock cancels it).
+        # thread and raising in it (if it moves anyway, into our bookkeeping, the
+        # bookkeeping takes the exception back: see _take_back).
         time.sleep(0)
         frame = sys._current_frames().get(state.ident)
         if frame is None:
             return True  # the thread is gone
-        if frame.f_code in _CRITICAL_CODES or (
-            frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES
+        if (
+            frame.f_code in _CRITICAL_CODES
+            or (frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES)
+            or (_OLD_EVAL_LOOP and _at_an_edge(frame, _handled_in(state.ident)))
         ):
             self.push(state, now + _RETRY)
             return False
-        expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
-        _install_unraisable_hook()
         _set_async_exc(state.ident, expiry)
         armed.state = _FIRED
         state.pending = armed
@@ -476,6 +561,17 @@ class _Scheduler:
             block.state = _ACTIVE
             state.armed = state.earliest_unfired()
             self.push(state, monotonic() + delay)
+
+
+def _handled_in(ident: int) -> Optional[BaseException]:
+    """The exception thread ``ident`` is handling; 3.9 cannot say (None)."""
+    current_exceptions = getattr(sys, "_current_exceptions", None)
+    if current_exceptions is None:
+        return None
+    handled: object = current_exceptions().get(ident)
+    if isinstance(handled, tuple):  # (type, value, traceback) before 3.12
+        handled = handled[1]
+    return handled if isinstance(handled, BaseException) else None
 
 
 _scheduler = _Scheduler()
