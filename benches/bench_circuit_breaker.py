@@ -8,13 +8,12 @@ Groups:
   baseline raises and catches one preallocated exception (clearing its
   traceback, which would otherwise grow by one entry per raise);
   ``fresh_raise`` is Python building and raising the same error itself.
-- ``breaker threads``: the same 400,000 closed calls made by one thread, or
-  split between two threads on one breaker.
+
+Two threads on one breaker: ``bench_threads.py``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from types import ModuleType
 from typing import Any, Callable
@@ -25,9 +24,6 @@ import pytest
 
 import shared
 from shared.resilience import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerOpenError
-
-# Long rounds: a GIL hand-off every 5 ms is then a small, steady share of a round.
-THREAD_CALLS = 400_000
 
 
 def f() -> None:
@@ -194,36 +190,3 @@ def test_breaker_rejection_circuitbreaker(benchmark: Any) -> None:
         breaker.decorate(lambda: 1 / 0)()
     protected = breaker.decorate(f)
     benchmark(rejecting(lambda _f: protected(), circuitbreaker.CircuitBreakerError))
-
-
-# -- threads ------------------------------------------------------------------------
-
-
-def in_threads(breaker: CircuitBreaker, threads: int) -> Callable[[], None]:
-    call = breaker.call
-    per_thread = range(THREAD_CALLS // threads)
-
-    def work() -> None:
-        for _ in per_thread:
-            call(f)
-
-    def run() -> None:
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-
-    return run
-
-
-@pytest.mark.benchmark(group="breaker threads")
-def test_breaker_threads_one_rust(benchmark: Any) -> None:
-    benchmark.pedantic(in_threads(rust_breaker("one"), 1), rounds=15, warmup_rounds=1)
-
-
-@pytest.mark.benchmark(group="breaker threads")
-def test_breaker_threads_two_rust(benchmark: Any) -> None:
-    breaker = rust_breaker("two")
-    benchmark.pedantic(in_threads(breaker, 2), rounds=15, warmup_rounds=1)
-    assert breaker.success_count % THREAD_CALLS == 0

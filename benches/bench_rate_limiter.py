@@ -1,10 +1,10 @@
 """Rate limiting: shared's token bucket and registry against limits, pyrate-limiter,
 aiolimiter and a naive locked pure-Python bucket.
 
-Single operations (``try_acquire``) are timed per call. Registry lookups and
-thread runs are timed per batch (``BATCH`` operations per call), against the
-same batch of bare ``try_acquire`` calls, so the ratios compare per-operation
-costs with the loop overhead on both sides.
+Single operations (``try_acquire``) are timed per call. Registry lookups are
+timed per batch (``BATCH`` operations per call), against the same batch of bare
+``try_acquire`` calls, so the ratios compare per-operation costs with the loop
+overhead on both sides. Two threads on one bucket: ``bench_threads.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from shared.resilience import RateLimitConfig, TokenBucket
 
 BATCH = 1000
 MANY_KEYS = 1_000_000
-THREAD_OPS = 400_000
 
 # Allowed: a rate no benchmark can exhaust. Denied: an empty bucket that refills hourly.
 ALLOWED = RateLimitConfig(tokens_per_second=1e9, burst_size=1e9)
@@ -201,38 +200,6 @@ def test_registry_1m_keys_x1000_rust(
         registry.get_limiter(key)
     assert len(registry) == MANY_KEYS
     assert benchmark(_registry_batch(registry, many_keys)) == BATCH
-
-
-# -- two threads on one bucket ------------------------------------------------------
-
-
-def _threads(bucket: Any, threads: int) -> Callable[[], None]:
-    """THREAD_OPS try_acquire calls in total, split over ``threads`` threads."""
-    per_thread = THREAD_OPS // threads
-
-    def worker() -> None:
-        try_acquire = bucket.try_acquire
-        for _ in range(per_thread):
-            try_acquire()
-
-    def run() -> None:
-        workers = [threading.Thread(target=worker) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-
-    return run
-
-
-@pytest.mark.benchmark(group="threads on one bucket")
-def test_one_thread_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 1), rounds=15, warmup_rounds=1)
-
-
-@pytest.mark.benchmark(group="threads on one bucket")
-def test_two_threads_rust(benchmark: Any, native: ModuleType) -> None:
-    benchmark.pedantic(_threads(native.TokenBucket(ALLOWED), 2), rounds=15, warmup_rounds=1)
 
 
 # -- async acquire (aiolimiter has no non-blocking acquire) ----------------------------

@@ -8,6 +8,13 @@ same run (same process, same machine, same minute), so a noisy shared machine
 moves both sides together. Absolute times are never gated. A rule whose
 benchmark is missing from the run fails: a gate that cannot measure must not pass.
 
+A rule with ``metric`` instead of ``baseline`` reads a ratio that one benchmark
+measured itself and stored in its ``extra_info`` (``min_value``: it must be at
+least that). The thread-scaling benchmarks do this: they alternate one-thread
+and two-thread rounds and keep the median of the paired ratios, because this
+VM's speed drifts by up to 2x between phases of a few seconds, far more than
+the 5% such a rule must resolve, and only rounds run back to back share a phase.
+
 With ``--confirm``, a failed rule is measured again (up to twice) before the gate fails:
 the command (a pytest-benchmark run; ``{k}`` becomes a ``-k`` expression naming
 the failed rules' benchmarks, ``{json}`` the output file) reruns just those
@@ -42,11 +49,27 @@ class Rule:
 
     name: str
     subject: str
-    baseline: str
+    baseline: str | None = None
     min_speedup: float | None = None
     max_slowdown: float | None = None
+    metric: str | None = None
+    min_value: float | None = None
 
-    def check(self, medians: dict[str, float]) -> tuple[bool, str]:
+    @property
+    def benchmarks(self) -> list[str]:
+        return [b for b in (self.subject, self.baseline) if b is not None]
+
+    def check(
+        self, medians: dict[str, float], extra: dict[str, dict[str, Any]]
+    ) -> tuple[bool, str]:
+        if self.metric is not None:
+            assert self.min_value is not None
+            value = extra.get(self.subject, {}).get(self.metric)
+            if value is None:
+                return False, f"missing benchmark or metric: {self.subject} {self.metric}"
+            ok = float(value) >= self.min_value
+            return ok, f"{self.metric} = {float(value):.3f} (need >= {self.min_value})"
+        assert self.baseline is not None
         missing = [b for b in (self.subject, self.baseline) if b not in medians]
         if missing:
             return False, f"missing benchmark(s): {', '.join(missing)}"
@@ -72,13 +95,23 @@ def load_rules(path: Path) -> list[Rule]:
     data = tomllib.loads(path.read_text())
     rules = []
     for raw in data.get("rule", []):
-        unknown = set(raw) - {"name", "subject", "baseline", "min_speedup", "max_slowdown"}
+        known = {"name", "subject", "baseline", "min_speedup", "max_slowdown"}
+        known |= {"metric", "min_value"}
+        unknown = set(raw) - known
         if unknown:
             raise ValueError(f"{path}: rule {raw.get('name')!r} has unknown keys {sorted(unknown)}")
         rule = Rule(**raw)
-        if (rule.min_speedup is None) == (rule.max_slowdown is None):
+        if rule.metric is not None:
+            if rule.min_value is None or {rule.baseline, rule.min_speedup, rule.max_slowdown} != {
+                None
+            }:
+                raise ValueError(
+                    f"{path}: rule {rule.name!r} with a metric needs min_value and nothing else"
+                )
+        elif rule.baseline is None or (rule.min_speedup is None) == (rule.max_slowdown is None):
             raise ValueError(
-                f"{path}: rule {rule.name!r} needs exactly one of min_speedup, max_slowdown"
+                f"{path}: rule {rule.name!r} needs a baseline and exactly one of"
+                " min_speedup, max_slowdown"
             )
         rules.append(rule)
     if not rules:
@@ -91,12 +124,17 @@ def load_medians(results: dict[str, Any]) -> dict[str, float]:
     return {b["name"]: float(b["stats"]["median"]) for b in results.get("benchmarks", [])}
 
 
+def load_extra_info(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each benchmark measured itself (``benchmark.extra_info``), keyed by test name."""
+    return {b["name"]: dict(b.get("extra_info") or {}) for b in results.get("benchmarks", [])}
+
+
 def failed_rules(results: dict[str, Any], rules: list[Rule], out: Any = sys.stdout) -> list[Rule]:
     """Checks every rule, prints each verdict, returns the rules that failed."""
-    medians = load_medians(results)
+    medians, extra = load_medians(results), load_extra_info(results)
     failed = []
     for rule in rules:
-        ok, detail = rule.check(medians)
+        ok, detail = rule.check(medians, extra)
         if not ok:
             failed.append(rule)
         print(f"{'PASS' if ok else 'FAIL'}  {rule.name}: {detail}", file=out)
@@ -111,7 +149,7 @@ def run_gate(results: dict[str, Any], rules: list[Rule], out: Any = sys.stdout) 
 
 def confirm(failed: list[Rule], command: str, workdir: Path, out: Any = sys.stdout) -> list[Rule]:
     """Reruns the failed rules' benchmarks with ``command``; returns the rules still failing."""
-    names = sorted({name for rule in failed for name in (rule.subject, rule.baseline)})
+    names = sorted({name for rule in failed for name in rule.benchmarks})
     rerun_json = workdir / "confirm.json"
     cmd = command.format(k=shlex.quote(" or ".join(names)), json=shlex.quote(str(rerun_json)))
     print(f"bench gate: re-measuring {len(failed)} failed rule(s): {cmd}", file=out, flush=True)

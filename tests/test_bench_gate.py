@@ -120,6 +120,56 @@ def test_gate_rejects_an_ambiguous_rule(gate: ModuleType, tmp_path: Path) -> Non
         gate.load_rules(bad)
 
 
+_METRIC_RULE = """
+[[rule]]
+name = "two threads keep 0.95x"
+subject = "test_threads_paired[rust]"
+metric = "throughput_two_vs_one"
+min_value = 0.95
+"""
+
+
+def _metric_results(value: float | None) -> dict[str, object]:
+    extra = {} if value is None else {"throughput_two_vs_one": value}
+    return {
+        "benchmarks": [
+            {"name": "test_threads_paired[rust]", "stats": {"median": 0.03}, "extra_info": extra}
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "passes", "detail"),
+    [
+        (0.97, True, "throughput_two_vs_one = 0.970 (need >= 0.95)"),
+        (0.95, True, "throughput_two_vs_one = 0.950 (need >= 0.95)"),
+        (0.90, False, "throughput_two_vs_one = 0.900 (need >= 0.95)"),
+        (None, False, "missing benchmark or metric"),
+    ],
+)
+def test_gate_checks_a_metric_the_benchmark_measured_itself(
+    gate: ModuleType, tmp_path: Path, value: float | None, passes: bool, detail: str
+) -> None:
+    """A metric rule reads the benchmark's extra_info; a missing metric fails."""
+    rules_file = tmp_path / "thresholds.toml"
+    rules_file.write_text(_METRIC_RULE)
+    out = io.StringIO()
+    ok = gate.run_gate(_metric_results(value), gate.load_rules(rules_file), out=out)
+    assert ok is passes, out.getvalue()
+    assert detail in out.getvalue()
+
+
+def test_gate_rejects_a_metric_rule_with_a_ratio_too(gate: ModuleType, tmp_path: Path) -> None:
+    """A metric rule takes min_value and nothing of the two-benchmark kind."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_METRIC_RULE + 'baseline = "test_other"\n')
+    with pytest.raises(ValueError, match="with a metric needs min_value and nothing else"):
+        gate.load_rules(bad)
+    bad.write_text(_METRIC_RULE.replace("min_value = 0.95\n", ""))
+    with pytest.raises(ValueError, match="with a metric needs min_value and nothing else"):
+        gate.load_rules(bad)
+
+
 def test_gate_command_exits_non_zero_on_a_broken_ratio(tmp_path: Path) -> None:
     """The CLI that CI runs exits 1 on synthetic JSON with a broken ratio."""
     results = tmp_path / "results.json"
