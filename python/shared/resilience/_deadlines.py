@@ -34,6 +34,12 @@ keep it out:
 - If it moved anyway, into our enter/leave code, it waits for the scheduler's
   lock there; the first call under that lock cancels an exception queued and
   not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
+  A worker thread takes that lock only when it must (see below), and leaving a
+  block is where it must: it marks the block ``_LEAVING`` and then reads
+  ``firing`` and ``pending``, while the scheduler sets ``firing`` before it
+  checks that the block is still ``_ACTIVE`` and clears it only after
+  ``pending`` is set. Either the scheduler sees ``_LEAVING`` and does not
+  raise, or the thread sees the fire and goes through the lock.
   An older eval loop (3.9) can deliver it before that call (right after the
   lock is taken): ``__enter__``/``__exit__`` catch it and do the same
   (``_take_back``). So a block that ends as its deadline passes simply ends,
@@ -62,8 +68,22 @@ The resolution of worker-thread deadlines is about the interpreter's switch
 interval (``sys.getswitchinterval()``, 5 ms by default) when the target thread
 is busy: the scheduler needs the GIL to raise.
 
-Why Python and not Rust: per block the work is a few attribute updates under a
-short lock (main thread: two timer syscalls and two ``sigaction`` calls);
+The cost per block (issue 5: <= 1 us around a fast function). A worker thread
+enters and leaves a block without the scheduler's lock or its condition
+variable, with the GIL as the only ordering: entering appends the block to its
+thread's list and then reads ``wake_at``, the time of the thread's live heap
+entry; the scheduler resets ``wake_at`` before it reads that list, so either it
+sees the block or the thread sees the reset value and takes the lock to push
+(and notifies only when the scheduler sleeps past the new deadline). A block
+whose deadline is later than ``wake_at`` pushes nothing: the scheduler looks at
+that thread by then anyway and works out the earliest active block from the
+list. Leaving pushes and notifies nothing: the scheduler wakes at the old time,
+finds the block gone, and sleeps until the next live deadline. So a thread
+running many short blocks takes the lock about once per ``seconds``. A
+free-threaded build (no GIL, so no such ordering) takes the lock on every block.
+
+Why Python and not Rust: per block the work is a few attribute updates (main
+thread: two timer syscalls and two ``sigaction`` calls);
 firing needs the interpreter anyway (frames, ``SetAsyncExc``, which Rust could
 only reach through ``unsafe`` FFI, forbidden here). A Rust scheduler would move
 no cost that matters.
@@ -259,20 +279,26 @@ class Deadline:
                 state = _local.state = _ThreadState()
             self.thread = state
             self.fired = False
-            self.deadline = deadline = monotonic() + self.seconds
+            now = monotonic()
+            self.deadline = deadline = now + self.seconds
             blocks = state.blocks
-            if state.is_main and (state.signal_mode or (not blocks and _install_alarm(state))):
-                self.state = _ACTIVE
-                blocks.append(self)
-                armed = state.armed
-                if armed is None:
+            if state.is_main:
+                if state.signal_mode:  # inside an outer block of this thread
+                    self.state = _ACTIVE
+                    blocks.append(self)
+                    armed = state.armed
+                    if armed is None or deadline < armed.deadline:
+                        # (An armed earlier deadline needs no timer call.)
+                        state.armed = self
+                        _setitimer(_ITIMER_REAL, self.seconds)
+                    return self
+                if not blocks and _install_alarm(state):  # the outermost block
+                    self.state = _ACTIVE
+                    blocks.append(self)
                     state.armed = self
                     state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
-                    state.saved_at = monotonic()
-                elif deadline < armed.deadline:
-                    state.armed = self
-                    _setitimer(_ITIMER_REAL, self.seconds)
-                return self
+                    state.saved_at = now
+                    return self
             if _LOCK_FREE:
                 # The block is in the list before wake_at is read; the scheduler resets
                 # wake_at before it reads the list (_Scheduler.run): so either it sees the
@@ -300,7 +326,29 @@ class Deadline:
             state = self.thread
             assert state is not None
             if state.signal_mode:
-                _leave_alarm(state, self)
+                blocks = state.blocks
+                if blocks[-1] is self:
+                    blocks.pop()
+                else:
+                    _remove(blocks, self)
+                self.fired = self.state == _FIRED
+                self.state = _IDLE
+                if blocks:
+                    if state.armed is self:
+                        _arm_next_alarm(state)
+                    return
+                # Outermost block: disarm first, so a late alarm of ours meets our handler
+                # (which ignores it: nothing is armed) and never the restored one.
+                state.armed = None
+                state.signal_mode = False
+                state.alarm_raised = None  # its traceback would keep the block's frames alive
+                _setitimer(_ITIMER_REAL, 0)
+                _signal.signal(_SIGALRM, state.saved_handler)
+                state.saved_handler = None
+                delay, interval = state.saved_timer
+                if delay > 0:  # the itimer that was running before: what is left of it
+                    remaining = delay - (monotonic() - state.saved_at)
+                    _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
                 return
             prior = self.state
             if _LOCK_FREE:
@@ -362,8 +410,11 @@ def _enter_locked(state: _ThreadState, block: Deadline, *, listed: bool) -> None
 def _leave_locked(state: _ThreadState, block: Deadline, prior: int) -> bool:
     """The rest of ``__exit__`` under the scheduler's lock; True if the block fired."""
     with _scheduler.lock:
-        if block.state == _LEAVING:  # else the scheduler fired it before it saw _LEAVING
-            block.state = prior
+        if block.state == _LEAVING:
+            # Unless the scheduler marked it _FIRED after its check, which saw it _ACTIVE:
+            # it fired if its exception is the one queued (the mark may have come before
+            # _LEAVING and been overwritten by it).
+            block.state = _FIRED if state.pending is block else prior
         _settle(state)  # a fire of this block not delivered: back to _ACTIVE
         fired = block.fired = block.state == _FIRED
         block.state = _IDLE
@@ -448,34 +499,6 @@ def _arm_next_alarm(state: _ThreadState) -> None:
         _setitimer(_ITIMER_REAL, max(following.deadline - monotonic(), _MIN_DELAY))
 
 
-@_critical
-def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
-    blocks = state.blocks
-    if blocks[-1] is block:
-        blocks.pop()
-    else:
-        _remove(blocks, block)
-    was_armed = state.armed is block
-    block.fired = block.state == _FIRED
-    block.state = _IDLE
-    if blocks:
-        if was_armed:
-            _arm_next_alarm(state)
-        return
-    # Outermost block: disarm first, so a late alarm of ours meets our handler (which
-    # ignores it: nothing is armed) and never the restored one.
-    state.armed = None
-    state.signal_mode = False
-    state.alarm_raised = None  # its traceback would keep the block's frames alive
-    _setitimer(_ITIMER_REAL, 0)
-    _signal.signal(_SIGALRM, state.saved_handler)
-    state.saved_handler = None
-    delay, interval = state.saved_timer
-    if delay > 0:  # the itimer that was running before: what is left of it
-        remaining = delay - (monotonic() - state.saved_at)
-        _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
-
-
 def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     """SIGALRM: raises TimeoutError in the main thread when its armed deadline passed."""
     state: Optional[_ThreadState] = getattr(_local, "state", None)
@@ -513,11 +536,12 @@ class _Scheduler:
     The heap holds ``(when, seq, thread state)``, at most one live entry per
     thread (``state.wake_at == when``; others are dropped lazily, and the heap is
     compacted when it doubles past its live size). A thread pushes only when it
-    arms a deadline earlier than its entry; leaving a block pushes nothing: the
-    scheduler wakes at the old time and re-arms for whatever the thread is inside
-    then. So a thread running many short blocks costs a lock and no heap work, and
-    the scheduler wakes about once per ``seconds`` per thread. Callers notify the
-    condition only when they need a wake earlier than the one it sleeps towards.
+    enters a block with a deadline earlier than its entry; leaving a block pushes
+    nothing: the scheduler wakes at the old time and looks for whatever the thread
+    is inside then. So a thread running many short blocks costs no lock and no
+    heap work, and the scheduler wakes about once per ``seconds`` per thread.
+    Callers notify the condition only when they need a wake earlier than the one
+    it sleeps towards.
     """
 
     def __init__(self) -> None:
