@@ -464,7 +464,10 @@ def test_swallowed_inner_timeout_outer_still_fires_in_worker() -> None:
 
     def work() -> str:
         try:
-            with TimeoutContext(seconds=0.1):
+            # 0.3 s: three inner timeouts take about 0.1 s on a busy machine (each fires
+            # up to two switch intervals late in a CPU-bound thread); the outer one must
+            # fire after them, not during one (the inner block's suppress would eat it).
+            with TimeoutContext(seconds=0.3):
                 for _ in range(3):
                     with contextlib.suppress(TimeoutError), TimeoutContext(seconds=0.02):
                         spin(LONG)
@@ -473,7 +476,7 @@ def test_swallowed_inner_timeout_outer_still_fires_in_worker() -> None:
             return str(exc)
         return "no timeout"
 
-    assert in_thread(work) == "operation timed out after 0.1 seconds"
+    assert in_thread(work) == "operation timed out after 0.3 seconds"
 
 
 # -- async -----------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ keep it out:
 - If it moved anyway, into our enter/leave code, it waits for the scheduler's
   lock there; the first call under that lock cancels an exception queued and
   not yet delivered (``SetAsyncExc(tid, NULL)``) and schedules the fire again.
+  A worker thread takes that lock only when it must (see below), and leaving a
+  block is where it must: it marks the block ``_LEAVING`` and then reads
+  ``firing`` and ``pending``, while the scheduler sets ``firing`` before it
+  checks that the block is still ``_ACTIVE`` and clears it only after
+  ``pending`` is set. Either the scheduler sees ``_LEAVING`` and does not
+  raise, or the thread sees the fire and goes through the lock.
   An older eval loop (3.9) can deliver it before that call (right after the
   lock is taken): ``__enter__``/``__exit__`` catch it and do the same
   (``_take_back``). So a block that ends as its deadline passes simply ends,
@@ -62,8 +68,22 @@ The resolution of worker-thread deadlines is about the interpreter's switch
 interval (``sys.getswitchinterval()``, 5 ms by default) when the target thread
 is busy: the scheduler needs the GIL to raise.
 
-Why Python and not Rust: per block the work is a few attribute updates under a
-short lock (main thread: two timer syscalls and two ``sigaction`` calls);
+The cost per block (issue 5: <= 1 us around a fast function). A worker thread
+enters and leaves a block without the scheduler's lock or its condition
+variable, with the GIL as the only ordering: entering appends the block to its
+thread's list and then reads ``wake_at``, the time of the thread's live heap
+entry; the scheduler resets ``wake_at`` before it reads that list, so either it
+sees the block or the thread sees the reset value and takes the lock to push
+(and notifies only when the scheduler sleeps past the new deadline). A block
+whose deadline is later than ``wake_at`` pushes nothing: the scheduler looks at
+that thread by then anyway and works out the earliest active block from the
+list. Leaving pushes and notifies nothing: the scheduler wakes at the old time,
+finds the block gone, and sleeps until the next live deadline. So a thread
+running many short blocks takes the lock about once per ``seconds``. A
+free-threaded build (no GIL, so no such ordering) takes the lock on every block.
+
+Why Python and not Rust: per block the work is a few attribute updates (main
+thread: two timer syscalls and two ``sigaction`` calls);
 firing needs the interpreter anyway (frames, ``SetAsyncExc``, which Rust could
 only reach through ``unsafe`` FFI, forbidden here). A Rust scheduler would move
 no cost that matters.
@@ -94,7 +114,13 @@ _RETRY = 0.0002
 # Shortest timer we arm: setitimer(0) would disarm instead of firing at once.
 _MIN_DELAY = 1e-6
 
-_IDLE, _ACTIVE, _FIRED = 0, 1, 2
+_IDLE, _ACTIVE, _FIRED, _LEAVING = 0, 1, 2, 3
+
+# Worker threads enter and leave blocks without the scheduler's lock when the GIL
+# serialises them with the scheduler (see Deadline.__enter__ and __exit__); on a
+# free-threaded build every block takes the lock.
+_is_gil_enabled: Callable[[], bool] = getattr(sys, "_is_gil_enabled", lambda: True)
+_LOCK_FREE = _is_gil_enabled()
 
 _CRITICAL_CODES: set[CodeType] = set()
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -177,6 +203,7 @@ class _ThreadState:
         "alarm_raised",
         "armed",
         "blocks",
+        "firing",
         "ident",
         "is_main",
         "pending",
@@ -189,11 +216,16 @@ class _ThreadState:
 
     def __init__(self) -> None:
         self.blocks: list[Deadline] = []
-        # The earliest block not fired yet: the one the thread is interrupted for.
+        # Main thread (SIGALRM): the earliest block not fired yet, the one the itimer is
+        # set for. The scheduler works it out from ``blocks`` when it wakes instead.
         self.armed: Optional[Deadline] = None
         # The block whose exception SetAsyncExc queued last (delivered or not).
         self.pending: Optional[Deadline] = None
-        # When the scheduler looks at this thread next (its live heap entry); <= armed.deadline.
+        # The block the scheduler is about to raise for, from before it checks that the
+        # block is still active until ``pending`` is set: see Deadline.__exit__.
+        self.firing: Optional[Deadline] = None
+        # When the scheduler looks at this thread next (its live heap entry); <= the
+        # deadline of every active block of the thread. Written under the scheduler's lock.
         self.wake_at = math.inf
         self.ident = threading.get_ident()
         self.is_main = threading.current_thread() is threading.main_thread()
@@ -208,7 +240,8 @@ class _ThreadState:
     @_critical
     def earliest_unfired(self) -> Optional[Deadline]:
         earliest = None
-        for block in self.blocks:
+        # A copy: on a worker thread the scheduler reads while the thread appends and removes.
+        for block in self.blocks[:]:
             if block.state == _ACTIVE and (earliest is None or block.deadline < earliest.deadline):
                 earliest = block
         return earliest
@@ -230,7 +263,7 @@ class Deadline:
     thread: Optional[_ThreadState]
 
     def __init__(self, seconds: float) -> None:
-        # deadline, delivered and thread are set by __enter__.
+        # deadline and thread are set by __enter__, delivered by the scheduler when it fires.
         self.seconds = seconds
         self.state = _IDLE
         self.fired = False
@@ -245,36 +278,38 @@ class Deadline:
             except AttributeError:
                 state = _local.state = _ThreadState()
             self.thread = state
-            self.fired = self.delivered = False
-            self.deadline = deadline = monotonic() + self.seconds
+            self.fired = False
+            now = monotonic()
+            self.deadline = deadline = now + self.seconds
             blocks = state.blocks
-            if state.signal_mode or (not blocks and state.is_main and _install_alarm(state)):
-                self.state = _ACTIVE
-                blocks.append(self)
-                armed = state.armed
-                if armed is None:
+            if state.is_main:
+                if state.signal_mode:  # inside an outer block of this thread
+                    self.state = _ACTIVE
+                    blocks.append(self)
+                    armed = state.armed
+                    if armed is None or deadline < armed.deadline:
+                        # (An armed earlier deadline needs no timer call.)
+                        state.armed = self
+                        _setitimer(_ITIMER_REAL, self.seconds)
+                    return self
+                if not blocks and _install_alarm(state):  # the outermost block
+                    self.state = _ACTIVE
+                    blocks.append(self)
                     state.armed = self
                     state.saved_timer = _setitimer(_ITIMER_REAL, self.seconds)
-                    state.saved_at = monotonic()
-                elif deadline < armed.deadline:
-                    state.armed = self
-                    _setitimer(_ITIMER_REAL, self.seconds)
-                return self
-            scheduler = _scheduler
-            with scheduler.lock:
-                pending = state.pending
-                if pending is not None:
-                    if not pending.delivered:  # the first call under the lock: nothing lands here
-                        _clear_async_exc(state.ident, None)
-                        scheduler.retry(state, pending)
-                    state.pending = None
+                    state.saved_at = now
+                    return self
+            if _LOCK_FREE:
+                # The block is in the list before wake_at is read; the scheduler resets
+                # wake_at before it reads the list (_Scheduler.run): so either it sees the
+                # block, or this reads the reset value and schedules below.
                 self.state = _ACTIVE
                 blocks.append(self)
-                armed = state.armed
-                if armed is None or deadline < armed.deadline:
-                    state.armed = self
-                    if deadline < state.wake_at:
-                        scheduler.push(state, deadline)
+                if deadline >= state.wake_at and state.pending is None:
+                    return self  # the scheduler looks at this thread by then anyway
+                _enter_locked(state, self, listed=True)
+            else:
+                _enter_locked(state, self, listed=False)
             return self
         except _ExpiredError as landed:
             _take_back(landed)
@@ -291,35 +326,104 @@ class Deadline:
             state = self.thread
             assert state is not None
             if state.signal_mode:
-                _leave_alarm(state, self)
-                return
-            scheduler = _scheduler
-            with scheduler.lock:
-                pending = state.pending
-                if pending is not None:
-                    if not pending.delivered:  # the first call under the lock: nothing lands here
-                        _clear_async_exc(state.ident, None)
-                        scheduler.retry(state, pending)
-                    state.pending = None
-                fired = self.fired = self.state == _FIRED
-                self.state = _IDLE
                 blocks = state.blocks
-                if blocks and blocks[-1] is self:
+                if blocks[-1] is self:
                     blocks.pop()
-                else:  # left out of order (a block held across a generator's yield)
+                else:
                     _remove(blocks, self)
-                if not fired:
+                self.fired = self.state == _FIRED
+                self.state = _IDLE
+                if blocks:
                     if state.armed is self:
-                        # The scheduler wakes at or before this deadline and re-arms from there.
-                        state.armed = state.earliest_unfired() if blocks else None
+                        _arm_next_alarm(state)
                     return
-            if isinstance(exc, _ExpiredError) and exc.block is self:
-                # Our own asynchronous exception: re-raised as a proper TimeoutError.
+                # Outermost block: disarm first, so a late alarm of ours meets our handler
+                # (which ignores it: nothing is armed) and never the restored one.
+                state.armed = None
+                state.signal_mode = False
+                state.alarm_raised = None  # its traceback would keep the block's frames alive
+                _setitimer(_ITIMER_REAL, 0)
+                _signal.signal(_SIGALRM, state.saved_handler)
+                state.saved_handler = None
+                delay, interval = state.saved_timer
+                if delay > 0:  # the itimer that was running before: what is left of it
+                    remaining = delay - (monotonic() - state.saved_at)
+                    _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
+                return
+            prior = self.state
+            if _LOCK_FREE:
+                # _LEAVING before firing and pending are read; the scheduler sets firing
+                # before it checks the block is _ACTIVE, and clears it after pending is set:
+                # so either it does not raise, or this sees it and takes the lock.
+                self.state = _LEAVING
+                if state.firing is None and state.pending is None:
+                    self.state = _IDLE
+                    fired = self.fired = prior == _FIRED
+                    blocks = state.blocks
+                    if blocks and blocks[-1] is self:
+                        blocks.pop()
+                    else:  # left out of order (a block held across a generator's yield)
+                        _remove(blocks, self)
+                    if fired and isinstance(exc, _ExpiredError) and exc.block is self:
+                        # Our own asynchronous exception: re-raised as a proper TimeoutError.
+                        timeout = TimeoutError(timeout_message(self.seconds))
+                        raise timeout.with_traceback(traceback) from None
+                    return
+            if _leave_locked(state, self, prior) and (
+                isinstance(exc, _ExpiredError) and exc.block is self
+            ):
                 timeout = TimeoutError(timeout_message(self.seconds))
                 raise timeout.with_traceback(traceback) from None
         except _ExpiredError as landed:
             _take_back(landed)
         return self.__exit__(exc_type, exc, traceback)  # only after a take-back, as above
+
+
+@_critical
+def _settle(state: _ThreadState) -> None:
+    """Takes back an exception queued for ``state``'s thread and not delivered (lock held).
+
+    The first call under the lock in the thread's bookkeeping: nothing lands before it.
+    """
+    pending = state.pending
+    if pending is not None:
+        if not pending.delivered:
+            _clear_async_exc(state.ident, None)
+            _scheduler.retry(state, pending)
+        state.pending = None
+
+
+@_critical
+def _enter_locked(state: _ThreadState, block: Deadline, *, listed: bool) -> None:
+    """The rest of ``__enter__`` under the scheduler's lock; ``listed``: already in blocks."""
+    scheduler = _scheduler
+    with scheduler.lock:
+        _settle(state)
+        if not listed:
+            block.state = _ACTIVE
+            state.blocks.append(block)
+        if block.deadline < state.wake_at:
+            scheduler.push(state, block.deadline)
+
+
+@_critical
+def _leave_locked(state: _ThreadState, block: Deadline, prior: int) -> bool:
+    """The rest of ``__exit__`` under the scheduler's lock; True if the block fired."""
+    with _scheduler.lock:
+        if block.state == _LEAVING:
+            # Unless the scheduler marked it _FIRED after its check, which saw it _ACTIVE:
+            # it fired if its exception is the one queued (the mark may have come before
+            # _LEAVING and been overwritten by it).
+            block.state = _FIRED if state.pending is block else prior
+        _settle(state)  # a fire of this block not delivered: back to _ACTIVE
+        fired = block.fired = block.state == _FIRED
+        block.state = _IDLE
+        blocks = state.blocks
+        if blocks and blocks[-1] is block:
+            blocks.pop()
+        else:
+            _remove(blocks, block)
+        return fired
 
 
 @_critical
@@ -395,34 +499,6 @@ def _arm_next_alarm(state: _ThreadState) -> None:
         _setitimer(_ITIMER_REAL, max(following.deadline - monotonic(), _MIN_DELAY))
 
 
-@_critical
-def _leave_alarm(state: _ThreadState, block: Deadline) -> None:
-    blocks = state.blocks
-    if blocks[-1] is block:
-        blocks.pop()
-    else:
-        _remove(blocks, block)
-    was_armed = state.armed is block
-    block.fired = block.state == _FIRED
-    block.state = _IDLE
-    if blocks:
-        if was_armed:
-            _arm_next_alarm(state)
-        return
-    # Outermost block: disarm first, so a late alarm of ours meets our handler (which
-    # ignores it: nothing is armed) and never the restored one.
-    state.armed = None
-    state.signal_mode = False
-    state.alarm_raised = None  # its traceback would keep the block's frames alive
-    _setitimer(_ITIMER_REAL, 0)
-    _signal.signal(_SIGALRM, state.saved_handler)
-    state.saved_handler = None
-    delay, interval = state.saved_timer
-    if delay > 0:  # the itimer that was running before: what is left of it
-        remaining = delay - (monotonic() - state.saved_at)
-        _setitimer(_ITIMER_REAL, max(remaining, _MIN_DELAY), interval)
-
-
 def _on_alarm(signum: int, frame: Optional[FrameType]) -> None:
     """SIGALRM: raises TimeoutError in the main thread when its armed deadline passed."""
     state: Optional[_ThreadState] = getattr(_local, "state", None)
@@ -460,11 +536,12 @@ class _Scheduler:
     The heap holds ``(when, seq, thread state)``, at most one live entry per
     thread (``state.wake_at == when``; others are dropped lazily, and the heap is
     compacted when it doubles past its live size). A thread pushes only when it
-    arms a deadline earlier than its entry; leaving a block pushes nothing: the
-    scheduler wakes at the old time and re-arms for whatever the thread is inside
-    then. So a thread running many short blocks costs a lock and no heap work, and
-    the scheduler wakes about once per ``seconds`` per thread. Callers notify the
-    condition only when they need a wake earlier than the one it sleeps towards.
+    enters a block with a deadline earlier than its entry; leaving a block pushes
+    nothing: the scheduler wakes at the old time and looks for whatever the thread
+    is inside then. So a thread running many short blocks costs no lock and no
+    heap work, and the scheduler wakes about once per ``seconds`` per thread.
+    Callers notify the condition only when they need a wake earlier than the one
+    it sleeps towards.
     """
 
     def __init__(self) -> None:
@@ -519,47 +596,62 @@ class _Scheduler:
                     self.wakeup.wait(_RETRY)
 
     def serve(self, state: _ThreadState, now: float) -> bool:
-        """Interrupts the thread if its armed deadline passed, else schedules a look later.
+        """Interrupts the thread if its earliest deadline passed, else schedules a look later.
 
         False when the thread was inside our bookkeeping and must be looked at again.
+        Runs with the lock held and ``state.wake_at`` reset (see ``Deadline.__enter__``).
         """
-        armed = state.armed
-        if armed is None or state.signal_mode:
+        if state.signal_mode:
             return True
+        armed = state.earliest_unfired()
+        if armed is None:
+            return True  # the thread's next block schedules itself
         if armed.deadline > now:
             self.push(state, armed.deadline)
             return True
         # Everything but the look and the raise first, so little runs between the two.
         expiry = type("DeadlineExpired", (_ExpiredError,), {"block": armed})
         _install_unraisable_hook()
-        # A fresh GIL quantum, so no other thread runs between looking at the target
-        # thread and raising in it (if it moves anyway, into our bookkeeping, the
-        # bookkeeping takes the exception back: see _take_back).
-        time.sleep(0)
-        frame = sys._current_frames().get(state.ident)
-        if frame is None:
-            return True  # the thread is gone
-        if (
-            frame.f_code in _CRITICAL_CODES
-            or (frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES)
-            or (_OLD_EVAL_LOOP and _at_an_edge(frame, _handled_in(state.ident)))
-        ):
-            self.push(state, now + _RETRY)
-            return False
-        _set_async_exc(state.ident, expiry)
-        armed.state = _FIRED
-        state.pending = armed
-        following = state.armed = state.earliest_unfired()
+        # Before the block is checked below: a thread leaving it from now on takes the lock.
+        state.firing = armed
+        try:
+            # A fresh GIL quantum, so no other thread runs between looking at the target
+            # thread and raising in it (if it moves anyway, into our bookkeeping, the
+            # bookkeeping takes the exception back: see _take_back).
+            time.sleep(0)
+            frame = sys._current_frames().get(state.ident)
+            if frame is None:
+                return True  # the thread is gone
+            if armed.state != _ACTIVE:  # it left meanwhile: look again at once
+                self.push(state, now)
+                return True
+            if (
+                frame.f_code in _CRITICAL_CODES
+                or (frame.f_back is not None and frame.f_back.f_code in _CRITICAL_CODES)
+                or (_OLD_EVAL_LOOP and _at_an_edge(frame, _handled_in(state.ident)))
+            ):
+                self.push(state, now + _RETRY)
+                return False
+            armed.delivered = False
+            _set_async_exc(state.ident, expiry)
+            armed.state = _FIRED
+            state.pending = armed
+        finally:
+            state.firing = None
+        following = state.earliest_unfired()
         if following is not None:
             self.push(state, following.deadline)
         return True
 
     @_critical
     def retry(self, state: _ThreadState, block: Deadline, delay: float = _RETRY) -> None:
-        """Undoes a fire whose exception was cancelled or swallowed; fires again after ``delay``."""
-        if block.state == _FIRED:
+        """Undoes a fire whose exception was cancelled or swallowed; fires again after ``delay``.
+
+        Lock held. A block caught leaving (``_LEAVING``) counts as fired: its exit
+        overwrote the scheduler's mark, and starts again from ``_ACTIVE``.
+        """
+        if block.state == _FIRED or block.state == _LEAVING:
             block.state = _ACTIVE
-            state.armed = state.earliest_unfired()
             self.push(state, monotonic() + delay)
 
 
@@ -655,9 +747,13 @@ def _reset_after_fork() -> None:
     global _scheduler
     _scheduler = _Scheduler()
     state: Optional[_ThreadState] = getattr(_local, "state", None)
-    if state is not None and not state.signal_mode and state.armed is not None:
-        with _scheduler.lock:
-            _scheduler.push(state, state.armed.deadline)
+    if state is not None and not state.signal_mode:
+        state.firing = state.pending = None  # the parent's scheduler thread is not here
+        state.wake_at = math.inf
+        earliest = state.earliest_unfired()
+        if earliest is not None:
+            with _scheduler.lock:
+                _scheduler.push(state, earliest.deadline)
 
 
 if hasattr(os, "register_at_fork"):

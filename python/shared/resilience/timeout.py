@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, cast
 
 from shared import _validation
-from shared.resilience._deadlines import Deadline, timeout_message
+from shared.resilience._deadlines import _IDLE, Deadline, timeout_message
 from shared.resilience.exceptions import TimeoutError
 
 __all__ = ["TimeoutContext", "with_timeout"]
@@ -55,7 +55,10 @@ class TimeoutContext(Deadline):
     def __init__(self, seconds: float) -> None:
         if type(seconds) is not float or not 0.0 < seconds < math.inf:  # fast path: a good float
             seconds = _validation.positive_finite("seconds", seconds)
-        super().__init__(seconds)
+        # Deadline.__init__'s fields set here: one Python call per block, not two.
+        self.seconds = seconds
+        self.state = _IDLE
+        self.fired = False
         self._loop_timeout: Optional[Any] = None
 
     @property
