@@ -585,6 +585,7 @@ mod binding {
     use super::{
         Admission, Breaker, Outcome, Permit, Settings, State, Transition, WindowSettings, MAX_COUNT,
     };
+    use crate::breaker_ffi::{raise_chained, ErrorCache};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{
         PyBaseException, PyException, PyKeyboardInterrupt, PySystemExit, PyValueError,
@@ -616,6 +617,8 @@ mod binding {
         ignored: Py<PyTuple>,
         is_failure_result: Option<Py<PyAny>>,
         on_state_change: Option<Py<PyAny>>,
+        /// The last rejection error, reused when nobody else holds it.
+        open_errors: ErrorCache,
     }
 
     fn count_setting(name: &str, value: i64) -> PyResult<u32> {
@@ -661,8 +664,18 @@ mod binding {
             move || self.clock.now_ns(py)
         }
 
-        /// Admits a call, or builds the `CircuitBreakerOpenError` that rejects it.
+        /// Admits a call, or raises the `CircuitBreakerOpenError` that rejects it.
         fn admit(&self, breaker: &Bound<'_, Self>) -> PyResult<Permit> {
+            self.try_admit(breaker)?
+                .map_err(|error| raise_chained(&error))
+        }
+
+        /// Admits a call, or returns the `CircuitBreakerOpenError` that rejects
+        /// it, not raised yet.
+        pub(crate) fn try_admit<'py>(
+            &self,
+            breaker: &Bound<'py, Self>,
+        ) -> PyResult<Result<Permit, Bound<'py, PyBaseException>>> {
             let py = breaker.py();
             match self.core.admit(&mut self.now_fn(py))? {
                 Admission::Admitted { permit, transition } => {
@@ -672,29 +685,48 @@ mod binding {
                             .record(permit, Outcome::Neutral, &mut self.now_fn(py))?;
                         return Err(err);
                     }
-                    Ok(permit)
+                    Ok(Ok(permit))
                 }
                 Admission::Rejected { retry_after_ns } => {
-                    Err(self.open_error(py, ns_to_secs(retry_after_ns)))
+                    self.open_error(py, ns_to_secs(retry_after_ns)).map(Err)
                 }
             }
         }
 
-        /// `CircuitBreakerOpenError(name, retry_after)`, built without running Python code
-        /// (the class has no Python `__init__`).
-        fn open_error(&self, py: Python<'_>, retry_after: f64) -> PyErr {
-            let error = OPEN_ERROR
-                .get_or_try_init(py, || {
-                    py.import("shared.resilience.exceptions")?
-                        .getattr("CircuitBreakerOpenError")?
-                        .cast_into::<PyType>()
-                        .map(Bound::unbind)
-                        .map_err(PyErr::from)
-                })
-                .and_then(|cls| cls.bind(py).call1((self.name.bind(py), retry_after)));
-            match error {
-                Ok(error) => PyErr::from_value(error),
-                Err(err) => err,
+        /// `CircuitBreakerOpenError(name, retry_after)`, built (or reused) without
+        /// running Python code (the class has no Python `__init__`).
+        fn open_error<'py>(
+            &self,
+            py: Python<'py>,
+            retry_after: f64,
+        ) -> PyResult<Bound<'py, PyBaseException>> {
+            let cls = OPEN_ERROR.get_or_try_init(py, || {
+                py.import("shared.resilience.exceptions")?
+                    .getattr("CircuitBreakerOpenError")?
+                    .cast_into::<PyType>()
+                    .map(Bound::unbind)
+                    .map_err(PyErr::from)
+            })?;
+            self.open_errors
+                .error(cls.bind(py), self.name.bind(py), retry_after)
+        }
+
+        /// Runs one call through the breaker: `invoke` calls the protected function.
+        fn call_with<'py>(
+            slf: &Bound<'py, Self>,
+            invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let this = slf.get();
+            let permit = this.admit(slf)?;
+            match invoke() {
+                Ok(value) => {
+                    this.record_value(slf, permit, &value)?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    this.record_error(slf, permit, &error)?;
+                    Err(error)
+                }
             }
         }
 
@@ -721,7 +753,7 @@ mod binding {
         }
 
         /// Success, unless `is_failure_result` says the value is a failure.
-        fn record_value(
+        pub(crate) fn record_value(
             &self,
             breaker: &Bound<'_, Self>,
             permit: Permit,
@@ -747,7 +779,7 @@ mod binding {
 
         /// Records an exception that the caller re-raises. If recording fails
         /// (a listener raised), that error is returned, chained to this one.
-        fn record_error(
+        pub(crate) fn record_error(
             &self,
             breaker: &Bound<'_, Self>,
             permit: Permit,
@@ -894,10 +926,14 @@ mod binding {
                 ignored: ignored.unbind(),
                 is_failure_result,
                 on_state_change,
+                open_errors: ErrorCache::new(),
             })
         }
 
         /// Calls `func(*args, **kwargs)` through the breaker.
+        ///
+        /// Outside the `abi3` build, module init replaces this method with the
+        /// same one under the vectorcall convention (`crate::breaker_ffi`).
         #[pyo3(signature = (func, /, *args, **kwargs))]
         fn call<'py>(
             slf: &Bound<'py, Self>,
@@ -905,23 +941,13 @@ mod binding {
             args: &Bound<'py, PyTuple>,
             kwargs: Option<&Bound<'py, PyDict>>,
         ) -> PyResult<Bound<'py, PyAny>> {
-            let this = slf.get();
-            let permit = this.admit(slf)?;
-            let result = if args.is_empty() && kwargs.is_none() {
-                func.call0()
-            } else {
-                func.call(args, kwargs)
-            };
-            match result {
-                Ok(value) => {
-                    this.record_value(slf, permit, &value)?;
-                    Ok(value)
+            Self::call_with(slf, || {
+                if args.is_empty() && kwargs.is_none() {
+                    func.call0()
+                } else {
+                    func.call(args, kwargs)
                 }
-                Err(error) => {
-                    this.record_error(slf, permit, &error)?;
-                    Err(error)
-                }
-            }
+            })
         }
 
         /// Admits one call (or raises `CircuitBreakerOpenError`); returns its permit.
@@ -1044,7 +1070,12 @@ mod binding {
             visit.call(&self.on_state_change)?;
             visit.call(&self.expected)?;
             visit.call(&self.ignored)?;
-            visit.call(&self.neutral)
+            visit.call(&self.neutral)?;
+            self.open_errors.traverse(&visit)
+        }
+
+        fn __clear__(&self) {
+            self.open_errors.clear();
         }
     }
 }

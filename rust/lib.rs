@@ -6,6 +6,11 @@
 //! registers what Python sees as `shared._native`.
 
 pub mod backoff;
+// The one module allowed `unsafe` code: the circuit breaker's vectorcall `call`
+// and its reused rejection error (see the module's documentation).
+#[cfg(feature = "python")]
+#[allow(unsafe_code)]
+mod breaker_ffi;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod limiter_registry;
@@ -34,6 +39,7 @@ mod _native {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::clock::init_epoch(m.py())?;
+        crate::breaker_ffi::install(m)?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add(
             "BUILD_PROFILE",

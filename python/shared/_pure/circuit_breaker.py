@@ -170,7 +170,18 @@ class CircuitBreakerCore:
         """Calls ``func(*args, **kwargs)`` through the breaker."""
         epoch = self._fast_epoch
         if epoch < 0:
-            return self._guarded_call(func, args, kwargs)
+            # Not the closed fast path. Inlined, and the rejection raised here,
+            # so it unwinds one frame, not three.
+            permit = self._try_admit()
+            if isinstance(permit, BaseException):
+                raise permit
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._record(permit, self._classify(exc))
+                raise
+            self._record_result(permit, result)
+            return result
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -179,16 +190,6 @@ class CircuitBreakerCore:
         next(self._succeeded)
         if self._consecutive_failures:
             self._reset_streak(epoch)
-        return result
-
-    def _guarded_call(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        permit = self._admit()
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            self._record(permit, self._classify(exc))
-            raise
-        self._record_result(permit, result)
         return result
 
     def _classify(self, exc: BaseException) -> int:
@@ -200,6 +201,13 @@ class CircuitBreakerCore:
 
     def _admit(self) -> int:
         """Admits one call (or raises ``CircuitBreakerOpenError``); returns its permit."""
+        permit = self._try_admit()
+        if isinstance(permit, BaseException):
+            raise permit
+        return permit
+
+    def _try_admit(self) -> int | BaseException:
+        """Admits one call and returns its permit, or returns the error that rejects it."""
         while True:
             state = self._state
             if state == CLOSED:
@@ -234,7 +242,7 @@ class CircuitBreakerCore:
                         retry_after_ns = -1
                 epoch = self._epoch
             if retry_after_ns >= 0:
-                raise _open_error(self._name, ns_to_secs(retry_after_ns))
+                return _open_error(self._name, ns_to_secs(retry_after_ns))
             if transition is None:
                 start_ns = self._now_ns() if self._slow_ns else 0
                 return _permit(HALF_OPEN, epoch, start_ns)
