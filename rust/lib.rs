@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod huge_pages;
 pub mod limiter_registry;
 pub mod retry;
 pub mod slot_index;

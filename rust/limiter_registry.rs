@@ -6,6 +6,11 @@
 //! in one `Vec`, found through a compact index (`slot_index.rs`). `get_limiter`
 //! hands out a small handle holding the slot number and generation; a handle
 //! whose slot was evicted or reused finds (or recreates) its key again.
+//! Handing out a handle allocates nothing in the common cases: a hot key's
+//! handle is cached, and on a build with the GIL the last handle given out
+//! is re-pointed to the next key once nobody holds it (reference count 1).
+//! The slot table and the index are advised for huge pages (`huge_pages.rs`):
+//! over a million keys each lookup would otherwise also miss the TLB.
 //!
 //! One mutex guards the table; every critical section is a lookup and a few
 //! integer operations, never user code. The registry is bounded by
@@ -187,6 +192,9 @@ impl<C> Table<C> {
             s.config = config;
             slot
         } else {
+            if self.slots.len() == self.slots.capacity() {
+                self.grow_slots();
+            }
             self.slots.push(Slot {
                 hash,
                 key: Key::new(key),
@@ -202,6 +210,16 @@ impl<C> Table<C> {
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Doubles the slot table into fresh memory advised for huge pages (a
+    /// `realloc` would keep the old small pages).
+    fn grow_slots(&mut self) {
+        let capacity = (self.slots.capacity() * 2).max(64);
+        let mut grown = Vec::with_capacity(capacity);
+        crate::huge_pages::advise(&grown);
+        grown.append(&mut self.slots);
+        self.slots = grown;
     }
 
     /// Evicts every key that has been full for `idle_ns` and uses the default
@@ -311,6 +329,30 @@ impl<C> Registry<C> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
         Ok(table.location(slot))
+    }
+
+    /// Runs `op` on the key's limits and TAT at `location` if that slot still
+    /// holds the key (hash `hash`); otherwise gives `op` back.
+    pub fn with_bucket_at<R, F: FnOnce(&Limits, &mut u64) -> R>(
+        &self,
+        location: Location,
+        hash: u64,
+        op: F,
+    ) -> Result<R, F> {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        match table.slots.get_mut(location.slot as usize) {
+            // A slot's generation changes whenever it is vacated, so a matching
+            // generation (and hash) means the slot still holds this key.
+            Some(s) if s.generation == location.generation && s.hash == hash => {
+                let limits = &table.configs[s.config as usize]
+                    .as_ref()
+                    .expect("a slot's configuration exists")
+                    .limits;
+                Ok(op(limits, &mut s.tat))
+            }
+            _ => Err(op),
+        }
     }
 
     /// Runs `op` on the key's limits and TAT: at `location` if it still holds
@@ -455,8 +497,14 @@ mod binding {
     /// Limiters handed out recently, one per slot modulo this size (a power of two).
     const HANDLE_CACHE: usize = 1024;
 
-    /// Per entry: the packed location last asked for, and its handle once asked twice.
-    type HandleCache = Vec<(u64, Option<Py<KeyedLimiter>>)>;
+    /// Handles the registry keeps (guarded by one mutex).
+    struct Handles {
+        /// Per entry: the packed location last asked for, and its handle once asked twice.
+        hot: Vec<(u64, Option<Py<KeyedLimiter>>)>,
+        /// The handle last given out for a key seen once; re-pointed to the
+        /// next such key when nobody else holds it (see `get_limiter`).
+        spare: Option<Py<KeyedLimiter>>,
+    }
 
     fn full_error(py: Python<'_>, full: Full) -> PyErr {
         rate_limit_exceeded(
@@ -474,13 +522,30 @@ mod binding {
         idle_ttl: f64,
         /// Hot keys get their limiter back without allocating one (keyed by
         /// packed location, so a reused slot never returns another key's).
-        handles: Mutex<HandleCache>,
+        handles: Mutex<Handles>,
+        /// Whether the spare handle may be re-pointed: only where a reference
+        /// count of 1 proves that nobody else holds it (a build with the GIL).
+        reuse_spare: bool,
     }
 
     impl RateLimiterRegistry {
-        fn handles(&self) -> MutexGuard<'_, HandleCache> {
+        fn handles(&self) -> MutexGuard<'_, Handles> {
             self.handles.lock().unwrap_or_else(PoisonError::into_inner)
         }
+    }
+
+    /// Whether the interpreter runs with the GIL (every build before 3.13 does).
+    fn gil_enabled(py: Python<'_>) -> PyResult<bool> {
+        match py.import("sys")?.getattr("_is_gil_enabled") {
+            Ok(is_enabled) => is_enabled.call0()?.is_truthy(),
+            Err(_) => Ok(true),
+        }
+    }
+
+    /// Whether `handle` is referenced only by the registry's own field.
+    #[allow(deprecated)] // `get_refcnt` is the safe way to read the count in PyO3 0.30.
+    fn held_only_here(py: Python<'_>, handle: &Py<KeyedLimiter>) -> bool {
+        handle.get_refcnt(py) == 1
     }
 
     /// The key's text and hash (Python's own `str` hash, cached in the string).
@@ -518,7 +583,11 @@ mod binding {
                 ),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
-                handles: Mutex::new((0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect()),
+                handles: Mutex::new(Handles {
+                    hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
+                    spare: None,
+                }),
+                reuse_spare: gil_enabled(default_config.py())?,
             })
         }
 
@@ -540,24 +609,48 @@ mod binding {
             };
             let packed = location.pack();
             let index = location.slot as usize & (HANDLE_CACHE - 1);
+            let mut handles = this.handles();
             // A key's handle is cached the second time in a row it is asked for
             // here, so a stream of distinct keys never churns the cache.
-            let seen_before = match &this.handles()[index] {
+            let seen_before = match &handles.hot[index] {
                 (cached, Some(handle)) if *cached == packed => return Ok(handle.clone_ref(py)),
                 (cached, None) => *cached == packed,
                 (_, Some(_)) => false,
             };
+            if !seen_before {
+                if let Some(spare) = handles.spare.as_ref() {
+                    // With the GIL held, a count of 1 means no caller, container,
+                    // bound method or running call holds the spare (handles take
+                    // no weak references), so re-pointing it changes nothing
+                    // anybody can see: it is as good as a new handle.
+                    if this.reuse_spare && held_only_here(py, spare) {
+                        let spare = spare.clone_ref(py);
+                        let old_key = spare.get().repoint(key.unbind(), hash, packed);
+                        let replaced = std::mem::replace(&mut handles.hot[index], (packed, None));
+                        drop(handles);
+                        // Outside the lock: dropping a handle may free objects.
+                        drop((old_key, replaced));
+                        return Ok(spare);
+                    }
+                }
+            }
+            drop(handles); // allocating may run the collector, which may call back here
             let handle = Py::new(
                 py,
-                KeyedLimiter {
-                    registry: slf.clone().unbind(),
-                    key: key.unbind(),
-                    hash,
-                    location: AtomicU64::new(packed),
-                },
+                KeyedLimiter::new(slf.clone().unbind(), key.unbind(), hash, packed),
             )?;
-            let entry = (packed, seen_before.then(|| handle.clone_ref(py)));
-            let replaced = std::mem::replace(&mut this.handles()[index], entry);
+            let mut handles = this.handles();
+            let replaced = if seen_before {
+                let entry = (packed, Some(handle.clone_ref(py)));
+                (std::mem::replace(&mut handles.hot[index], entry), None)
+            } else {
+                let entry = (packed, None);
+                (
+                    std::mem::replace(&mut handles.hot[index], entry),
+                    handles.spare.replace(handle.clone_ref(py)),
+                )
+            };
+            drop(handles);
             drop(replaced); // outside the lock: dropping a handle may free objects
             Ok(handle)
         }
@@ -582,12 +675,12 @@ mod binding {
                     this.clock.now_ns(py)?,
                 )
                 .map_err(|full| full_error(py, full))?;
-            Ok(KeyedLimiter {
-                registry: slf.clone().unbind(),
-                key: key.unbind(),
+            Ok(KeyedLimiter::new(
+                slf.clone().unbind(),
+                key.unbind(),
                 hash,
-                location: AtomicU64::new(location.pack()),
-            })
+                location.pack(),
+            ))
         }
 
         /// Forgets `key`; whether it was there.
@@ -619,16 +712,20 @@ mod binding {
         fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
             // Handles refer back to the registry; the collector must see that cycle.
             if let Ok(handles) = self.handles.try_lock() {
-                for (_, handle) in handles.iter() {
+                for (_, handle) in &handles.hot {
                     visit.call(handle)?;
                 }
+                visit.call(&handles.spare)?;
             }
             Ok(())
         }
 
         fn __clear__(&self) {
-            let cleared: Vec<_> = self.handles().iter_mut().map(|(_, h)| h.take()).collect();
-            drop(cleared);
+            let mut handles = self.handles();
+            let cleared: Vec<_> = handles.hot.iter_mut().map(|(_, h)| h.take()).collect();
+            let spare = handles.spare.take();
+            drop(handles);
+            drop((cleared, spare));
         }
 
         #[getter]
@@ -676,13 +773,42 @@ mod binding {
     #[pyclass(frozen, module = "shared._native")]
     pub struct KeyedLimiter {
         registry: Py<RateLimiterRegistry>,
-        key: Py<PyString>,
-        hash: u64,
+        /// The key and its hash change only when the registry re-points its
+        /// spare handle, which nobody else holds at that moment.
+        key: Mutex<Py<PyString>>,
+        hash: AtomicU64,
         /// Where the key was last found (a cache; revalidated on every use).
         location: AtomicU64,
     }
 
     impl KeyedLimiter {
+        fn new(
+            registry: Py<RateLimiterRegistry>,
+            key: Py<PyString>,
+            hash: u64,
+            location: u64,
+        ) -> Self {
+            Self {
+                registry,
+                key: Mutex::new(key),
+                hash: AtomicU64::new(hash),
+                location: AtomicU64::new(location),
+            }
+        }
+
+        fn key_ref(&self) -> MutexGuard<'_, Py<PyString>> {
+            self.key.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// Makes this handle another key's; returns the old key (to drop
+        /// outside the registry's lock). Only for a handle nobody else holds.
+        fn repoint(&self, key: Py<PyString>, hash: u64, location: u64) -> Py<PyString> {
+            let old = std::mem::replace(&mut *self.key_ref(), key);
+            self.hash.store(hash, Ordering::Relaxed);
+            self.location.store(location, Ordering::Relaxed);
+            old
+        }
+
         fn with_bucket<R>(
             &self,
             py: Python<'_>,
@@ -690,17 +816,22 @@ mod binding {
         ) -> PyResult<R> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
-            let key = self.key.bind(py).to_str()?;
+            let hash = self.hash.load(Ordering::Relaxed);
             let cached = Location::unpack(self.location.load(Ordering::Relaxed));
-            let (result, location) = registry
-                .core
-                .with_bucket(cached, key, self.hash, now, |limits, tat| {
-                    op(limits, tat, now)
-                })
-                .map_err(|full| full_error(py, full))?;
-            if location != cached {
-                self.location.store(location.pack(), Ordering::Relaxed);
-            }
+            let op = |limits: &Limits, tat: &mut u64| op(limits, tat, now);
+            let result = match registry.core.with_bucket_at(cached, hash, op) {
+                Ok(result) => result,
+                Err(op) => {
+                    // The slot was evicted or reused: find (or recreate) the key.
+                    let key = self.key_ref().clone_ref(py);
+                    let (result, location) = registry
+                        .core
+                        .with_bucket(cached, key.bind(py).to_str()?, hash, now, op)
+                        .map_err(|full| full_error(py, full))?;
+                    self.location.store(location.pack(), Ordering::Relaxed);
+                    result
+                }
+            };
             result.map_err(invalid_value_error)
         }
     }
@@ -803,16 +934,19 @@ mod binding {
         fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
-            let key = self.key.bind(py).to_str()?;
+            let key = self.key_ref().clone_ref(py);
+            let hash = self.hash.load(Ordering::Relaxed);
             registry
                 .core
-                .with_payload(key, self.hash, now, |config| config.clone_ref(py))
+                .with_payload(key.bind(py).to_str()?, hash, now, |config| {
+                    config.clone_ref(py)
+                })
                 .map_err(|full| full_error(py, full))
         }
 
         #[getter]
         fn key(&self, py: Python<'_>) -> Py<PyString> {
-            self.key.clone_ref(py)
+            self.key_ref().clone_ref(py)
         }
 
         #[getter]
@@ -830,10 +964,11 @@ mod binding {
         }
 
         fn __repr__(&self, py: Python<'_>) -> String {
+            // Cloned out of the lock: a str subclass's __repr__ may call back here.
+            let key = self.key_ref().clone_ref(py);
             format!(
                 "KeyedLimiter(key={})",
-                self.key
-                    .bind(py)
+                key.bind(py)
                     .repr()
                     .map_or_else(|_| "?".into(), |r| r.to_string())
             )
