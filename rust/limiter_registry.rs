@@ -115,9 +115,29 @@ struct Table<C> {
     no_eviction_before: u64,
 }
 
-/// Per-key buckets, bounded by `max_keys`.
-pub struct Registry<C> {
-    table: Mutex<Table<C>>,
+/// The table and the caller's `extra` state, under one lock.
+struct Locked<C, H> {
+    table: Table<C>,
+    extra: H,
+}
+
+impl<C, H> std::ops::Deref for Locked<C, H> {
+    type Target = Table<C>;
+    fn deref(&self) -> &Table<C> {
+        &self.table
+    }
+}
+
+impl<C, H> std::ops::DerefMut for Locked<C, H> {
+    fn deref_mut(&mut self) -> &mut Table<C> {
+        &mut self.table
+    }
+}
+
+/// Per-key buckets, bounded by `max_keys`; `extra` is state of the caller's
+/// that is read and written under the same lock as the table (see `find_with`).
+pub struct Registry<C, H = ()> {
+    table: Mutex<Locked<C, H>>,
     max_keys: usize,
     idle_ns: u64,
 }
@@ -258,24 +278,40 @@ impl<C> Table<C> {
 impl<C> Registry<C> {
     /// A registry whose keys get `default` (with its payload) unless `set` says otherwise.
     pub fn new(default: Limits, payload: C, max_keys: usize, idle_ns: u64) -> Self {
+        Registry::with_extra(default, payload, max_keys, idle_ns, ())
+    }
+}
+
+impl<C, H> Registry<C, H> {
+    /// As `new`, with the caller's `extra` state kept under the table's lock.
+    pub fn with_extra(
+        default: Limits,
+        payload: C,
+        max_keys: usize,
+        idle_ns: u64,
+        extra: H,
+    ) -> Self {
         Self {
-            table: Mutex::new(Table {
-                index: SlotIndex::default(),
-                slots: Vec::new(),
-                vacant: Vec::new(),
-                configs: vec![Some(Config {
-                    limits: default,
-                    payload,
-                })],
-                vacant_configs: Vec::new(),
-                no_eviction_before: 0,
+            table: Mutex::new(Locked {
+                extra,
+                table: Table {
+                    index: SlotIndex::default(),
+                    slots: Vec::new(),
+                    vacant: Vec::new(),
+                    configs: vec![Some(Config {
+                        limits: default,
+                        payload,
+                    })],
+                    vacant_configs: Vec::new(),
+                    no_eviction_before: 0,
+                },
             }),
             max_keys,
             idle_ns,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Table<C>> {
+    fn lock(&self) -> MutexGuard<'_, Locked<C, H>> {
         // The table is consistent after every statement that can panic.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -320,8 +356,41 @@ impl<C> Registry<C> {
     /// The key's location, if it is held.
     #[must_use]
     pub fn find(&self, key: &str, hash: u64) -> Option<Location> {
-        let table = self.lock();
-        table.find(key, hash).map(|slot| table.location(slot))
+        self.find_with(key, hash, |location, _| location)
+    }
+
+    /// Runs `then` on the key's location (if it is held) and the `extra`
+    /// state, under one lock. `then` must not call back into the registry.
+    pub fn find_with<R>(
+        &self,
+        key: &str,
+        hash: u64,
+        then: impl FnOnce(Option<Location>, &mut H) -> R,
+    ) -> R {
+        let mut guard = self.lock();
+        let locked = &mut *guard;
+        let location = locked
+            .table
+            .find(key, hash)
+            .map(|slot| locked.table.location(slot));
+        then(location, &mut locked.extra)
+    }
+
+    /// Runs `read` on the `extra` state, unless the lock is held (for the
+    /// collector, which may run while it is).
+    pub fn try_with_extra<R>(&self, read: impl FnOnce(&H) -> R) -> Option<R> {
+        match self.table.try_lock() {
+            Ok(guard) => Some(read(&guard.extra)),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                Some(read(&poisoned.into_inner().extra))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Runs `write` on the `extra` state under the lock.
+    pub fn with_extra_mut<R>(&self, write: impl FnOnce(&mut H) -> R) -> R {
+        write(&mut self.lock().extra)
     }
 
     /// The key's location, creating its bucket (default configuration) if needed.
@@ -340,7 +409,7 @@ impl<C> Registry<C> {
         op: F,
     ) -> Result<R, F> {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        let table = &mut guard.table;
         match table.slots.get_mut(location.slot as usize) {
             // A slot's generation changes whenever it is vacated, so a matching
             // generation (and hash) means the slot still holds this key.
@@ -366,7 +435,7 @@ impl<C> Registry<C> {
         op: impl FnOnce(&Limits, &mut u64) -> R,
     ) -> Result<(R, Location), Full> {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        let table = &mut guard.table;
         // A slot's generation changes whenever it is vacated, so a matching
         // generation (and hash) means the slot still holds this key.
         let valid = table
@@ -444,7 +513,7 @@ impl<C> Registry<C> {
     /// Every bucket back to its configured initial tokens.
     pub fn reset_all(&self, now: u64) {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        let table = &mut guard.table;
         // Refilled buckets may become evictable sooner than the cached bound.
         table.no_eviction_before = 0;
         for slot in &mut table.slots {
@@ -489,16 +558,15 @@ mod binding {
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::PyString;
+    use pyo3::types::{PyList, PyString};
     use pyo3::PyTraverseError;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Mutex, MutexGuard, PoisonError};
 
     /// Limiters handed out recently, one per slot modulo this size (a power of two).
     const HANDLE_CACHE: usize = 1024;
 
-    /// Handles the registry keeps (guarded by one mutex).
-    struct Handles {
+    /// Handles the registry keeps (under the table's lock: one lock per lookup).
+    pub struct Handles {
         /// Per entry: the packed location last asked for, and its handle once asked twice.
         hot: Vec<(u64, Option<Py<KeyedLimiter>>)>,
         /// The handle last given out for a key seen once; re-pointed to the
@@ -517,22 +585,28 @@ mod binding {
     /// The core of `shared.resilience.RateLimiterRegistry`: buckets per key in Rust.
     #[pyclass(subclass, frozen, module = "shared._native")]
     pub struct RateLimiterRegistry {
-        core: Registry<Py<PyAny>>,
+        /// The table, and the handles it keeps: hot keys get their limiter back
+        /// without allocating one (keyed by packed location, so a reused slot
+        /// never returns another key's), and the spare (see `get_limiter`).
+        core: Registry<Py<PyAny>, Handles>,
         clock: Clock,
         idle_ttl: f64,
-        /// Hot keys get their limiter back without allocating one (keyed by
-        /// packed location, so a reused slot never returns another key's).
-        handles: Mutex<Handles>,
         /// Whether the spare handle may be re-pointed: only where a reference
         /// count of 1 proves that nobody else holds it (a build with the GIL).
         reuse_spare: bool,
     }
 
-    impl RateLimiterRegistry {
-        fn handles(&self) -> MutexGuard<'_, Handles> {
-            self.handles.lock().unwrap_or_else(PoisonError::into_inner)
-        }
+    /// What `get_limiter` found under the lock.
+    enum Found {
+        /// The key is not held yet.
+        Missing,
+        /// A handle to return, and what it replaced (to drop outside the lock).
+        Ready(Py<KeyedLimiter>, Option<(Py<PyAny>, HotEntry)>),
+        /// A handle must be allocated (outside the lock).
+        New { packed: u64, seen_before: bool },
     }
+
+    type HotEntry = (u64, Option<Py<KeyedLimiter>>);
 
     /// Whether the interpreter runs with the GIL (every build before 3.13 does).
     fn gil_enabled(py: Python<'_>) -> PyResult<bool> {
@@ -575,18 +649,18 @@ mod binding {
                 )));
             }
             Ok(Self {
-                core: Registry::new(
+                core: Registry::with_extra(
                     limits,
                     default_config.clone().unbind(),
                     max_keys as usize,
                     secs_to_ns(idle_ttl),
+                    Handles {
+                        hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
+                        spare: None,
+                    },
                 ),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
-                handles: Mutex::new(Handles {
-                    hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
-                    spare: None,
-                }),
                 reuse_spare: gil_enabled(default_config.py())?,
             })
         }
@@ -599,58 +673,79 @@ mod binding {
             let py = slf.py();
             let this = slf.get();
             let (text, hash) = key_parts(&key)?;
-            // The clock is read only to create a bucket, not to find one.
-            let location = match this.core.find(text, hash) {
-                Some(location) => location,
-                None => this
-                    .core
-                    .get(text, hash, this.clock.now_ns(py)?)
-                    .map_err(|full| full_error(py, full))?,
-            };
-            let packed = location.pack();
-            let index = location.slot as usize & (HANDLE_CACHE - 1);
-            let mut handles = this.handles();
-            // A key's handle is cached the second time in a row it is asked for
-            // here, so a stream of distinct keys never churns the cache.
-            let seen_before = match &handles.hot[index] {
-                (cached, Some(handle)) if *cached == packed => return Ok(handle.clone_ref(py)),
-                (cached, None) => *cached == packed,
-                (_, Some(_)) => false,
-            };
-            if !seen_before {
-                if let Some(spare) = handles.spare.as_ref() {
-                    // With the GIL held, a count of 1 means no caller, container,
-                    // bound method or running call holds the spare (handles take
-                    // no weak references), so re-pointing it changes nothing
-                    // anybody can see: it is as good as a new handle.
-                    if this.reuse_spare && held_only_here(py, spare) {
-                        let spare = spare.clone_ref(py);
-                        let old_key = spare.get().repoint(key.unbind(), hash, packed);
-                        let replaced = std::mem::replace(&mut handles.hot[index], (packed, None));
-                        drop(handles);
-                        // Outside the lock: dropping a handle may free objects.
-                        drop((old_key, replaced));
-                        return Ok(spare);
+            let (packed, seen_before) = loop {
+                let found =
+                    this.core
+                        .find_with(text, hash, |location, handles| -> PyResult<Found> {
+                            let Some(location) = location else {
+                                return Ok(Found::Missing);
+                            };
+                            let packed = location.pack();
+                            let index = location.slot as usize & (HANDLE_CACHE - 1);
+                            // A key's handle is cached the second time in a row it is asked
+                            // for here, so a stream of distinct keys never churns the cache.
+                            let seen_before = match &handles.hot[index] {
+                                (cached, Some(handle)) if *cached == packed => {
+                                    return Ok(Found::Ready(handle.clone_ref(py), None));
+                                }
+                                (cached, None) => *cached == packed,
+                                (_, Some(_)) => false,
+                            };
+                            if !seen_before && this.reuse_spare {
+                                // With the GIL held, a count of 1 means no caller, container,
+                                // bound method or running call holds the spare (handles take
+                                // no weak references), so re-pointing it changes nothing
+                                // anybody can see: it is as good as a new handle.
+                                if let Some(spare) = handles.spare.as_ref() {
+                                    if held_only_here(py, spare) {
+                                        let old_key = spare.get().repoint(&key, hash, packed)?;
+                                        let replaced = std::mem::replace(
+                                            &mut handles.hot[index],
+                                            (packed, None),
+                                        );
+                                        let spare = spare.clone_ref(py);
+                                        return Ok(Found::Ready(spare, Some((old_key, replaced))));
+                                    }
+                                }
+                            }
+                            Ok(Found::New {
+                                packed,
+                                seen_before,
+                            })
+                        })?;
+                match found {
+                    // Dropped here, outside the lock: dropping may free objects.
+                    Found::Ready(handle, _replaced) => return Ok(handle),
+                    Found::New {
+                        packed,
+                        seen_before,
+                    } => break (packed, seen_before),
+                    // The clock is read only to create a bucket, not to find one.
+                    Found::Missing => {
+                        this.core
+                            .get(text, hash, this.clock.now_ns(py)?)
+                            .map_err(|full| full_error(py, full))?;
                     }
                 }
-            }
-            drop(handles); // allocating may run the collector, which may call back here
+            };
+            // Allocated outside the lock: allocating may run the collector, which
+            // may call back here.
             let handle = Py::new(
                 py,
-                KeyedLimiter::new(slf.clone().unbind(), key.unbind(), hash, packed),
+                KeyedLimiter::new(slf.clone().unbind(), &key, hash, packed),
             )?;
-            let mut handles = this.handles();
-            let replaced = if seen_before {
-                let entry = (packed, Some(handle.clone_ref(py)));
-                (std::mem::replace(&mut handles.hot[index], entry), None)
-            } else {
-                let entry = (packed, None);
-                (
-                    std::mem::replace(&mut handles.hot[index], entry),
-                    handles.spare.replace(handle.clone_ref(py)),
-                )
-            };
-            drop(handles);
+            let index = Location::unpack(packed).slot as usize & (HANDLE_CACHE - 1);
+            let replaced = this.core.with_extra_mut(|handles| {
+                if seen_before {
+                    let entry = (packed, Some(handle.clone_ref(py)));
+                    (std::mem::replace(&mut handles.hot[index], entry), None)
+                } else {
+                    (
+                        std::mem::replace(&mut handles.hot[index], (packed, None)),
+                        handles.spare.replace(handle.clone_ref(py)),
+                    )
+                }
+            });
             drop(replaced); // outside the lock: dropping a handle may free objects
             Ok(handle)
         }
@@ -677,7 +772,7 @@ mod binding {
                 .map_err(|full| full_error(py, full))?;
             Ok(KeyedLimiter::new(
                 slf.clone().unbind(),
-                key.unbind(),
+                &key,
                 hash,
                 location.pack(),
             ))
@@ -711,21 +806,22 @@ mod binding {
 
         fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
             // Handles refer back to the registry; the collector must see that cycle.
-            if let Ok(handles) = self.handles.try_lock() {
-                for (_, handle) in &handles.hot {
-                    visit.call(handle)?;
-                }
-                visit.call(&handles.spare)?;
-            }
-            Ok(())
+            self.core
+                .try_with_extra(|handles| {
+                    for (_, handle) in &handles.hot {
+                        visit.call(handle)?;
+                    }
+                    visit.call(&handles.spare)
+                })
+                .unwrap_or(Ok(()))
         }
 
         fn __clear__(&self) {
-            let mut handles = self.handles();
-            let cleared: Vec<_> = handles.hot.iter_mut().map(|(_, h)| h.take()).collect();
-            let spare = handles.spare.take();
-            drop(handles);
-            drop((cleared, spare));
+            let cleared = self.core.with_extra_mut(|handles| {
+                let hot: Vec<_> = handles.hot.iter_mut().map(|(_, h)| h.take()).collect();
+                (hot, handles.spare.take())
+            });
+            drop(cleared); // outside the lock: dropping a handle may free objects
         }
 
         #[getter]
@@ -773,9 +869,10 @@ mod binding {
     #[pyclass(frozen, module = "shared._native")]
     pub struct KeyedLimiter {
         registry: Py<RateLimiterRegistry>,
-        /// The key and its hash change only when the registry re-points its
+        /// The key (a one-item list: a cell the GIL guards, cheaper than a
+        /// mutex) and its hash change only when the registry re-points its
         /// spare handle, which nobody else holds at that moment.
-        key: Mutex<Py<PyString>>,
+        key: Py<PyList>,
         hash: AtomicU64,
         /// Where the key was last found (a cache; revalidated on every use).
         location: AtomicU64,
@@ -784,29 +881,38 @@ mod binding {
     impl KeyedLimiter {
         fn new(
             registry: Py<RateLimiterRegistry>,
-            key: Py<PyString>,
+            key: &Bound<'_, PyString>,
             hash: u64,
             location: u64,
         ) -> Self {
             Self {
                 registry,
-                key: Mutex::new(key),
+                key: PyList::new(key.py(), [key])
+                    .expect("a list of one item")
+                    .unbind(),
                 hash: AtomicU64::new(hash),
                 location: AtomicU64::new(location),
             }
         }
 
-        fn key_ref(&self) -> MutexGuard<'_, Py<PyString>> {
-            self.key.lock().unwrap_or_else(PoisonError::into_inner)
+        fn key_of<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+            Ok(self.key.bind(py).get_item(0)?.cast_into::<PyString>()?)
         }
 
         /// Makes this handle another key's; returns the old key (to drop
         /// outside the registry's lock). Only for a handle nobody else holds.
-        fn repoint(&self, key: Py<PyString>, hash: u64, location: u64) -> Py<PyString> {
-            let old = std::mem::replace(&mut *self.key_ref(), key);
+        fn repoint(
+            &self,
+            key: &Bound<'_, PyString>,
+            hash: u64,
+            location: u64,
+        ) -> PyResult<Py<PyAny>> {
+            let cell = self.key.bind(key.py());
+            let old = cell.get_item(0)?.unbind();
+            cell.set_item(0, key)?;
             self.hash.store(hash, Ordering::Relaxed);
             self.location.store(location, Ordering::Relaxed);
-            old
+            Ok(old)
         }
 
         fn with_bucket<R>(
@@ -823,10 +929,10 @@ mod binding {
                 Ok(result) => result,
                 Err(op) => {
                     // The slot was evicted or reused: find (or recreate) the key.
-                    let key = self.key_ref().clone_ref(py);
+                    let key = self.key_of(py)?;
                     let (result, location) = registry
                         .core
-                        .with_bucket(cached, key.bind(py).to_str()?, hash, now, op)
+                        .with_bucket(cached, key.to_str()?, hash, now, op)
                         .map_err(|full| full_error(py, full))?;
                     self.location.store(location.pack(), Ordering::Relaxed);
                     result
@@ -934,19 +1040,17 @@ mod binding {
         fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
-            let key = self.key_ref().clone_ref(py);
+            let key = self.key_of(py)?;
             let hash = self.hash.load(Ordering::Relaxed);
             registry
                 .core
-                .with_payload(key.bind(py).to_str()?, hash, now, |config| {
-                    config.clone_ref(py)
-                })
+                .with_payload(key.to_str()?, hash, now, |config| config.clone_ref(py))
                 .map_err(|full| full_error(py, full))
         }
 
         #[getter]
-        fn key(&self, py: Python<'_>) -> Py<PyString> {
-            self.key_ref().clone_ref(py)
+        fn key<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+            self.key_of(py)
         }
 
         #[getter]
@@ -964,12 +1068,10 @@ mod binding {
         }
 
         fn __repr__(&self, py: Python<'_>) -> String {
-            // Cloned out of the lock: a str subclass's __repr__ may call back here.
-            let key = self.key_ref().clone_ref(py);
             format!(
                 "KeyedLimiter(key={})",
-                key.bind(py)
-                    .repr()
+                self.key_of(py)
+                    .and_then(|key| key.repr())
                     .map_or_else(|_| "?".into(), |r| r.to_string())
             )
         }
