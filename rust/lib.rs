@@ -13,6 +13,7 @@ pub mod backoff;
 mod breaker_ffi;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod huge_pages;
 pub mod limiter_registry;
 pub mod retry;
 pub mod slot_index;

@@ -6,6 +6,11 @@
 //! in one `Vec`, found through a compact index (`slot_index.rs`). `get_limiter`
 //! hands out a small handle holding the slot number and generation; a handle
 //! whose slot was evicted or reused finds (or recreates) its key again.
+//! Handing out a handle allocates nothing in the common cases: a hot key's
+//! handle is cached, and on a build with the GIL the last handle given out
+//! is re-pointed to the next key once nobody holds it (reference count 1).
+//! The slot table and the index are advised for huge pages (`huge_pages.rs`):
+//! over a million keys each lookup would otherwise also miss the TLB.
 //!
 //! One mutex guards the table; every critical section is a lookup and a few
 //! integer operations, never user code. The registry is bounded by
@@ -110,9 +115,29 @@ struct Table<C> {
     no_eviction_before: u64,
 }
 
-/// Per-key buckets, bounded by `max_keys`.
-pub struct Registry<C> {
-    table: Mutex<Table<C>>,
+/// The table and the caller's `extra` state, under one lock.
+struct Locked<C, H> {
+    table: Table<C>,
+    extra: H,
+}
+
+impl<C, H> std::ops::Deref for Locked<C, H> {
+    type Target = Table<C>;
+    fn deref(&self) -> &Table<C> {
+        &self.table
+    }
+}
+
+impl<C, H> std::ops::DerefMut for Locked<C, H> {
+    fn deref_mut(&mut self) -> &mut Table<C> {
+        &mut self.table
+    }
+}
+
+/// Per-key buckets, bounded by `max_keys`; `extra` is state of the caller's
+/// that is read and written under the same lock as the table (see `find_with`).
+pub struct Registry<C, H = ()> {
+    table: Mutex<Locked<C, H>>,
     max_keys: usize,
     idle_ns: u64,
 }
@@ -187,6 +212,9 @@ impl<C> Table<C> {
             s.config = config;
             slot
         } else {
+            if self.slots.len() == self.slots.capacity() {
+                self.grow_slots();
+            }
             self.slots.push(Slot {
                 hash,
                 key: Key::new(key),
@@ -202,6 +230,15 @@ impl<C> Table<C> {
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Doubles the slot table and advises it for huge pages. The pages moved
+    /// by `realloc` keep their size; the new half gets huge ones. (Moving the
+    /// slots into a fresh allocation instead would leave freed tables behind
+    /// in the heap: about 18 bytes of RSS per key over a million keys.)
+    fn grow_slots(&mut self) {
+        self.slots.reserve_exact(self.slots.capacity().max(64));
+        crate::huge_pages::advise(&self.slots);
     }
 
     /// Evicts every key that has been full for `idle_ns` and uses the default
@@ -240,24 +277,40 @@ impl<C> Table<C> {
 impl<C> Registry<C> {
     /// A registry whose keys get `default` (with its payload) unless `set` says otherwise.
     pub fn new(default: Limits, payload: C, max_keys: usize, idle_ns: u64) -> Self {
+        Registry::with_extra(default, payload, max_keys, idle_ns, ())
+    }
+}
+
+impl<C, H> Registry<C, H> {
+    /// As `new`, with the caller's `extra` state kept under the table's lock.
+    pub fn with_extra(
+        default: Limits,
+        payload: C,
+        max_keys: usize,
+        idle_ns: u64,
+        extra: H,
+    ) -> Self {
         Self {
-            table: Mutex::new(Table {
-                index: SlotIndex::default(),
-                slots: Vec::new(),
-                vacant: Vec::new(),
-                configs: vec![Some(Config {
-                    limits: default,
-                    payload,
-                })],
-                vacant_configs: Vec::new(),
-                no_eviction_before: 0,
+            table: Mutex::new(Locked {
+                extra,
+                table: Table {
+                    index: SlotIndex::default(),
+                    slots: Vec::new(),
+                    vacant: Vec::new(),
+                    configs: vec![Some(Config {
+                        limits: default,
+                        payload,
+                    })],
+                    vacant_configs: Vec::new(),
+                    no_eviction_before: 0,
+                },
             }),
             max_keys,
             idle_ns,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Table<C>> {
+    fn lock(&self) -> MutexGuard<'_, Locked<C, H>> {
         // The table is consistent after every statement that can panic.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -302,8 +355,41 @@ impl<C> Registry<C> {
     /// The key's location, if it is held.
     #[must_use]
     pub fn find(&self, key: &str, hash: u64) -> Option<Location> {
-        let table = self.lock();
-        table.find(key, hash).map(|slot| table.location(slot))
+        self.find_with(key, hash, |location, _| location)
+    }
+
+    /// Runs `then` on the key's location (if it is held) and the `extra`
+    /// state, under one lock. `then` must not call back into the registry.
+    pub fn find_with<R>(
+        &self,
+        key: &str,
+        hash: u64,
+        then: impl FnOnce(Option<Location>, &mut H) -> R,
+    ) -> R {
+        let mut guard = self.lock();
+        let locked = &mut *guard;
+        let location = locked
+            .table
+            .find(key, hash)
+            .map(|slot| locked.table.location(slot));
+        then(location, &mut locked.extra)
+    }
+
+    /// Runs `read` on the `extra` state, unless the lock is held (for the
+    /// collector, which may run while it is).
+    pub fn try_with_extra<R>(&self, read: impl FnOnce(&H) -> R) -> Option<R> {
+        match self.table.try_lock() {
+            Ok(guard) => Some(read(&guard.extra)),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                Some(read(&poisoned.into_inner().extra))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Runs `write` on the `extra` state under the lock.
+    pub fn with_extra_mut<R>(&self, write: impl FnOnce(&mut H) -> R) -> R {
+        write(&mut self.lock().extra)
     }
 
     /// The key's location, creating its bucket (default configuration) if needed.
@@ -311,6 +397,30 @@ impl<C> Registry<C> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
         Ok(table.location(slot))
+    }
+
+    /// Runs `op` on the key's limits and TAT at `location` if that slot still
+    /// holds the key (hash `hash`); otherwise gives `op` back.
+    pub fn with_bucket_at<R, F: FnOnce(&Limits, &mut u64) -> R>(
+        &self,
+        location: Location,
+        hash: u64,
+        op: F,
+    ) -> Result<R, F> {
+        let mut guard = self.lock();
+        let table = &mut guard.table;
+        match table.slots.get_mut(location.slot as usize) {
+            // A slot's generation changes whenever it is vacated, so a matching
+            // generation (and hash) means the slot still holds this key.
+            Some(s) if s.generation == location.generation && s.hash == hash => {
+                let limits = &table.configs[s.config as usize]
+                    .as_ref()
+                    .expect("a slot's configuration exists")
+                    .limits;
+                Ok(op(limits, &mut s.tat))
+            }
+            _ => Err(op),
+        }
     }
 
     /// Runs `op` on the key's limits and TAT: at `location` if it still holds
@@ -324,7 +434,7 @@ impl<C> Registry<C> {
         op: impl FnOnce(&Limits, &mut u64) -> R,
     ) -> Result<(R, Location), Full> {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        let table = &mut guard.table;
         // A slot's generation changes whenever it is vacated, so a matching
         // generation (and hash) means the slot still holds this key.
         let valid = table
@@ -402,7 +512,7 @@ impl<C> Registry<C> {
     /// Every bucket back to its configured initial tokens.
     pub fn reset_all(&self, now: u64) {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        let table = &mut guard.table;
         // Refilled buckets may become evictable sooner than the cached bound.
         table.no_eviction_before = 0;
         for slot in &mut table.slots {
@@ -447,16 +557,21 @@ mod binding {
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::PyString;
+    use pyo3::types::{PyList, PyString};
     use pyo3::PyTraverseError;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Mutex, MutexGuard, PoisonError};
 
     /// Limiters handed out recently, one per slot modulo this size (a power of two).
     const HANDLE_CACHE: usize = 1024;
 
-    /// Per entry: the packed location last asked for, and its handle once asked twice.
-    type HandleCache = Vec<(u64, Option<Py<KeyedLimiter>>)>;
+    /// Handles the registry keeps (under the table's lock: one lock per lookup).
+    pub struct Handles {
+        /// Per entry: the packed location last asked for, and its handle once asked twice.
+        hot: Vec<(u64, Option<Py<KeyedLimiter>>)>,
+        /// The handle last given out for a key seen once; re-pointed to the
+        /// next such key when nobody else holds it (see `get_limiter`).
+        spare: Option<Py<KeyedLimiter>>,
+    }
 
     fn full_error(py: Python<'_>, full: Full) -> PyErr {
         rate_limit_exceeded(
@@ -469,18 +584,41 @@ mod binding {
     /// The core of `shared.resilience.RateLimiterRegistry`: buckets per key in Rust.
     #[pyclass(subclass, frozen, module = "shared._native")]
     pub struct RateLimiterRegistry {
-        core: Registry<Py<PyAny>>,
+        /// The table, and the handles it keeps: hot keys get their limiter back
+        /// without allocating one (keyed by packed location, so a reused slot
+        /// never returns another key's), and the spare (see `get_limiter`).
+        core: Registry<Py<PyAny>, Handles>,
         clock: Clock,
         idle_ttl: f64,
-        /// Hot keys get their limiter back without allocating one (keyed by
-        /// packed location, so a reused slot never returns another key's).
-        handles: Mutex<HandleCache>,
+        /// Whether the spare handle may be re-pointed: only where a reference
+        /// count of 1 proves that nobody else holds it (a build with the GIL).
+        reuse_spare: bool,
     }
 
-    impl RateLimiterRegistry {
-        fn handles(&self) -> MutexGuard<'_, HandleCache> {
-            self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What `get_limiter` found under the lock.
+    enum Found {
+        /// The key is not held yet.
+        Missing,
+        /// A handle to return, and what it replaced (to drop outside the lock).
+        Ready(Py<KeyedLimiter>, Option<(Py<PyAny>, HotEntry)>),
+        /// A handle must be allocated (outside the lock).
+        New { packed: u64, seen_before: bool },
+    }
+
+    type HotEntry = (u64, Option<Py<KeyedLimiter>>);
+
+    /// Whether the interpreter runs with the GIL (every build before 3.13 does).
+    fn gil_enabled(py: Python<'_>) -> PyResult<bool> {
+        match py.import("sys")?.getattr("_is_gil_enabled") {
+            Ok(is_enabled) => is_enabled.call0()?.is_truthy(),
+            Err(_) => Ok(true),
         }
+    }
+
+    /// Whether `handle` is referenced only by the registry's own field.
+    #[allow(deprecated)] // `get_refcnt` is the safe way to read the count in PyO3 0.30.
+    fn held_only_here(py: Python<'_>, handle: &Py<KeyedLimiter>) -> bool {
+        handle.get_refcnt(py) == 1
     }
 
     /// The key's text and hash (Python's own `str` hash, cached in the string).
@@ -510,15 +648,19 @@ mod binding {
                 )));
             }
             Ok(Self {
-                core: Registry::new(
+                core: Registry::with_extra(
                     limits,
                     default_config.clone().unbind(),
                     max_keys as usize,
                     secs_to_ns(idle_ttl),
+                    Handles {
+                        hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
+                        spare: None,
+                    },
                 ),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
-                handles: Mutex::new((0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect()),
+                reuse_spare: gil_enabled(default_config.py())?,
             })
         }
 
@@ -530,34 +672,79 @@ mod binding {
             let py = slf.py();
             let this = slf.get();
             let (text, hash) = key_parts(&key)?;
-            // The clock is read only to create a bucket, not to find one.
-            let location = match this.core.find(text, hash) {
-                Some(location) => location,
-                None => this
-                    .core
-                    .get(text, hash, this.clock.now_ns(py)?)
-                    .map_err(|full| full_error(py, full))?,
+            let (packed, seen_before) = loop {
+                let found =
+                    this.core
+                        .find_with(text, hash, |location, handles| -> PyResult<Found> {
+                            let Some(location) = location else {
+                                return Ok(Found::Missing);
+                            };
+                            let packed = location.pack();
+                            let index = location.slot as usize & (HANDLE_CACHE - 1);
+                            // A key's handle is cached the second time in a row it is asked
+                            // for here, so a stream of distinct keys never churns the cache.
+                            let seen_before = match &handles.hot[index] {
+                                (cached, Some(handle)) if *cached == packed => {
+                                    return Ok(Found::Ready(handle.clone_ref(py), None));
+                                }
+                                (cached, None) => *cached == packed,
+                                (_, Some(_)) => false,
+                            };
+                            if !seen_before && this.reuse_spare {
+                                // With the GIL held, a count of 1 means no caller, container,
+                                // bound method or running call holds the spare (handles take
+                                // no weak references), so re-pointing it changes nothing
+                                // anybody can see: it is as good as a new handle.
+                                if let Some(spare) = handles.spare.as_ref() {
+                                    if held_only_here(py, spare) {
+                                        let old_key = spare.get().repoint(&key, hash, packed)?;
+                                        let replaced = std::mem::replace(
+                                            &mut handles.hot[index],
+                                            (packed, None),
+                                        );
+                                        let spare = spare.clone_ref(py);
+                                        return Ok(Found::Ready(spare, Some((old_key, replaced))));
+                                    }
+                                }
+                            }
+                            Ok(Found::New {
+                                packed,
+                                seen_before,
+                            })
+                        })?;
+                match found {
+                    // Dropped here, outside the lock: dropping may free objects.
+                    Found::Ready(handle, _replaced) => return Ok(handle),
+                    Found::New {
+                        packed,
+                        seen_before,
+                    } => break (packed, seen_before),
+                    // The clock is read only to create a bucket, not to find one.
+                    Found::Missing => {
+                        this.core
+                            .get(text, hash, this.clock.now_ns(py)?)
+                            .map_err(|full| full_error(py, full))?;
+                    }
+                }
             };
-            let packed = location.pack();
-            let index = location.slot as usize & (HANDLE_CACHE - 1);
-            // A key's handle is cached the second time in a row it is asked for
-            // here, so a stream of distinct keys never churns the cache.
-            let seen_before = match &this.handles()[index] {
-                (cached, Some(handle)) if *cached == packed => return Ok(handle.clone_ref(py)),
-                (cached, None) => *cached == packed,
-                (_, Some(_)) => false,
-            };
+            // Allocated outside the lock: allocating may run the collector, which
+            // may call back here.
             let handle = Py::new(
                 py,
-                KeyedLimiter {
-                    registry: slf.clone().unbind(),
-                    key: key.unbind(),
-                    hash,
-                    location: AtomicU64::new(packed),
-                },
+                KeyedLimiter::new(slf.clone().unbind(), &key, hash, packed),
             )?;
-            let entry = (packed, seen_before.then(|| handle.clone_ref(py)));
-            let replaced = std::mem::replace(&mut this.handles()[index], entry);
+            let index = Location::unpack(packed).slot as usize & (HANDLE_CACHE - 1);
+            let replaced = this.core.with_extra_mut(|handles| {
+                if seen_before {
+                    let entry = (packed, Some(handle.clone_ref(py)));
+                    (std::mem::replace(&mut handles.hot[index], entry), None)
+                } else {
+                    (
+                        std::mem::replace(&mut handles.hot[index], (packed, None)),
+                        handles.spare.replace(handle.clone_ref(py)),
+                    )
+                }
+            });
             drop(replaced); // outside the lock: dropping a handle may free objects
             Ok(handle)
         }
@@ -582,12 +769,12 @@ mod binding {
                     this.clock.now_ns(py)?,
                 )
                 .map_err(|full| full_error(py, full))?;
-            Ok(KeyedLimiter {
-                registry: slf.clone().unbind(),
-                key: key.unbind(),
+            Ok(KeyedLimiter::new(
+                slf.clone().unbind(),
+                &key,
                 hash,
-                location: AtomicU64::new(location.pack()),
-            })
+                location.pack(),
+            ))
         }
 
         /// Forgets `key`; whether it was there.
@@ -618,17 +805,22 @@ mod binding {
 
         fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
             // Handles refer back to the registry; the collector must see that cycle.
-            if let Ok(handles) = self.handles.try_lock() {
-                for (_, handle) in handles.iter() {
-                    visit.call(handle)?;
-                }
-            }
-            Ok(())
+            self.core
+                .try_with_extra(|handles| {
+                    for (_, handle) in &handles.hot {
+                        visit.call(handle)?;
+                    }
+                    visit.call(&handles.spare)
+                })
+                .unwrap_or(Ok(()))
         }
 
         fn __clear__(&self) {
-            let cleared: Vec<_> = self.handles().iter_mut().map(|(_, h)| h.take()).collect();
-            drop(cleared);
+            let cleared = self.core.with_extra_mut(|handles| {
+                let hot: Vec<_> = handles.hot.iter_mut().map(|(_, h)| h.take()).collect();
+                (hot, handles.spare.take())
+            });
+            drop(cleared); // outside the lock: dropping a handle may free objects
         }
 
         #[getter]
@@ -676,13 +868,52 @@ mod binding {
     #[pyclass(frozen, module = "shared._native")]
     pub struct KeyedLimiter {
         registry: Py<RateLimiterRegistry>,
-        key: Py<PyString>,
-        hash: u64,
+        /// The key (a one-item list: a cell the GIL guards, cheaper than a
+        /// mutex) and its hash change only when the registry re-points its
+        /// spare handle, which nobody else holds at that moment.
+        key: Py<PyList>,
+        hash: AtomicU64,
         /// Where the key was last found (a cache; revalidated on every use).
         location: AtomicU64,
     }
 
     impl KeyedLimiter {
+        fn new(
+            registry: Py<RateLimiterRegistry>,
+            key: &Bound<'_, PyString>,
+            hash: u64,
+            location: u64,
+        ) -> Self {
+            Self {
+                registry,
+                key: PyList::new(key.py(), [key])
+                    .expect("a list of one item")
+                    .unbind(),
+                hash: AtomicU64::new(hash),
+                location: AtomicU64::new(location),
+            }
+        }
+
+        fn key_of<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+            Ok(self.key.bind(py).get_item(0)?.cast_into::<PyString>()?)
+        }
+
+        /// Makes this handle another key's; returns the old key (to drop
+        /// outside the registry's lock). Only for a handle nobody else holds.
+        fn repoint(
+            &self,
+            key: &Bound<'_, PyString>,
+            hash: u64,
+            location: u64,
+        ) -> PyResult<Py<PyAny>> {
+            let cell = self.key.bind(key.py());
+            let old = cell.get_item(0)?.unbind();
+            cell.set_item(0, key)?;
+            self.hash.store(hash, Ordering::Relaxed);
+            self.location.store(location, Ordering::Relaxed);
+            Ok(old)
+        }
+
         fn with_bucket<R>(
             &self,
             py: Python<'_>,
@@ -690,17 +921,22 @@ mod binding {
         ) -> PyResult<R> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
-            let key = self.key.bind(py).to_str()?;
+            let hash = self.hash.load(Ordering::Relaxed);
             let cached = Location::unpack(self.location.load(Ordering::Relaxed));
-            let (result, location) = registry
-                .core
-                .with_bucket(cached, key, self.hash, now, |limits, tat| {
-                    op(limits, tat, now)
-                })
-                .map_err(|full| full_error(py, full))?;
-            if location != cached {
-                self.location.store(location.pack(), Ordering::Relaxed);
-            }
+            let op = |limits: &Limits, tat: &mut u64| op(limits, tat, now);
+            let result = match registry.core.with_bucket_at(cached, hash, op) {
+                Ok(result) => result,
+                Err(op) => {
+                    // The slot was evicted or reused: find (or recreate) the key.
+                    let key = self.key_of(py)?;
+                    let (result, location) = registry
+                        .core
+                        .with_bucket(cached, key.to_str()?, hash, now, op)
+                        .map_err(|full| full_error(py, full))?;
+                    self.location.store(location.pack(), Ordering::Relaxed);
+                    result
+                }
+            };
             result.map_err(invalid_value_error)
         }
     }
@@ -803,16 +1039,17 @@ mod binding {
         fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
-            let key = self.key.bind(py).to_str()?;
+            let key = self.key_of(py)?;
+            let hash = self.hash.load(Ordering::Relaxed);
             registry
                 .core
-                .with_payload(key, self.hash, now, |config| config.clone_ref(py))
+                .with_payload(key.to_str()?, hash, now, |config| config.clone_ref(py))
                 .map_err(|full| full_error(py, full))
         }
 
         #[getter]
-        fn key(&self, py: Python<'_>) -> Py<PyString> {
-            self.key.clone_ref(py)
+        fn key<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+            self.key_of(py)
         }
 
         #[getter]
@@ -832,9 +1069,8 @@ mod binding {
         fn __repr__(&self, py: Python<'_>) -> String {
             format!(
                 "KeyedLimiter(key={})",
-                self.key
-                    .bind(py)
-                    .repr()
+                self.key_of(py)
+                    .and_then(|key| key.repr())
                     .map_or_else(|_| "?".into(), |r| r.to_string())
             )
         }

@@ -94,6 +94,7 @@ impl SlotIndex {
     fn grow(&mut self) {
         let size = (self.buckets.len() * 2).max(MIN_BUCKETS);
         let old = std::mem::replace(&mut self.buckets, vec![EMPTY; size]);
+        crate::huge_pages::advise(&self.buckets);
         for bucket in old.into_iter().filter(|&b| b != EMPTY) {
             self.place(bucket);
         }

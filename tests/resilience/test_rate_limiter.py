@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 
@@ -564,6 +565,82 @@ def test_handle_survives_eviction_of_its_key() -> None:
     assert "a" in registry
     assert "b" not in registry
     assert a.available_tokens == 1.0
+
+
+def test_held_handles_are_never_repointed_to_another_key() -> None:
+    """However a handle is held (a name, a container, a bound method, the collector's
+    view of the registry), later get_limiter calls for other keys never change it."""
+    registry = RateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=1.0, burst_size=2), clock=ManualClock()
+    )
+    held = registry.get_limiter("held")
+    in_list = [registry.get_limiter("in_list")]
+    in_dict = {"k": registry.get_limiter("in_dict")}
+    bound = registry.get_limiter("bound").try_acquire
+    seen_by_gc = [
+        obj
+        for obj in gc.get_referents(registry.get_limiter("via_gc").registry)
+        if type(obj).__name__ == "KeyedLimiter"
+    ]
+    for i in range(50):
+        # Fresh keys (each asked once), with and without keeping their handle.
+        assert registry.get_limiter(f"other_{i}").key == f"other_{i}"
+        registry.get_limiter(f"dropped_{i}").try_acquire()
+    assert held.key == "held"
+    assert in_list[0].key == "in_list"
+    assert in_dict["k"].key == "in_dict"
+    assert [bound(), bound(), bound()] == [True, True, False]  # its own bucket of 2
+    assert registry.get_limiter("bound").available_tokens == 0.0
+    assert registry.get_limiter("held").available_tokens == 2.0
+    for handle in seen_by_gc:
+        key = handle.key
+        for i in range(5):
+            registry.get_limiter(f"again_{key}_{i}")
+        assert handle.key == key
+
+
+def test_handle_of_a_dropped_key_acts_on_its_own_bucket() -> None:
+    """A handle used and dropped at once, key after key, always acts on its key's bucket."""
+    registry = RateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=1.0, burst_size=1), clock=ManualClock()
+    )
+    for i in range(100):
+        assert registry.get_limiter(f"k{i}").try_acquire()
+    for i in range(100):
+        limiter = registry.get_limiter(f"k{i}")
+        assert limiter.key == f"k{i}"
+        assert not limiter.try_acquire()
+        assert repr(limiter) == f"KeyedLimiter(key='k{i}')"
+
+
+def test_threads_holding_handles_keep_their_keys() -> None:
+    """Threads that hold a handle while other threads ask for other keys keep theirs."""
+    registry = RateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=1.0, burst_size=1000), clock=ManualClock()
+    )
+    start = threading.Barrier(4)
+    wrong: list[str] = []
+
+    def worker(t: int) -> None:
+        start.wait(timeout=10)
+        for n in range(2000):
+            key = f"t{t}_{n % 300}"
+            limiter = registry.get_limiter(key)
+            registry.get_limiter(f"t{t}_other_{n}").try_acquire()
+            limiter.try_acquire()
+            if limiter.key != key:
+                wrong.append(f"{key} -> {limiter.key}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert wrong == []
+    # Each key's bucket saw exactly its own acquisitions: 7 for keys 0-199, 6 for the rest.
+    for t in range(4):
+        tokens = [registry.get_limiter(f"t{t}_{k}").available_tokens for k in range(300)]
+        assert tokens == [993.0] * 200 + [994.0] * 100
 
 
 def test_concurrent_get_limiter_gives_one_bucket_per_key() -> None:
