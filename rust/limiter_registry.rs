@@ -553,7 +553,7 @@ mod binding {
         checked_timeout, invalid_value_error, rate_limit_exceeded, read_limits, InvalidValue,
         Limits,
     };
-    use pyo3::exceptions::PyValueError;
+    use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
@@ -626,6 +626,21 @@ mod binding {
         Ok((key.to_str()?, key.hash()? as u64))
     }
 
+    /// The key as a `str`, or a `TypeError` that names the parameter (`PyO3`
+    /// names it only in a note, which Python 3.9 and 3.10 do not have).
+    fn key_str(key: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyString>> {
+        key.cast_into::<PyString>().map_err(|err| {
+            let given = err.into_inner();
+            PyTypeError::new_err(format!(
+                "key must be a str, got {}",
+                given
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+            ))
+        })
+    }
+
     #[pymethods]
     impl RateLimiterRegistry {
         #[new]
@@ -665,12 +680,10 @@ mod binding {
         }
 
         /// The key's limiter (a handle; the bucket lives in the registry).
-        fn get_limiter(
-            slf: &Bound<'_, Self>,
-            key: Bound<'_, PyString>,
-        ) -> PyResult<Py<KeyedLimiter>> {
+        fn get_limiter(slf: &Bound<'_, Self>, key: Bound<'_, PyAny>) -> PyResult<Py<KeyedLimiter>> {
             let py = slf.py();
             let this = slf.get();
+            let key = key_str(key)?;
             let (text, hash) = key_parts(&key)?;
             let (packed, seen_before) = loop {
                 let found =
@@ -752,10 +765,11 @@ mod binding {
         /// Gives `key` its own configuration and a fresh bucket; returns its limiter.
         fn set_limiter(
             slf: &Bound<'_, Self>,
-            key: Bound<'_, PyString>,
+            key: Bound<'_, PyAny>,
             config: &Bound<'_, PyAny>,
         ) -> PyResult<KeyedLimiter> {
             let py = slf.py();
+            let key = key_str(key)?;
             let this = slf.get();
             let limits = read_limits(config)?;
             let (text, hash) = key_parts(&key)?;
@@ -778,7 +792,8 @@ mod binding {
         }
 
         /// Forgets `key`; whether it was there.
-        fn remove_limiter(&self, key: Bound<'_, PyString>) -> PyResult<bool> {
+        fn remove_limiter(&self, key: Bound<'_, PyAny>) -> PyResult<bool> {
+            let key = key_str(key)?;
             let (text, hash) = key_parts(&key)?;
             Ok(self.core.remove(text, hash))
         }
