@@ -64,7 +64,7 @@ bench: build
 	$(PY) benches/gate.py .bench/results.json \
 		--confirm '$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-disable-gc --benchmark-json={json} -k {k}'
 
-# CI: a quick run (fewer rounds) gated the same way; a failed rule is re-measured up to twice.
+# CI: a quick run (fewer rounds) gated the same way; a failed rule is re-measured up to three times.
 BENCH_CI_PYTEST = $(PY) -m pytest benches -q -p no:cacheprovider \
 	--benchmark-min-time=0.0002 --benchmark-max-time=0.5 --benchmark-min-rounds=15 \
 	--benchmark-disable-gc --benchmark-columns=median,iqr,rounds $(BENCH_ARGS)

@@ -15,12 +15,13 @@ and two-thread rounds and keep the median of the paired ratios, because this
 VM's speed drifts by up to 2x between phases of a few seconds, far more than
 the 5% such a rule must resolve, and only rounds run back to back share a phase.
 
-With ``--confirm``, a failed rule is measured again (up to twice) before the gate fails:
+With ``--confirm``, a failed rule is measured again (up to three times) before the gate fails:
 the command (a pytest-benchmark run; ``{k}`` becomes a ``-k`` expression naming
 the failed rules' benchmarks, ``{json}`` the output file) reruns just those
 benchmarks, side by side again, and the rule is judged on the new run. A real
-regression fails every run; a scheduling hiccup of a shared 2-core machine
-rarely hits the same rule twice. Both verdicts are printed.
+regression fails every run; a phase change of the shared 2-core machine between
+a subject and its baseline (a 2x swing, seen here) rarely hits the same rule four
+times in a row. Every verdict is printed.
 """
 
 from __future__ import annotations
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rules = load_rules(args.thresholds)
     failed = failed_rules(json.loads(args.results.read_text()), rules)
-    # Up to two re-measurements, each of the rules still failing: a regression fails
-    # all three runs, a hiccup of the shared machine rarely hits one rule three times.
-    for _ in range(2 if args.confirm else 0):
+    # Up to three re-measurements, each of the rules still failing: a regression fails
+    # all four runs, a phase change of the shared machine rarely hits one rule four times.
+    for _ in range(3 if args.confirm else 0):
         if not failed:
             break
         failed = confirm(failed, args.confirm, args.results.parent)
