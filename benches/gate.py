@@ -99,11 +99,15 @@ class Rule:
         """A ratio in the rule's own terms."""
         if self.max_ratio is not None:
             return f"{ratio:.3f}x"
+        if self.min_speedup is not None and self.min_speedup <= 1:
+            return f"{1.0 / ratio:.3f}x the throughput"
         return f"{1.0 / ratio:.2f}x faster"
 
     def describe_limit(self, ratio: float) -> str:
         if self.max_ratio is not None:
             return f"<= {ratio:g}x"
+        if self.min_speedup is not None and self.min_speedup <= 1:
+            return f">= {1.0 / ratio:g}x the throughput"
         return f">= {1.0 / ratio:g}x faster"
 
 
