@@ -2,7 +2,8 @@
 
 An acquire is one round trip (one EVALSHA). Its floor is a no-op Lua script
 over the same client in the same run (``noop_script``): the gate holds the
-acquire within 1.5x of it, which a second round trip could not meet. A plain
+acquire within 1.8x of it in paired rounds (``test_redis_*_paired``), which a
+second round trip could not meet. A plain
 ``PING`` is reported beside it, and ``limits`` (moving window, also a Lua
 script) is the peer. The asyncio group runs 8 concurrent tasks, each doing a
 batch of calls on one shared client, and reports calls per second in
