@@ -11,7 +11,7 @@ a few seconds, so a one-thread benchmark and a two-thread benchmark run one
 after the other measure two different machines. Each round here runs both back
 to back (alternating which goes first) and keeps ``one thread's time / two
 threads' time``; the gate reads the median of the rounds' ratios
-(``extra_info["throughput_two_vs_one"]``). The time of a run spans the first
+(``extra_info["paired"]``, the format of ``benches/_paired.py``). The time of a run spans the first
 worker's start to the last worker's end, so starting a second thread is not
 counted as work. ``bare_function`` is the control: the same loop calling a bare
 Python function, which shows what the interpreter itself pays for taking turns.
@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import pytest
 
+from _paired import run_paired
 from shared.resilience import CircuitBreaker, CircuitBreakerConfig, RateLimitConfig
 
 # Total calls per run (split between the threads) and rounds of one + two.
@@ -40,15 +41,15 @@ def f() -> None:
     return None
 
 
-def _run(work: Work, threads: int) -> float:
-    """Seconds from the first worker's start to the last worker's end, OPS calls in all."""
-    starts: list[float] = []
-    ends: list[float] = []
+def _run(work: Work, threads: int) -> int:
+    """Nanoseconds from the first worker's start to the last worker's end, OPS calls in all."""
+    starts: list[int] = []
+    ends: list[int] = []
 
     def worker() -> None:
-        starts.append(time.perf_counter())
+        starts.append(time.perf_counter_ns())
         work(OPS // threads)
-        ends.append(time.perf_counter())
+        ends.append(time.perf_counter_ns())
 
     workers = [threading.Thread(target=worker) for _ in range(threads)]
     for w in workers:
@@ -59,22 +60,22 @@ def _run(work: Work, threads: int) -> float:
 
 
 def measure_two_vs_one(benchmark: Any, work: Work) -> float:
-    """Runs ROUNDS paired rounds; records and returns the median throughput ratio."""
-    ratios: list[float] = []
+    """Runs ROUNDS paired rounds (benches/_paired.py); returns the median throughput ratio.
 
-    def paired_round() -> None:
-        if len(ratios) % 2:  # alternate which of the two runs goes first
-            two = _run(work, 2)
-            one = _run(work, 1)
-        else:
-            one = _run(work, 1)
-            two = _run(work, 2)
-        ratios.append(one / two)
-
-    for _ in range(2):  # warm-up: thread start-up paths, the breaker's first calls
-        _run(work, 1)
-        _run(work, 2)
-    benchmark.pedantic(paired_round, rounds=ROUNDS, iterations=1)
+    The gate reads the rounds (``extra_info["paired"]``, members ``one_thread`` and
+    ``two_threads``); ``throughput_two_vs_one`` is the same median, for the reader.
+    """
+    paired = run_paired(
+        benchmark,
+        {"one_thread": lambda _ops: _run(work, 1), "two_threads": lambda _ops: _run(work, 2)},
+        ops=OPS,
+        rounds=ROUNDS,
+        self_timed=True,
+    )
+    ratios = [
+        one / two
+        for one, two in zip(paired["ns_per_op"]["one_thread"], paired["ns_per_op"]["two_threads"])
+    ]
     assert len(ratios) == ROUNDS
     quartiles = statistics.quantiles(ratios, n=4)
     median = statistics.median(ratios)

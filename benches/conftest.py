@@ -1,8 +1,10 @@
 """Benchmarks: shared on Rust, shared's pure twin, and peers, side by side in one run.
 
-Each benchmark is named ``test_<operation>[<implementation>]`` and grouped by
-operation; ``benches/gate.py`` compares medians of the same run by the rules in
-``benches/thresholds.toml``. Run with ``make bench`` (full) or ``make bench-ci``.
+Each benchmark is named ``test_<operation>_<implementation>`` and grouped by
+operation. The gate (``benches/gate.py``, rules in ``benches/thresholds.toml``)
+reads only the paired benchmarks (``bench_paired.py``, the thread and the Redis
+paired ones); the others are for pytest-benchmark's tables. Run with ``make
+bench`` (full) or ``make bench-ci``.
 """
 
 from __future__ import annotations
