@@ -83,3 +83,9 @@ def optional_callable(name: str, value: Any) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
     return value  # type: ignore[no-any-return]
+
+
+# The longest duration accepted anywhere (about 31.7 years): every duration in
+# seconds converts to integer nanoseconds, and deadlines ``now + duration``
+# stay far inside 64 bits.
+MAX_SECONDS = 1e9
