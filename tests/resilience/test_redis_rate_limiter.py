@@ -518,7 +518,7 @@ def test_a_foreign_state_is_never_trusted(client: redis.Redis, prefix: str, stat
     else:
         client.set(closed.redis_key, state)
     with pytest.raises(
-        RateLimiterUnavailableError, match="not a rate-limiter state|future"
+        RateLimiterUnavailableError, match=r"not a rate-limiter state|future"
     ) as caught:
         closed.try_acquire()
     assert closed.redis_key in str(caught.value)

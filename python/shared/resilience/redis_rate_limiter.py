@@ -174,15 +174,15 @@ class _Reply:
 
     @classmethod
     def parse(cls, raw: Any) -> _Reply:
-        """The script's reply; ``_ForeignState`` when the key held no state of ours."""
+        """The script's reply; ``_ForeignStateError`` when the key held no state of ours."""
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         if text.startswith("E "):
-            raise _ForeignState(text[2:])
+            raise _ForeignStateError(text[2:])
         granted, wait_us, debt_us = text.split()
         return cls(granted == "1", float(wait_us) / _US, float(debt_us))
 
 
-class _ForeignState(Exception):
+class _ForeignStateError(Exception):
     """The bucket's Redis key holds something the script did not write."""
 
 
@@ -453,7 +453,7 @@ class RedisTokenBucket(_BucketBase):
         link.succeeded()
         try:
             return _Reply.parse(raw)
-        except _ForeignState as exc:
+        except _ForeignStateError as exc:
             link.refused(self._redis_key, str(exc))
             return None
 
@@ -615,7 +615,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         link.succeeded()
         try:
             return _Reply.parse(raw)
-        except _ForeignState as exc:
+        except _ForeignStateError as exc:
             link.refused(self._redis_key, str(exc))
             return None
 
@@ -627,7 +627,7 @@ class AsyncRedisTokenBucket(_BucketBase):
                 return
             try:
                 granted = _Reply.parse(finished.result()).granted
-            except _ForeignState:
+            except _ForeignStateError:
                 return
             if granted:
                 _in_background(self._refund(cost_us))
