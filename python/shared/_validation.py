@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-
 # The longest duration accepted anywhere (about 31.7 years): every duration in
 # seconds converts to integer nanoseconds, and deadlines ``now + duration``
 # stay far inside 64 bits.
