@@ -686,30 +686,41 @@ mod binding {
 
     #[pymethods]
     impl RateLimiterRegistry {
+        /// `max_keys` and `idle_ttl` are checked by `shared._validation`, the
+        /// rules both backends share (construction is no hot path).
         #[new]
-        #[pyo3(signature = (default_config, *, max_keys = 1_000_000, idle_ttl = 60.0, clock = None))]
+        #[pyo3(
+            signature = (default_config, *, max_keys = None, idle_ttl = None, clock = None),
+            text_signature = "(default_config, *, max_keys=1000000, idle_ttl=60.0, clock=None)"
+        )]
         fn new(
             default_config: &Bound<'_, PyAny>,
-            max_keys: i64,
-            idle_ttl: f64,
+            max_keys: Option<&Bound<'_, PyAny>>,
+            idle_ttl: Option<&Bound<'_, PyAny>>,
             clock: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
+            let py = default_config.py();
             let limits = read_limits(default_config)?;
-            if !(1..=i64::from(u32::MAX - 1)).contains(&max_keys) {
-                return Err(PyValueError::new_err(format!(
-                    "max_keys must be >= 1 and < 2**32 - 1, got {max_keys}"
-                )));
-            }
-            if !(idle_ttl.is_finite() && idle_ttl >= 0.0) {
-                return Err(PyValueError::new_err(format!(
-                    "idle_ttl must be a finite number >= 0, got {idle_ttl}"
-                )));
-            }
+            let validation = py.import("shared._validation")?;
+            let max_keys: usize = match max_keys {
+                Some(value) if !value.is_none() => validation
+                    .getattr("int_in_range")?
+                    .call1(("max_keys", value, 1, u32::MAX - 1))?
+                    .extract()?,
+                _ => 1_000_000,
+            };
+            let idle_ttl: f64 = match idle_ttl {
+                Some(value) if !value.is_none() => validation
+                    .getattr("non_negative_finite")?
+                    .call1(("idle_ttl", value))?
+                    .extract()?,
+                _ => 60.0,
+            };
             Ok(Self {
                 core: Registry::with_extra(
                     limits,
                     default_config.clone().unbind(),
-                    max_keys as usize,
+                    max_keys,
                     secs_to_ns(idle_ttl),
                     Handles {
                         hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),

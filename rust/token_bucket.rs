@@ -482,27 +482,35 @@ mod binding {
         }
     }
 
-    fn read_number(config: &Bound<'_, PyAny>, field: &'static str) -> PyResult<f64> {
-        let value = config.getattr(field).map_err(|_| {
+    fn read_field<'py>(config: &Bound<'py, PyAny>, field: &str) -> PyResult<Bound<'py, PyAny>> {
+        config.getattr(field).map_err(|_| {
             PyTypeError::new_err(format!(
                 "config must have a {field} attribute (a shared.resilience.RateLimitConfig)"
             ))
-        })?;
-        if value.is_instance_of::<pyo3::types::PyBool>() {
-            return Err(PyTypeError::new_err(format!(
-                "{field} must be a number, got bool"
-            )));
-        }
-        value
-            .extract::<f64>()
-            .map_err(|_| PyTypeError::new_err(format!("{field} must be a number")))
+        })
     }
 
-    /// The limits of a `RateLimitConfig` (or any object with its three attributes).
+    /// The limits of a `RateLimitConfig` (or any object with its three
+    /// attributes). Three floats that pass are taken at once; anything else is
+    /// judged by `shared._validation.bucket_limits`, the rule both backends share.
     pub fn read_limits(config: &Bound<'_, PyAny>) -> PyResult<Limits> {
-        let rate = read_number(config, "tokens_per_second")?;
-        let burst = read_number(config, "burst_size")?;
-        let initial = read_number(config, "initial_tokens")?;
+        let fields = [
+            read_field(config, "tokens_per_second")?,
+            read_field(config, "burst_size")?,
+            read_field(config, "initial_tokens")?,
+        ];
+        let floats: Vec<f64> = fields
+            .iter()
+            .filter_map(|f| f.cast_exact::<PyFloat>().ok().map(|f| f.value()))
+            .collect();
+        if let [rate, burst, initial] = floats[..] {
+            if let Ok(limits) = Limits::new(rate, burst, initial) {
+                return Ok(limits);
+            }
+        }
+        let (rate, burst, initial): (f64, f64, f64) = validation(config.py(), "bucket_limits")?
+            .call1((&fields[0], &fields[1], &fields[2]))?
+            .extract()?;
         Limits::new(rate, burst, initial).map_err(invalid_value_error)
     }
 

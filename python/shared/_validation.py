@@ -83,6 +83,39 @@ def int_in_range(name: str, value: Any, minimum: int, maximum: int) -> int:
     return value
 
 
+# -- token buckets -----------------------------------------------------------
+
+# The rates whose token interval fits the limiters' integer nanoseconds: one
+# token per MAX_SECONDS at the slowest, one per nanosecond at the fastest.
+MIN_RATE = 1.0 / MAX_SECONDS
+MAX_RATE = 1e9
+
+
+def bucket_limits(rate: Any, burst: Any, initial: Any) -> tuple[float, float, float]:
+    """``tokens_per_second``, ``burst_size`` and ``initial_tokens`` of a bucket:
+    a rate in [MIN_RATE, MAX_RATE], a burst >= 1 that refills within
+    MAX_SECONDS, and 0 <= initial <= burst. Used by ``RateLimitConfig`` and by
+    both cores (for any object with those attributes)."""
+    rate_value = positive_finite("tokens_per_second", rate, MAX_RATE)
+    if rate_value < MIN_RATE:
+        raise ValueError(
+            "tokens_per_second must be in [1e-09, 1e+09] (one token per 31.7 years "
+            f"to one per nanosecond), got {rate!r}"
+        )
+    burst_value = at_least("burst_size", burst, 1.0, _ANY)
+    if burst_value / rate_value > MAX_SECONDS:
+        raise ValueError(
+            "burst_size / tokens_per_second (the refill time of a full bucket) "
+            f"must be <= 1e+09 s, got {burst!r}"
+        )
+    initial_value = non_negative_finite("initial_tokens", initial, _ANY)
+    if initial_value > burst_value:
+        raise ValueError(
+            f"initial_tokens must be <= burst_size ({burst_value:g}), got {initial!r}"
+        )
+    return rate_value, burst_value, initial_value
+
+
 # -- arguments of the limiter cores ------------------------------------------
 # Both backends call these on their slow path (the native core only when its
 # fast path meets anything but a plain float), so a bad argument gets the same

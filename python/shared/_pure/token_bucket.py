@@ -20,8 +20,6 @@ _U64_MAX = 2**64 - 1
 _MAX_SPAN_NS = 1 << 62
 _MAX_SPAN_F = float(_MAX_SPAN_NS)
 _MAX_KEYS_LIMIT = 2**32 - 2
-_MAX_REFILL_SECS = 1e9
-_MAX_RATE = 1e9
 _FULL_MESSAGE = "rate limiter registry is full (max_keys) and no key is idle yet"
 
 _R = TypeVar("_R")
@@ -40,19 +38,13 @@ def _sat(value: int) -> int:
     return value if value <= _U64_MAX else _U64_MAX
 
 
-def _number(config: Any, field: str) -> float:
+def _field(config: Any, field: str) -> Any:
     try:
-        value = getattr(config, field)
+        return getattr(config, field)
     except AttributeError:
         raise TypeError(
             f"config must have a {field} attribute (a shared.resilience.RateLimitConfig)"
         ) from None
-    if isinstance(value, bool):
-        raise TypeError(f"{field} must be a number, got bool")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{field} must be a number") from None
 
 
 def _checked_timeout(timeout: Any) -> int | None:
@@ -132,27 +124,11 @@ class _Limits:
     __slots__ = ("burst", "initial_credit_ns", "interval_ns", "tolerance_ns")
 
     def __init__(self, config: Any) -> None:
-        rate = _number(config, "tokens_per_second")
-        burst = _number(config, "burst_size")
-        initial = _number(config, "initial_tokens")
-        if not (math.isfinite(rate) and rate > 0.0):
-            raise ValueError(f"tokens_per_second must be a finite number > 0, got {rate}")
-        if not (1.0 / _MAX_REFILL_SECS <= rate <= _MAX_RATE):
-            raise ValueError(
-                "tokens_per_second must be in [1e-09, 1e+09] (one token per 31.7 years "
-                f"to one per nanosecond), got {rate}"
-            )
-        if not (math.isfinite(burst) and burst >= 1.0):
-            raise ValueError(f"burst_size must be a finite number >= 1, got {burst}")
-        if burst / rate > _MAX_REFILL_SECS:
-            raise ValueError(
-                "burst_size / tokens_per_second (the refill time of a full bucket) "
-                f"must be <= 1e+09 s, got {burst}"
-            )
-        if not (math.isfinite(initial) and 0.0 <= initial <= burst):
-            raise ValueError(
-                f"initial_tokens must be a finite number in [0, burst_size], got {initial}"
-            )
+        rate, burst, initial = _validation.bucket_limits(
+            _field(config, "tokens_per_second"),
+            _field(config, "burst_size"),
+            _field(config, "initial_tokens"),
+        )
         self.burst = burst
         self.interval_ns = max(_ceil_ns(1e9 / rate), 1)
         self.tolerance_ns = _ceil_ns(burst * float(self.interval_ns))
@@ -249,7 +225,7 @@ class TokenBucket:
         A ticket of another limiter, other tokens than reserved, or a second
         cancellation raise ``ValueError``."""
         reservation = _ticket(ticket)
-        value = _tokens_value(tokens)
+        value = tokens if type(tokens) is float else _validation.number("tokens", tokens)
         cost = self._limits.cost_ns(value)
         with self._lock:
             tat = _cancellable_tat(reservation, self, cost, value)
@@ -334,13 +310,13 @@ class RateLimiterRegistry:
     ) -> RateLimiterRegistry:
         self = object.__new__(cls)
         self._default = _Limits(default_config)
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, got {type(max_keys).__name__}")
-        if not 1 <= max_keys <= _MAX_KEYS_LIMIT:
-            raise ValueError(f"max_keys must be >= 1 and < 2**32 - 1, got {max_keys}")
-        idle_ttl = float(idle_ttl)
-        if not (math.isfinite(idle_ttl) and idle_ttl >= 0.0):
-            raise ValueError(f"idle_ttl must be a finite number >= 0, got {idle_ttl}")
+        # The rules both backends share (the native core calls them too).
+        max_keys = (
+            1000000
+            if max_keys is None
+            else _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS_LIMIT)
+        )
+        idle_ttl = 60.0 if idle_ttl is None else _validation.non_negative_finite("idle_ttl", idle_ttl)
         self._default_config = default_config
         self._max_keys = max_keys
         self._idle_ttl = idle_ttl
@@ -525,7 +501,7 @@ class KeyedLimiter:
     def cancel_reservation(self, /, tokens: float, ticket: Reservation) -> bool:
         """Withdraws a reservation if nothing happened since (see ``TokenBucket``)."""
         reservation = _ticket(ticket)
-        value = _tokens_value(tokens)
+        value = tokens if type(tokens) is float else _validation.number("tokens", tokens)
         owner = self._owner()
 
         def cancel(entry: _Entry, now: int) -> bool:

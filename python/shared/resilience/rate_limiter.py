@@ -32,11 +32,6 @@ __all__ = [
 ]
 
 
-# The rates whose token interval fits the limiters' integer nanoseconds.
-_MIN_RATE = 1.0 / _validation.MAX_SECONDS
-_MAX_RATE = 1e9
-
-
 @dataclass(frozen=True)
 class RateLimitConfig:
     """A token bucket: capacity ``burst_size``, refilled continuously at ``tokens_per_second``.
@@ -59,31 +54,12 @@ class RateLimitConfig:
     initial_tokens: Optional[float] = None
 
     def __post_init__(self) -> None:
-        rate = _validation.positive_finite("tokens_per_second", self.tokens_per_second, _MAX_RATE)
-        if rate < _MIN_RATE:
-            raise ValueError(
-                "tokens_per_second must be in [1e-09, 1e+09] (one token per 31.7 years "
-                f"to one per nanosecond), got {self.tokens_per_second!r}"
-            )
-        if self.burst_size is None:
-            burst = float(max(1, math.ceil(rate)))
-        else:
-            burst = _validation.at_least("burst_size", self.burst_size, 1.0, math.inf)
-        if burst / rate > _validation.MAX_SECONDS:
-            raise ValueError(
-                "burst_size / tokens_per_second (the refill time of a full bucket) "
-                f"must be <= 1e+09 s, got {self.burst_size!r}"
-            )
-        if self.initial_tokens is None:
-            initial = burst
-        else:
-            initial = _validation.non_negative_finite(
-                "initial_tokens", self.initial_tokens, math.inf
-            )
-            if initial > burst:
-                raise ValueError(
-                    f"initial_tokens must be <= burst_size ({burst:g}), got {self.initial_tokens!r}"
-                )
+        rate = _validation.positive_finite(
+            "tokens_per_second", self.tokens_per_second, _validation.MAX_RATE
+        )
+        burst: Any = float(max(1, math.ceil(rate))) if self.burst_size is None else self.burst_size
+        initial = burst if self.initial_tokens is None else self.initial_tokens
+        rate, burst, initial = _validation.bucket_limits(self.tokens_per_second, burst, initial)
         object.__setattr__(self, "tokens_per_second", rate)
         object.__setattr__(self, "burst_size", burst)
         object.__setattr__(self, "initial_tokens", initial)

@@ -255,9 +255,7 @@ def _is_async_callable(func: Any) -> bool:
         return True
     if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
         return False
-    call = type(func).__dict__.get("__call__") or next(
-        (c.__dict__["__call__"] for c in type(func).__mro__ if "__call__" in c.__dict__), None
-    )
+    call = next((c.__dict__["__call__"] for c in type(func).__mro__ if "__call__" in c.__dict__), None)
     return inspect.iscoroutinefunction(call)
 
 
