@@ -110,9 +110,7 @@ def bucket_limits(rate: Any, burst: Any, initial: Any) -> tuple[float, float, fl
         )
     initial_value = non_negative_finite("initial_tokens", initial, _ANY)
     if initial_value > burst_value:
-        raise ValueError(
-            f"initial_tokens must be <= burst_size ({burst_value:g}), got {initial!r}"
-        )
+        raise ValueError(f"initial_tokens must be <= burst_size ({burst_value:g}), got {initial!r}")
     return rate_value, burst_value, initial_value
 
 

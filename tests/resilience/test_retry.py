@@ -689,13 +689,13 @@ def test_a_raising_hook_keeps_the_original_error_and_spends_no_budget(hook: str,
     async def failing_async() -> None:
         raise original
 
+    runs: dict[str, Callable[[], Any]] = {
+        "execute": lambda: retry.execute(failing),
+        "decorated": lambda: with_retry(config)(failing)(),
+        "execute_async": lambda: asyncio.run(retry.execute_async(failing_async)),
+    }
     with pytest.raises(RuntimeError, match="the hook failed") as caught:
-        if path == "execute":
-            retry.execute(failing)
-        elif path == "decorated":
-            with_retry(config)(failing)()
-        else:
-            asyncio.run(retry.execute_async(failing_async))
+        runs[path]()
     assert caught.value.__context__ is original
     assert budget.available() == available
     assert retry.retries == 0
@@ -770,12 +770,19 @@ def test_instant_retries_records_only_the_current_threads_delays() -> None:
         raise ConnectionError("down")
 
     with instant_retries() as delays:
-        thread = threading.Thread(
-            target=lambda: pytest.raises(ConnectionError, other.execute, fail)
-        )
+        errors: list[BaseException] = []
+
+        def in_another_thread() -> None:
+            try:
+                other.execute(fail)
+            except ConnectionError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=in_another_thread)
         thread.start()
         thread.join(timeout=10)
         with pytest.raises(ConnectionError):
             mine.execute(fail)
     assert delays == [0.25]
     assert slept == [0.5]
+    assert len(errors) == 1

@@ -316,7 +316,10 @@ class RateLimiterRegistry:
             if max_keys is None
             else _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS_LIMIT)
         )
-        idle_ttl = 60.0 if idle_ttl is None else _validation.non_negative_finite("idle_ttl", idle_ttl)
+        if idle_ttl is not None:
+            idle_ttl = _validation.non_negative_finite("idle_ttl", idle_ttl)
+        else:
+            idle_ttl = 60.0
         self._default_config = default_config
         self._max_keys = max_keys
         self._idle_ttl = idle_ttl

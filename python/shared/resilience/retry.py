@@ -255,7 +255,8 @@ def _is_async_callable(func: Any) -> bool:
         return True
     if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
         return False
-    call = next((c.__dict__["__call__"] for c in type(func).__mro__ if "__call__" in c.__dict__), None)
+    owners = (owner for owner in type(func).__mro__ if "__call__" in owner.__dict__)
+    call = next((owner.__dict__["__call__"] for owner in owners), None)
     return inspect.iscoroutinefunction(call)
 
 
