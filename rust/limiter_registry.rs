@@ -1281,9 +1281,20 @@ mod tests {
         let premium = Limits::new(50.0, 50.0, 50.0).unwrap();
         r.set("p", h("p"), premium, (), 0).unwrap();
         assert!(r.get("q", h("q"), 10 * SEC).is_err());
-        assert!(r.remove("p", h("p")));
-        assert!(!r.remove("p", h("p")));
+        assert!(r.remove("p", h("p"), 10 * SEC));
+        assert!(!r.remove("p", h("p"), 10 * SEC));
         assert!(r.get("q", h("q"), 10 * SEC).is_ok());
+    }
+
+    #[test]
+    fn a_removed_key_keeps_its_spent_tokens_until_it_refills() {
+        let r = registry(4, 0);
+        assert!(take(&r, "a", 0) && take(&r, "a", 0) && !take(&r, "a", 0));
+        assert!(r.remove("a", h("a"), 0));
+        assert!(!take(&r, "a", 0)); // recreated from the spent state
+        assert!(r.remove("a", h("a"), 0));
+        // Once it would have refilled, nothing is carried over.
+        assert!(take(&r, "a", 10 * SEC) && take(&r, "a", 10 * SEC));
     }
 
     #[test]
