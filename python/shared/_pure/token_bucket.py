@@ -304,8 +304,8 @@ class RateLimiterRegistry:
         cls,
         default_config: Any,
         *,
-        max_keys: int = 1000000,
-        idle_ttl: float = 60.0,
+        max_keys: Any = 1000000,
+        idle_ttl: Any = 60.0,
         clock: NanosecondClock | None = None,
     ) -> RateLimiterRegistry:
         self = object.__new__(cls)
