@@ -657,16 +657,14 @@ mod binding {
     /// The key's text and hash (Python's own `str` hash, cached in the string).
     /// A str that is not valid text (a lone surrogate) gets the shared `ValueError`.
     fn key_parts<'a>(key: &'a Bound<'_, PyString>) -> PyResult<(&'a str, u64)> {
-        match key.to_str() {
-            Ok(text) => Ok((text, key.hash()? as u64)),
-            Err(_) => {
-                key.py()
-                    .import("shared._validation")?
-                    .getattr("key")?
-                    .call1((key,))?;
-                Err(PyValueError::new_err("key must be valid text"))
-            }
+        if let Ok(text) = key.to_str() {
+            return Ok((text, key.hash()? as u64));
         }
+        key.py()
+            .import("shared._validation")?
+            .getattr("key")?
+            .call1((key,))?;
+        Err(PyValueError::new_err("key must be valid text"))
     }
 
     /// The key as a `str`, or a `TypeError` that names the parameter (`PyO3`

@@ -109,6 +109,12 @@ impl BudgetCore {
     }
 
     /// Retries the budget would still allow now (may be fractional).
+    /// The configured ratio, floor rate and window (seconds).
+    #[must_use]
+    pub fn parameters(&self) -> (f64, f64, f64) {
+        (self.ratio, self.min_retries_per_second, self.ttl)
+    }
+
     /// Gives back a retry `try_retry` took for a retry that then did not
     /// happen (a hook raised): from the newest slot of the window that has one.
     pub fn return_retry(&self, now_ns: u64) {
@@ -201,17 +207,17 @@ mod binding {
 
         #[getter]
         fn ratio(&self) -> f64 {
-            self.core.ratio
+            self.core.parameters().0
         }
 
         #[getter]
         fn min_retries_per_second(&self) -> f64 {
-            self.core.min_retries_per_second
+            self.core.parameters().1
         }
 
         #[getter]
         fn ttl(&self) -> f64 {
-            self.core.ttl
+            self.core.parameters().2
         }
 
         /// Counts one call (a first attempt) toward the budget.

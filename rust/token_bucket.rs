@@ -358,6 +358,7 @@ mod binding {
 
     /// The error for `tokens` out of range (0, burst], as the shared rule words it.
     #[cold]
+    #[must_use]
     pub fn tokens_error(py: Python<'_>, tokens: f64, burst: f64) -> PyErr {
         match validation(py, "tokens").and_then(|check| check.call1((tokens, burst))) {
             Err(err) => err,
@@ -501,7 +502,7 @@ mod binding {
         ];
         let floats: Vec<f64> = fields
             .iter()
-            .filter_map(|f| f.cast_exact::<PyFloat>().ok().map(|f| f.value()))
+            .filter_map(|f| f.cast_exact::<PyFloat>().ok().map(PyFloatMethods::value))
             .collect();
         if let [rate, burst, initial] = floats[..] {
             if let Ok(limits) = Limits::new(rate, burst, initial) {
