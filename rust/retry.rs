@@ -406,6 +406,20 @@ mod tests {
     const SECOND: u64 = 1_000_000_000;
 
     #[test]
+    fn a_returned_retry_can_be_taken_again() {
+        let budget = BudgetCore::new(0.0, 0.1, 10.0).unwrap();
+        assert!(budget.try_retry(0));
+        assert!(!budget.try_retry(SECOND));
+        budget.return_retry(2 * SECOND);
+        assert!(budget.try_retry(3 * SECOND));
+        budget.return_retry(3 * SECOND);
+        budget.return_retry(3 * SECOND); // nothing left to give back: no credit made up
+        assert!(budget.try_retry(3 * SECOND));
+        assert!(!budget.try_retry(3 * SECOND));
+        assert_eq!(budget.parameters(), (0.0, 0.1, 10.0));
+    }
+
+    #[test]
     fn retries_are_bounded_by_ratio_and_floor() {
         let budget = BudgetCore::new(0.1, 1.0, 10.0).unwrap();
         for _ in 0..1000 {
