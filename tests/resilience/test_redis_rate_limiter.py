@@ -529,7 +529,9 @@ def test_a_foreign_state_is_never_trusted(client: redis.Redis, prefix: str, stat
     assert opened.available_tokens == 2.0
     local = RedisTokenBucket(config, client, "k", key_prefix=prefix, on_unavailable="local")
     assert [local.try_acquire() for _ in range(3)] == [True, True, False]
-    # Nothing was overwritten, and the server is still considered reachable.
+    closed.reset()  # deletes limiter states only
+    RedisRateLimiterRegistry(config, client, key_prefix=prefix).remove_limiter("k")
+    # Nothing was overwritten or deleted, and the server is still considered reachable.
     if state == "a hash":
         assert client.hget(closed.redis_key, "field") == b"value"
     else:

@@ -68,32 +68,44 @@ logger = logging.getLogger(__name__)
 # Returns "<granted> <wait_us> <debt_us>" as one string: cheaper to parse than
 # an array, and Redis would truncate Lua numbers to integers.
 # Needs Redis >= 5 (effects replication, so TIME may precede a write).
-GCRA_SCRIPT = """
-local key, mode = KEYS[1], ARGV[1]
-local tolerance, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
-local initial_debt, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
+# The state a script trusts: "<seconds> <microseconds> <debt>" with integer
+# seconds and microseconds (< 1e6), a finite debt in [0, MAX_DEBT_US], and a
+# debt at `time` (Redis TIME) of at most MAX_DEBT_US (not written far in the
+# future). Returns the debt at `time` (>= 0), or nil and what was found.
+_TRUSTED_STATE = """
 local MAX_DEBT_US = 4e15
-
-local time = redis.call('TIME')
-local debt = initial_debt
-local state = redis.pcall('GET', key)
-if type(state) == 'table' and state.err then
-  return 'E holds a Redis ' .. redis.call('TYPE', key).ok .. ', not a rate-limiter state'
-end
-if state then
+local function debt_of(key, time)
+  local state = redis.pcall('GET', key)
+  if type(state) == 'table' and state.err then
+    return nil, 'holds a Redis ' .. redis.call('TYPE', key).ok .. ', not a rate-limiter state'
+  end
+  if not state then return false end
   local seconds, micros, written = string.match(state, '^(%d+) (%d+) (%S+)$')
   seconds, micros, written = tonumber(seconds), tonumber(micros), tonumber(written)
   if not (seconds and micros and written) or micros >= 1000000
       or not (written >= 0 and written <= MAX_DEBT_US) then
-    return 'E holds ' .. string.format('%q', string.sub(state, 1, 40)) ..
+    return nil, 'holds ' .. string.format('%q', string.sub(state, 1, 40)) ..
       ', not a rate-limiter state'
   end
-  debt = (seconds - time[1]) * 1000000 + (micros - time[2]) + written
+  local debt = (seconds - time[1]) * 1000000 + (micros - time[2]) + written
   if not (debt <= MAX_DEBT_US) then
-    return 'E holds a state written in the future (' .. seconds .. ' s)'
+    return nil, 'holds a state written in the future (' .. seconds .. ' s)'
   end
-  debt = math.max(0, debt)
+  return math.max(0, debt)
 end
+"""
+
+GCRA_SCRIPT = (
+    _TRUSTED_STATE
+    + """
+local key, mode = KEYS[1], ARGV[1]
+local tolerance, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
+local initial_debt, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local time = redis.call('TIME')
+local debt, found = debt_of(key, time)
+if debt == nil then return 'E ' .. found end
+if debt == false then debt = initial_debt end
 
 local granted, wait = 0, 0
 if mode == 'refund' then
@@ -117,20 +129,24 @@ else
 end
 return granted .. ' ' .. wait .. ' ' .. debt
 """
+)
 
 # KEYS: candidate keys under this registry's namespace. Deletes only those that
-# hold a state GCRA_SCRIPT wrote (a string "<seconds> <microseconds> <debt>"),
-# so a key another application put there survives. Returns how many it deleted.
-RESET_SCRIPT = """
+# hold a state GCRA_SCRIPT would trust, so a key another application put there
+# survives. Returns how many it deleted.
+RESET_SCRIPT = (
+    _TRUSTED_STATE
+    + """
+local time = redis.call('TIME')
 local deleted = 0
 for _, key in ipairs(KEYS) do
-  local state = redis.pcall('GET', key)
-  if type(state) == 'string' and string.match(state, '^%d+ %d+ %S+$') then
+  if debt_of(key, time) then
     deleted = deleted + redis.call('DEL', key)
   end
 end
 return deleted
 """
+)
 
 # Every key a limiter writes is key_prefix + KEY_MARKER + key, and reset_all
 # scans for exactly key_prefix + KEY_MARKER + "*": keys of other applications
@@ -262,6 +278,8 @@ class _Link:
             raise ValueError(f"on_unavailable must be one of {POLICIES}, got {on_unavailable!r}")
         self.client = client
         self.script: Any = client.register_script(GCRA_SCRIPT)
+        # Deletes limiter states only (reset, remove_limiter, reset_all).
+        self.delete_states: Any = client.register_script(RESET_SCRIPT)
         self.policy = on_unavailable
         self.reconnect_interval = _validation.non_negative_finite(
             "reconnect_interval", reconnect_interval
@@ -527,14 +545,15 @@ class RedisTokenBucket(_BucketBase):
         return reply.wait
 
     def reset(self) -> None:
-        """Back to the initial state for every process (deletes the key).
+        """Back to the initial state for every process (deletes the key, if it
+        holds a limiter state: nothing else is ever deleted).
 
         Raises ``RateLimiterUnavailableError`` when Redis is unreachable, whatever the
         policy: a reset that did not happen must not pass silently.
         """
         self._reset_local()
         try:
-            self._link.client.delete(self._redis_key)
+            self._link.delete_states(keys=[self._redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -691,7 +710,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         ``RateLimiterUnavailableError`` when Redis is unreachable, whatever the policy."""
         self._reset_local()
         try:
-            await self._link.client.delete(self._redis_key)
+            await self._link.delete_states(keys=[self._redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -769,7 +788,6 @@ class _RegistryBase(Generic[_B]):
             is_async=self._bucket_class is AsyncRedisTokenBucket,
             **link_options,
         )
-        self._reset_script: Any = client.register_script(RESET_SCRIPT)
         self._configs: dict[str, RateLimitConfig] = {}
         self._local: Optional[_LocalRegistry] = None
         self._local_lock = threading.Lock()
@@ -853,7 +871,7 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
         """Forgets ``key``: its config here and its state in Redis."""
         redis_key = self._forget(key)
         try:
-            self._link.client.delete(redis_key)
+            self._link.delete_states(keys=[redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -869,10 +887,10 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
             for redis_key in client.scan_iter(match=self._scan_pattern(), count=500):
                 batch.append(redis_key)
                 if len(batch) >= 500:
-                    self._reset_script(keys=batch)
+                    self._link.delete_states(keys=batch)
                     batch = []
             if batch:
-                self._reset_script(keys=batch)
+                self._link.delete_states(keys=batch)
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -908,7 +926,7 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
         """Forgets ``key``: its config here and its state in Redis."""
         redis_key = self._forget(key)
         try:
-            await self._link.client.delete(redis_key)
+            await self._link.delete_states(keys=[redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -922,9 +940,9 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
             async for redis_key in client.scan_iter(match=self._scan_pattern(), count=500):
                 batch.append(redis_key)
                 if len(batch) >= 500:
-                    await self._reset_script(keys=batch)
+                    await self._link.delete_states(keys=batch)
                     batch = []
             if batch:
-                await self._reset_script(keys=batch)
+                await self._link.delete_states(keys=batch)
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
