@@ -665,6 +665,7 @@ async def test_with_retry_awaits_callable_objects_with_async_call() -> None:
         assert await retrying() == "ok"
     assert flaky.calls == 3
     assert retrying.retry.retries == 2  # type: ignore[attr-defined]
+    assert not hasattr(retrying, "failures")  # the object's state is not copied
 
 
 def _raising_hook(*args: Any) -> Any:

@@ -512,8 +512,10 @@ def with_retry(
             async_sleep=async_sleep,
         )
         if _is_async_callable(func):
+            # An object's attributes are its own state, not the wrapper's to copy.
+            updated = functools.WRAPPER_UPDATES if inspect.isfunction(func) else ()
 
-            @functools.wraps(func)
+            @functools.wraps(func, updated=updated)
             async def retrying(*args: Any, **kwargs: Any) -> Any:
                 return await retry.execute_async(func, *args, **kwargs)
 
