@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from conftest import IN_CI
 from shared.resilience import (
+    AsyncRedisRateLimiterRegistry,
     AsyncRedisTokenBucket,
     RateLimitConfig,
     RateLimiterUnavailableError,
@@ -404,6 +405,13 @@ async def test_async_calls_are_bounded_while_redis_does_not_answer(server: Priva
         took, result = await _elapsed(local.try_acquire())
         assert result is True
         assert took < 2.0
+        # Resets and removals always raise when Redis does not answer, within the bound.
+        registry = AsyncRedisRateLimiterRegistry(config, client, command_timeout=0.3)
+        for must_happen in (closed.reset(), registry.remove_limiter("k"), registry.reset_all()):
+            took, result = await _elapsed(must_happen)
+            assert isinstance(result, RateLimiterUnavailableError), result
+            assert "command_timeout=0.3" in str(result)
+            assert took < 2.0
     # The paused round trips complete now; what they granted is given back.
     deadline = time.monotonic() + BOUNDED_SECONDS
     while await closed.available_tokens < 1.99:

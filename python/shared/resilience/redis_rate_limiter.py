@@ -709,10 +709,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         """Back to the initial state for every process; raises
         ``RateLimiterUnavailableError`` when Redis is unreachable, whatever the policy."""
         self._reset_local()
-        try:
-            await self._link.delete_states(keys=[self._redis_key])
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        await _bounded(self._link, self._link.delete_states(keys=[self._redis_key]))
 
 
 # Tasks running in the background (refunds, abandoned round trips): kept here so
@@ -724,6 +721,18 @@ def _in_background(work: Awaitable[Any]) -> None:
     task = asyncio.ensure_future(work)
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _bounded(link: _Link, call: Awaitable[_T]) -> _T:
+    """A round trip that must happen (reset, removal): within ``command_timeout``,
+    else ``RateLimiterUnavailableError``, whatever the policy."""
+    try:
+        return await asyncio.wait_for(call, link.command_timeout)
+    except link.errors as exc:
+        raise link.unavailable(exc) from exc
+    except builtins.TimeoutError as exc:  # wait_for's, not the client's (caught above)
+        late = builtins.TimeoutError(f"no reply within command_timeout={link.command_timeout:g}s")
+        raise link.unavailable(late) from exc
 
 
 def _round_trip_limit(link: _Link, timeout: Optional[float]) -> float:
@@ -925,24 +934,19 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
     async def remove_limiter(self, key: str) -> None:
         """Forgets ``key``: its config here and its state in Redis."""
         redis_key = self._forget(key)
-        try:
-            await self._link.delete_states(keys=[redis_key])
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        await _bounded(self._link, self._link.delete_states(keys=[redis_key]))
 
     async def reset_all(self) -> None:
         """Deletes the state of every key of this registry, and only those (see
-        ``RedisRateLimiterRegistry.reset_all``)."""
+        ``RedisRateLimiterRegistry.reset_all``). Each round trip (a SCAN page,
+        a batch of deletions) is bounded by ``command_timeout``."""
         self._reset_local()
-        client = self._link.client
-        try:
-            batch: list[Any] = []
-            async for redis_key in client.scan_iter(match=self._scan_pattern(), count=500):
-                batch.append(redis_key)
-                if len(batch) >= 500:
-                    await self._link.delete_states(keys=batch)
-                    batch = []
-            if batch:
-                await self._link.delete_states(keys=batch)
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        link, cursor = self._link, 0
+        while True:
+            cursor, keys = await _bounded(
+                link, link.client.scan(cursor, match=self._scan_pattern(), count=500)
+            )
+            if keys:
+                await _bounded(link, link.delete_states(keys=keys))
+            if not cursor:
+                return
