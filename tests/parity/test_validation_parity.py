@@ -89,6 +89,7 @@ def cores(native: ModuleType, pure: ModuleType) -> tuple[ModuleType, ModuleType]
 )
 @given(value=bad_values, method=st.sampled_from(["try_acquire", "reserve", "retry_after"]))
 def test_limiter_arguments(cores: tuple[ModuleType, ModuleType], value: Any, method: str) -> None:
+    """tokens and timeout of every limiter call: same errors on both cores."""
     native, pure = (limiters(core) for core in cores)
     for rust_limiter, pure_limiter in zip(native, pure):
         rust_call, pure_call = getattr(rust_limiter, method), getattr(pure_limiter, method)
@@ -104,6 +105,7 @@ def test_limiter_arguments(cores: tuple[ModuleType, ModuleType], value: Any, met
 def test_cancel_reservation_arguments(
     cores: tuple[ModuleType, ModuleType], tokens: Any, ticket: Any
 ) -> None:
+    """cancel_reservation with bad tokens or tickets: same errors on both cores."""
     native, pure = (limiters(core) for core in cores)
     for rust_limiter, pure_limiter in zip(native, pure):
         rust_cancel, pure_cancel = rust_limiter.cancel_reservation, pure_limiter.cancel_reservation
@@ -119,6 +121,7 @@ def test_cancel_reservation_arguments(
 )
 @given(value=bad_values, field=st.sampled_from(["max_keys", "idle_ttl"]))
 def test_registry_arguments(cores: tuple[ModuleType, ModuleType], value: Any, field: str) -> None:
+    """max_keys and idle_ttl: same errors on both cores."""
     config = RateLimitConfig()
     rust, python = (
         outcome(lambda core=core: len(core.RateLimiterRegistry(config, **{field: value})))
@@ -132,6 +135,7 @@ def test_registry_arguments(cores: tuple[ModuleType, ModuleType], value: Any, fi
 )
 @given(key=st.one_of(bad_values, st.text(max_size=4)))
 def test_registry_keys(cores: tuple[ModuleType, ModuleType], key: Any) -> None:
+    """Keys of every kind: same results and errors on both cores, `in` included."""
     rust, python = (core.RateLimiterRegistry(RateLimitConfig()) for core in cores)
     for method in ("get_limiter", "remove_limiter"):
         rust_call, pure_call = getattr(rust, method), getattr(python, method)
@@ -149,6 +153,7 @@ def test_registry_keys(cores: tuple[ModuleType, ModuleType], key: Any) -> None:
 def test_duck_typed_bucket_configs(
     cores: tuple[ModuleType, ModuleType], value: Any, field: str
 ) -> None:
+    """Bad fields of any config object: same errors on both cores."""
     config = _Config(**{field: value})
     rust, python = (outcome(lambda core=core: core.TokenBucket(config) and None) for core in cores)
     assert rust == python
@@ -161,6 +166,7 @@ def test_duck_typed_bucket_configs(
 def test_retry_budget_arguments(
     cores: tuple[ModuleType, ModuleType], value: Any, field: str
 ) -> None:
+    """RetryBudget ratio, min_retries_per_second and ttl: same errors on both cores."""
     rust, python = (
         outcome(lambda core=core: core.RetryBudget(**{field: value}).available()) for core in cores
     )

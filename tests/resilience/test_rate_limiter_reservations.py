@@ -56,6 +56,7 @@ def test_a_reservation_is_cancelled_once(drained: Any) -> None:
 
 
 def test_tickets_belong_to_their_limiter() -> None:
+    """A ticket cancels only on its own limiter; anything but a ticket is a TypeError."""
     one, other = drained_bucket(), drained_bucket()
     _, ticket = one.reserve(1)
     other.reserve(1)
@@ -111,6 +112,7 @@ def test_removed_keys_are_forgotten_once_refilled() -> None:
 
 
 def test_reset_all_forgets_removed_keys_too() -> None:
+    """After reset_all a removed key starts from a full bucket again."""
     registry = RateLimiterRegistry(
         RateLimitConfig(tokens_per_second=1.0, burst_size=1), clock=ManualClock()
     )
@@ -139,6 +141,7 @@ def test_rates_whose_interval_does_not_fit_are_refused(kwargs: dict, field: str)
 
 
 def test_the_extreme_rates_that_fit_are_exact() -> None:
+    """One token per 1e9 s and one per nanosecond are represented exactly."""
     clock = ManualClock()
     slowest = TokenBucket(RateLimitConfig(tokens_per_second=1e-9, burst_size=1), clock=clock)
     assert slowest.try_acquire()
@@ -170,6 +173,7 @@ def test_bad_tokens_are_refused_everywhere(tokens: Any, error: type, message: st
 
 
 def test_keys_that_are_not_valid_text_are_refused_consistently() -> None:
+    """A lone surrogate is a ValueError for every method, and not `in` the registry."""
     registry = RateLimiterRegistry()
     for method in (registry.get_limiter, registry.remove_limiter):
         with pytest.raises(ValueError, match="key must be valid text"):
@@ -183,6 +187,7 @@ def test_keys_that_are_not_valid_text_are_refused_consistently() -> None:
 
 
 def test_max_keys_out_of_range_names_the_field() -> None:
+    """max_keys beyond 2**32 - 2 (or a bool) is refused naming max_keys, not an OverflowError."""
     for bad in (2**64, 2**32, 0):
         with pytest.raises(ValueError, match=r"max_keys must be an int in \[1, 4294967294\]"):
             RateLimiterRegistry(max_keys=bad)

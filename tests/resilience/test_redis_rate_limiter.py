@@ -492,6 +492,7 @@ def test_reset_all_deletes_only_keys_it_created(client: redis.Redis, prefix: str
 async def test_async_reset_all_deletes_only_keys_it_created(
     aclient: redis.asyncio.Redis, prefix: str
 ) -> None:
+    """The asyncio registry spares other applications' keys too."""
     registry = AsyncRedisRateLimiterRegistry(
         RateLimitConfig(tokens_per_second=1.0, burst_size=1), aclient, key_prefix=prefix
     )
@@ -543,6 +544,7 @@ def test_a_foreign_state_is_never_trusted(client: redis.Redis, prefix: str, stat
 async def test_a_foreign_state_is_never_trusted_async(
     aclient: redis.asyncio.Redis, prefix: str
 ) -> None:
+    """The asyncio bucket applies the policy to a foreign state and leaves it alone."""
     config = RateLimitConfig(tokens_per_second=1.0, burst_size=2)
     closed = AsyncRedisTokenBucket(config, aclient, "k", key_prefix=prefix)
     await aclient.set(closed.redis_key, "1 2 inf")

@@ -727,6 +727,7 @@ def test_retry_budget_allows_exactly_its_bound_under_eight_threads() -> None:
 
 
 def test_retry_budget_repr_shows_its_parameters_and_what_is_left() -> None:
+    """repr(budget) shows ratio, floor, window and the retries available now."""
     budget = RetryBudget(ratio=0.25, min_retries_per_second=2.0, ttl=5.0, clock=ManualClock())
     assert repr(budget) == (
         "RetryBudget(ratio=0.25, min_retries_per_second=2.0, ttl=5.0, available=10)"
@@ -743,6 +744,7 @@ def test_retry_budget_repr_shows_its_parameters_and_what_is_left() -> None:
     ],
 )
 def test_bad_budget_values_get_the_shared_errors(kwargs: dict, error: type, message: str) -> None:
+    """Strings, bools, huge ints and huge durations get the shared errors naming the field."""
     with pytest.raises(error, match=message):
         RetryBudget(**kwargs)
 
@@ -757,6 +759,7 @@ def test_bad_budget_values_get_the_shared_errors(kwargs: dict, error: type, mess
     ],
 )
 def test_config_numbers_too_large_name_their_field(field: str, value: Any, message: str) -> None:
+    """Durations and numbers too large for the arithmetic are refused naming the field."""
     with pytest.raises(ValueError, match=message):
         RetryConfig(**{field: value})
 
