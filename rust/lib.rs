@@ -35,7 +35,7 @@ mod _native {
     #[pymodule_export]
     use crate::retry::{RetryBudget, RetryCore, RetryingCall};
     #[pymodule_export]
-    use crate::token_bucket::TokenBucket;
+    use crate::token_bucket::{Reservation, TokenBucket};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

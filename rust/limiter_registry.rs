@@ -21,6 +21,7 @@
 
 use crate::slot_index::{fold, SlotIndex};
 use crate::token_bucket::Limits;
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Key bytes stored inline (most keys are short ids); longer ones go to the heap.
@@ -113,7 +114,16 @@ struct Table<C> {
     vacant_configs: Vec<u32>,
     /// When full, no key becomes evictable before this instant (skips rescans).
     no_eviction_before: u64,
+    /// Keys removed before their bucket refilled, with their TAT: recreated
+    /// within that time, a key starts from it, so removing a key in use never
+    /// refills it (for handles still held, or a new `get`).
+    removed: HashMap<Box<str>, u64>,
+    /// `removed` is purged of refilled keys when it grows past this.
+    purge_removed_above: usize,
 }
+
+/// The least `purge_removed_above`.
+const REMOVED_PURGE_MIN: usize = 64;
 
 /// The table and the caller's `extra` state, under one lock.
 struct Locked<C, H> {
@@ -203,7 +213,13 @@ impl<C> Table<C> {
     }
 
     fn insert(&mut self, key: &str, hash: u64, config: u32, now: u64) -> u32 {
-        let tat = self.limits(config).initial_tat(now);
+        let mut tat = self.limits(config).initial_tat(now);
+        if !self.removed.is_empty() {
+            if let Some(carried) = self.removed.remove(key) {
+                // Removed before it refilled: its tokens stay spent.
+                tat = tat.max(carried);
+            }
+        }
         let slot = if let Some(slot) = self.vacant.pop() {
             let s = &mut self.slots[slot as usize];
             s.hash = hash;
@@ -230,6 +246,14 @@ impl<C> Table<C> {
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    fn remember_removed(&mut self, key: &str, tat: u64, now: u64) {
+        self.removed.insert(key.into(), tat);
+        if self.removed.len() > self.purge_removed_above {
+            self.removed.retain(|_, carried| *carried > now);
+            self.purge_removed_above = REMOVED_PURGE_MIN.max(2 * self.removed.len());
+        }
     }
 
     /// Doubles the slot table and advises it for huge pages. The pages moved
@@ -303,6 +327,8 @@ impl<C, H> Registry<C, H> {
                     })],
                     vacant_configs: Vec::new(),
                     no_eviction_before: 0,
+                    removed: HashMap::new(),
+                    purge_removed_above: REMOVED_PURGE_MIN,
                 },
             }),
             max_keys,
@@ -497,13 +523,19 @@ impl<C, H> Registry<C, H> {
         Ok(location)
     }
 
-    /// Forgets the key (and its configuration); whether it was there.
-    pub fn remove(&self, key: &str, hash: u64) -> bool {
+    /// Forgets the key (and its configuration); whether it was there. If its
+    /// bucket is not full at `now`, its TAT is remembered until it would be:
+    /// the key recreated before then starts from it (see `Table::removed`).
+    pub fn remove(&self, key: &str, hash: u64, now: u64) -> bool {
         let mut table = self.lock();
         let Some(slot) = table.find(key, hash) else {
             return false;
         };
+        let tat = table.slots[slot as usize].tat;
         let payload = table.vacate(slot);
+        if tat > now {
+            table.remember_removed(key, tat, now);
+        }
         drop(table);
         drop(payload);
         true
@@ -513,6 +545,7 @@ impl<C, H> Registry<C, H> {
     pub fn reset_all(&self, now: u64) {
         let mut guard = self.lock();
         let table = &mut guard.table;
+        table.removed.clear();
         // Refilled buckets may become evictable sooner than the cached bound.
         table.no_eviction_before = 0;
         for slot in &mut table.slots {
@@ -550,14 +583,14 @@ mod binding {
     use super::{Full, Location, Registry};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use crate::token_bucket::{
-        checked_timeout, invalid_value_error, rate_limit_exceeded, read_limits, InvalidValue,
-        Limits,
+        cancel_error, invalid_value_error, number_arg, rate_limit_exceeded, read_limits, ticket_of,
+        timeout_arg, tokens_error, InvalidValue, Limits, Reservation,
     };
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyList, PyString};
+    use pyo3::types::{PyFloat, PyList, PyString};
     use pyo3::PyTraverseError;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -622,8 +655,16 @@ mod binding {
     }
 
     /// The key's text and hash (Python's own `str` hash, cached in the string).
+    /// A str that is not valid text (a lone surrogate) gets the shared `ValueError`.
     fn key_parts<'a>(key: &'a Bound<'_, PyString>) -> PyResult<(&'a str, u64)> {
-        Ok((key.to_str()?, key.hash()? as u64))
+        if let Ok(text) = key.to_str() {
+            return Ok((text, key.hash()? as u64));
+        }
+        key.py()
+            .import("shared._validation")?
+            .getattr("key")?
+            .call1((key,))?;
+        Err(PyValueError::new_err("key must be valid text"))
     }
 
     /// The key as a `str`, or a `TypeError` that names the parameter (`PyO3`
@@ -643,30 +684,41 @@ mod binding {
 
     #[pymethods]
     impl RateLimiterRegistry {
+        /// `max_keys` and `idle_ttl` are checked by `shared._validation`, the
+        /// rules both backends share (construction is no hot path).
         #[new]
-        #[pyo3(signature = (default_config, *, max_keys = 1_000_000, idle_ttl = 60.0, clock = None))]
+        #[pyo3(
+            signature = (default_config, *, max_keys = None, idle_ttl = None, clock = None),
+            text_signature = "(default_config, *, max_keys=1000000, idle_ttl=60.0, clock=None)"
+        )]
         fn new(
             default_config: &Bound<'_, PyAny>,
-            max_keys: i64,
-            idle_ttl: f64,
+            max_keys: Option<&Bound<'_, PyAny>>,
+            idle_ttl: Option<&Bound<'_, PyAny>>,
             clock: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
+            let py = default_config.py();
             let limits = read_limits(default_config)?;
-            if !(1..=i64::from(u32::MAX - 1)).contains(&max_keys) {
-                return Err(PyValueError::new_err(format!(
-                    "max_keys must be >= 1 and < 2**32 - 1, got {max_keys}"
-                )));
-            }
-            if !(idle_ttl.is_finite() && idle_ttl >= 0.0) {
-                return Err(PyValueError::new_err(format!(
-                    "idle_ttl must be a finite number >= 0, got {idle_ttl}"
-                )));
-            }
+            let validation = py.import("shared._validation")?;
+            let max_keys: usize = match max_keys {
+                Some(value) if !value.is_none() => validation
+                    .getattr("int_in_range")?
+                    .call1(("max_keys", value, 1, u32::MAX - 1))?
+                    .extract()?,
+                _ => 1_000_000,
+            };
+            let idle_ttl: f64 = match idle_ttl {
+                Some(value) if !value.is_none() => validation
+                    .getattr("non_negative_finite")?
+                    .call1(("idle_ttl", value))?
+                    .extract()?,
+                _ => 60.0,
+            };
             Ok(Self {
                 core: Registry::with_extra(
                     limits,
                     default_config.clone().unbind(),
-                    max_keys as usize,
+                    max_keys,
                     secs_to_ns(idle_ttl),
                     Handles {
                         hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
@@ -791,11 +843,12 @@ mod binding {
             ))
         }
 
-        /// Forgets `key`; whether it was there.
-        fn remove_limiter(&self, key: Bound<'_, PyAny>) -> PyResult<bool> {
+        /// Forgets `key` and its configuration; whether it was there. Tokens
+        /// it spent stay spent until its bucket would have refilled.
+        fn remove_limiter(&self, py: Python<'_>, key: Bound<'_, PyAny>) -> PyResult<bool> {
             let key = key_str(key)?;
             let (text, hash) = key_parts(&key)?;
-            Ok(self.core.remove(text, hash))
+            Ok(self.core.remove(text, hash, self.clock.now_ns(py)?))
         }
 
         /// Every bucket back to its configured initial tokens.
@@ -809,11 +862,12 @@ mod binding {
         }
 
         fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+            // A key that cannot be stored (not a str, or not valid text) is not there.
             match key.cast::<PyString>() {
-                Ok(key) => {
-                    let (text, hash) = key_parts(key)?;
-                    Ok(self.core.contains(text, hash))
-                }
+                Ok(key) => match key.to_str() {
+                    Ok(text) => Ok(self.core.contains(text, key.hash()? as u64)),
+                    Err(_) => Ok(false),
+                },
                 Err(_) => Ok(false),
             }
         }
@@ -952,15 +1006,38 @@ mod binding {
                     result
                 }
             };
-            result.map_err(invalid_value_error)
+            result.map_err(|error| match error.tokens {
+                Some((tokens, burst)) => tokens_error(py, tokens, burst),
+                None => invalid_value_error(error),
+            })
         }
+
+        /// Reservations of this key carry this identity (its registry and key).
+        fn owner(&self) -> usize {
+            (self.registry.as_ptr() as usize) ^ (self.hash.load(Ordering::Relaxed) as usize)
+        }
+    }
+
+    fn one_token_if_absent<'py>(
+        py: Python<'py>,
+        tokens: Option<&Bound<'py, PyAny>>,
+    ) -> Bound<'py, PyAny> {
+        tokens.map_or_else(|| PyFloat::new(py, 1.0).into_any(), Bound::clone)
+    }
+
+    /// A `tokens` argument as a number (absent: one token); the range is checked
+    /// against the key's own burst under the lock.
+    #[inline]
+    fn tokens_arg(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        tokens.map_or(Ok(1.0), |tokens| number_arg(tokens, "tokens"))
     }
 
     #[pymethods]
     impl KeyedLimiter {
         /// Takes `tokens` if they are there now; never waits.
-        #[pyo3(signature = (tokens = 1.0))]
-        fn try_acquire(&self, py: Python<'_>, tokens: f64) -> PyResult<bool> {
+        #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
+        fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+            let tokens = tokens_arg(tokens)?;
             self.with_bucket(py, |limits, tat, now| {
                 let cost = limits.cost_ns(tokens)?;
                 Ok(limits
@@ -971,43 +1048,59 @@ mod binding {
         }
 
         /// Reserves `tokens`: `(seconds to wait, ticket)` (see `TokenBucket.reserve`).
-        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        #[pyo3(
+            signature = (tokens = None, timeout = None),
+            text_signature = "($self, /, tokens=1.0, timeout=None)"
+        )]
         fn reserve(
             &self,
             py: Python<'_>,
-            tokens: f64,
-            timeout: Option<f64>,
-        ) -> PyResult<(f64, u64)> {
-            let max_wait = timeout.map(checked_timeout).transpose()?;
+            tokens: Option<&Bound<'_, PyAny>>,
+            timeout: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<(f64, Reservation)> {
+            let tokens = tokens_arg(tokens)?;
+            let max_wait = timeout_arg(timeout)?;
             let outcome = self.with_bucket(py, |limits, tat, now| {
                 let cost = limits.cost_ns(tokens)?;
                 Ok(limits
                     .reserve(*tat, now, cost, max_wait)
                     .map(|(next, wait_ns)| {
                         *tat = next;
-                        (wait_ns, next)
+                        (wait_ns, next, cost)
                     }))
             })?;
             match outcome {
-                Ok((wait_ns, ticket)) => Ok((ns_to_secs(wait_ns), ticket)),
+                Ok((wait_ns, tat, cost)) => Ok((
+                    ns_to_secs(wait_ns),
+                    Reservation::new(self.owner(), tat, cost, tokens),
+                )),
                 Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
             }
         }
 
         /// Withdraws a reservation if nothing happened since (see `TokenBucket.cancel_reservation`).
         #[pyo3(signature = (tokens, ticket))]
-        fn cancel_reservation(&self, py: Python<'_>, tokens: f64, ticket: u64) -> PyResult<bool> {
-            self.with_bucket(py, |limits, tat, _| {
-                let cost = limits.cost_ns(tokens)?;
-                Ok(Limits::cancel(*tat, ticket, cost)
-                    .map(|previous| *tat = previous)
+        fn cancel_reservation(
+            &self,
+            py: Python<'_>,
+            tokens: &Bound<'_, PyAny>,
+            ticket: &Bound<'_, PyAny>,
+        ) -> PyResult<bool> {
+            let reservation = ticket_of(ticket)?.get();
+            let tokens = number_arg(tokens, "tokens")?;
+            let cost = self.with_bucket(py, |limits, _, _| limits.cost_ns(tokens))?;
+            let tat = cancel_error(py, reservation, self.owner(), cost, tokens)?;
+            self.with_bucket(py, |limits, current, _| {
+                Ok(Limits::cancel(*current, tat, limits.cost_ns(tokens)?)
+                    .map(|previous| *current = previous)
                     .is_some())
             })
         }
 
         /// Seconds until `tokens` are available (0.0 if they are now).
-        #[pyo3(signature = (tokens = 1.0))]
-        fn retry_after(&self, py: Python<'_>, tokens: f64) -> PyResult<f64> {
+        #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
+        fn retry_after(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+            let tokens = tokens_arg(tokens)?;
             self.with_bucket(py, |limits, tat, now| {
                 Ok(ns_to_secs(limits.wait_ns(
                     *tat,
@@ -1032,19 +1125,31 @@ mod binding {
         }
 
         /// Waits until `tokens` are granted (see `TokenBucket.acquire`).
-        #[pyo3(signature = (tokens = 1.0, timeout = None))]
-        fn acquire(slf: &Bound<'_, Self>, tokens: f64, timeout: Option<f64>) -> PyResult<()> {
+        #[pyo3(
+            signature = (tokens = None, timeout = None),
+            text_signature = "($self, /, tokens=1.0, timeout=None)"
+        )]
+        fn acquire(
+            slf: &Bound<'_, Self>,
+            tokens: Option<&Bound<'_, PyAny>>,
+            timeout: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<()> {
+            let tokens = one_token_if_absent(slf.py(), tokens);
             waiting_helper(slf.py(), &ACQUIRE, "_acquire")?.call1((slf, tokens, timeout))?;
             Ok(())
         }
 
         /// Awaitable: waits until `tokens` are granted (see `TokenBucket.acquire_async`).
-        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        #[pyo3(
+            signature = (tokens = None, timeout = None),
+            text_signature = "($self, /, tokens=1.0, timeout=None)"
+        )]
         fn acquire_async<'py>(
             slf: &Bound<'py, Self>,
-            tokens: f64,
-            timeout: Option<f64>,
+            tokens: Option<&Bound<'py, PyAny>>,
+            timeout: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyAny>> {
+            let tokens = one_token_if_absent(slf.py(), tokens);
             waiting_helper(slf.py(), &ACQUIRE_ASYNC, "_acquire_async")?
                 .call1((slf, tokens, timeout))
         }
@@ -1174,9 +1279,20 @@ mod tests {
         let premium = Limits::new(50.0, 50.0, 50.0).unwrap();
         r.set("p", h("p"), premium, (), 0).unwrap();
         assert!(r.get("q", h("q"), 10 * SEC).is_err());
-        assert!(r.remove("p", h("p")));
-        assert!(!r.remove("p", h("p")));
+        assert!(r.remove("p", h("p"), 10 * SEC));
+        assert!(!r.remove("p", h("p"), 10 * SEC));
         assert!(r.get("q", h("q"), 10 * SEC).is_ok());
+    }
+
+    #[test]
+    fn a_removed_key_keeps_its_spent_tokens_until_it_refills() {
+        let r = registry(4, 0);
+        assert!(take(&r, "a", 0) && take(&r, "a", 0) && !take(&r, "a", 0));
+        assert!(r.remove("a", h("a"), 0));
+        assert!(!take(&r, "a", 0)); // recreated from the spent state
+        assert!(r.remove("a", h("a"), 0));
+        // Once it would have refilled, nothing is carried over.
+        assert!(take(&r, "a", 10 * SEC) && take(&r, "a", 10 * SEC));
     }
 
     #[test]

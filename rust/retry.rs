@@ -31,6 +31,8 @@ pub type Invalid = (&'static str, String);
 #[derive(Debug)]
 pub struct BudgetCore {
     ratio: f64,
+    min_retries_per_second: f64,
+    ttl: f64,
     floor: f64,
     slot_ns: u64,
     slots: Mutex<[Slot; SLOTS]>,
@@ -61,6 +63,8 @@ impl BudgetCore {
         }
         Ok(Self {
             ratio,
+            min_retries_per_second,
+            ttl,
             floor: min_retries_per_second * ttl,
             slot_ns: (crate::clock::secs_to_ns(ttl) / SLOTS as u64).max(1),
             slots: Mutex::new([Slot::default(); SLOTS]),
@@ -105,6 +109,26 @@ impl BudgetCore {
     }
 
     /// Retries the budget would still allow now (may be fractional).
+    /// The configured ratio, floor rate and window (seconds).
+    #[must_use]
+    pub fn parameters(&self) -> (f64, f64, f64) {
+        (self.ratio, self.min_retries_per_second, self.ttl)
+    }
+
+    /// Gives back a retry `try_retry` took for a retry that then did not
+    /// happen (a hook raised): from the newest slot of the window that has one.
+    pub fn return_retry(&self, now_ns: u64) {
+        let index = now_ns / self.slot_ns;
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let newest = slots
+            .iter_mut()
+            .filter(|slot| index.wrapping_sub(slot.index) < SLOTS as u64 && slot.retries > 0)
+            .max_by_key(|slot| slot.index);
+        if let Some(slot) = newest {
+            slot.retries -= 1;
+        }
+    }
+
     pub fn available(&self, now_ns: u64) -> f64 {
         let (ratio, floor) = (self.ratio, self.floor);
         self.with_window(now_ns, |_, calls, retries| {
@@ -134,19 +158,66 @@ mod binding {
 
     #[pymethods]
     impl RetryBudget {
+        /// The values are checked by `shared._validation`, the rules both
+        /// backends share (construction is no hot path).
         #[new]
-        #[pyo3(signature = (ratio=0.2, min_retries_per_second=10.0, ttl=10.0, *, clock=None))]
+        #[pyo3(
+            signature = (ratio=None, min_retries_per_second=None, ttl=None, *, clock=None),
+            text_signature = "(ratio=0.2, min_retries_per_second=10.0, ttl=10.0, *, clock=None)"
+        )]
         fn new(
-            ratio: f64,
-            min_retries_per_second: f64,
-            ttl: f64,
+            py: Python<'_>,
+            ratio: Option<&Bound<'_, PyAny>>,
+            min_retries_per_second: Option<&Bound<'_, PyAny>>,
+            ttl: Option<&Bound<'_, PyAny>>,
             clock: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
+            let validation = py.import("shared._validation")?;
+            let check = |check: &str,
+                         name: &str,
+                         value: Option<&Bound<'_, PyAny>>,
+                         default: f64|
+             -> PyResult<f64> {
+                match value {
+                    None => Ok(default),
+                    Some(value) if value.is_none() => Ok(default),
+                    Some(value) => validation.getattr(check)?.call1((name, value))?.extract(),
+                }
+            };
+            let ratio = check("non_negative_finite", "ratio", ratio, 0.2)?;
+            let per_second = check(
+                "non_negative_finite",
+                "min_retries_per_second",
+                min_retries_per_second,
+                10.0,
+            )?;
+            let ttl = check("positive_finite", "ttl", ttl, 10.0)?;
             Ok(Self {
-                core: BudgetCore::new(ratio, min_retries_per_second, ttl)
+                core: BudgetCore::new(ratio, per_second, ttl)
                     .map_err(|(_, message)| PyValueError::new_err(message))?,
                 clock: Clock::from_py(clock)?,
             })
+        }
+
+        /// Gives back a retry taken by `try_retry` that did not happen.
+        fn return_retry(&self, py: Python<'_>) -> PyResult<()> {
+            self.core.return_retry(self.clock.now_ns(py)?);
+            Ok(())
+        }
+
+        #[getter]
+        fn ratio(&self) -> f64 {
+            self.core.parameters().0
+        }
+
+        #[getter]
+        fn min_retries_per_second(&self) -> f64 {
+            self.core.parameters().1
+        }
+
+        #[getter]
+        fn ttl(&self) -> f64 {
+            self.core.parameters().2
         }
 
         /// Counts one call (a first attempt) toward the budget.
@@ -333,6 +404,20 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_returned_retry_can_be_taken_again() {
+        let budget = BudgetCore::new(0.0, 0.1, 10.0).unwrap();
+        assert!(budget.try_retry(0));
+        assert!(!budget.try_retry(SECOND));
+        budget.return_retry(2 * SECOND);
+        assert!(budget.try_retry(3 * SECOND));
+        budget.return_retry(3 * SECOND);
+        budget.return_retry(3 * SECOND); // nothing left to give back: no credit made up
+        assert!(budget.try_retry(3 * SECOND));
+        assert!(!budget.try_retry(3 * SECOND));
+        assert_eq!(budget.parameters(), (0.0, 0.1, 10.0));
+    }
 
     #[test]
     fn retries_are_bounded_by_ratio_and_floor() {

@@ -21,6 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// costs saturate here so `now + span` never overflows.
 pub const MAX_SPAN_NS: u64 = 1 << 62;
 
+/// The longest refill time a configuration may ask for (1e9 s, about 31.7
+/// years; `MAX_SECONDS` of the Python validation): one token of the slowest
+/// rate, or a full bucket. Anything longer would not fit the nanosecond
+/// arithmetic without being rounded.
+pub const MAX_REFILL_SECS: f64 = 1e9;
+/// The fastest rate: one token per nanosecond.
+pub const MAX_RATE: f64 = 1e9;
+
 /// Nanoseconds for a non-negative real amount, rounded up and saturated at [`MAX_SPAN_NS`].
 #[inline]
 #[must_use]
@@ -35,15 +43,22 @@ pub fn ceil_ns(value: f64) -> u64 {
 }
 
 /// Which field of a configuration (or argument) is invalid, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InvalidValue {
     pub field: &'static str,
     pub message: String,
+    /// For `tokens` out of range: the value and the burst (the binding words
+    /// that error as the shared validation does).
+    pub tokens: Option<(f64, f64)>,
 }
 
 impl InvalidValue {
     fn new(field: &'static str, message: String) -> Self {
-        Self { field, message }
+        Self {
+            field,
+            message,
+            tokens: None,
+        }
     }
 }
 
@@ -62,8 +77,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Validates a configuration: `rate` finite > 0, `burst` finite >= 1,
-    /// `0 <= initial <= burst`. Errors name the configuration field.
+    /// Validates a configuration: `rate` in [1 / `MAX_REFILL_SECS`, `MAX_RATE`]
+    /// (a token interval of 1 ns to 1e9 s: it fits the arithmetic unrounded
+    /// but for the last nanosecond), `burst` finite >= 1 with `burst / rate`
+    /// at most `MAX_REFILL_SECS`, `0 <= initial <= burst`. Errors name the
+    /// configuration field.
     pub fn new(rate: f64, burst: f64, initial: f64) -> Result<Self, InvalidValue> {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(InvalidValue::new(
@@ -71,10 +89,28 @@ impl Limits {
                 format!("tokens_per_second must be a finite number > 0, got {rate}"),
             ));
         }
+        if !(1.0 / MAX_REFILL_SECS..=MAX_RATE).contains(&rate) {
+            return Err(InvalidValue::new(
+                "tokens_per_second",
+                format!(
+                    "tokens_per_second must be in [1e-09, 1e+09] (one token per 31.7 years \
+                     to one per nanosecond), got {rate}"
+                ),
+            ));
+        }
         if !(burst.is_finite() && burst >= 1.0) {
             return Err(InvalidValue::new(
                 "burst_size",
                 format!("burst_size must be a finite number >= 1, got {burst}"),
+            ));
+        }
+        if burst / rate > MAX_REFILL_SECS {
+            return Err(InvalidValue::new(
+                "burst_size",
+                format!(
+                    "burst_size / tokens_per_second (the refill time of a full bucket) \
+                     must be <= 1e+09 s, got {burst}"
+                ),
             ));
         }
         if !(initial.is_finite() && (0.0..=burst).contains(&initial)) {
@@ -105,13 +141,16 @@ impl Limits {
             return Ok(self.interval_ns);
         }
         if !(tokens.is_finite() && tokens > 0.0 && tokens <= self.burst) {
-            return Err(InvalidValue::new(
-                "tokens",
-                format!(
-                    "tokens must be a finite number > 0 and <= burst_size ({}), got {tokens}",
-                    self.burst
-                ),
-            ));
+            return Err(InvalidValue {
+                tokens: Some((tokens, self.burst)),
+                ..InvalidValue::new(
+                    "tokens",
+                    format!(
+                        "tokens must be a finite number > 0 and <= burst_size ({}), got {tokens}",
+                        self.burst
+                    ),
+                )
+            });
         }
         Ok(ceil_ns(tokens * self.interval_ns as f64).min(self.tolerance_ns))
     }
@@ -279,7 +318,8 @@ impl Bucket {
 
 #[cfg(feature = "python")]
 pub use binding::{
-    checked_timeout, invalid_value_error, rate_limit_exceeded, read_limits, TokenBucket,
+    cancel_error, checked_timeout, invalid_value_error, number_arg, rate_limit_exceeded,
+    read_limits, ticket_of, timeout_arg, tokens_error, Reservation, TokenBucket,
 };
 
 #[cfg(feature = "python")]
@@ -289,7 +329,141 @@ mod binding {
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::PyType;
+    use pyo3::types::{PyFloat, PyInt, PyType};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// `shared._validation.<name>`: the argument rules both backends share.
+    /// Called only off the fast path (an argument that is not a plain float,
+    /// or is out of range), so both backends give the same error.
+    fn validation<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        py.import("shared._validation")?.getattr(name)
+    }
+
+    /// A number argument: a float or an int as f64 at once; anything else
+    /// (a bool, a str, an int too large for a float) gets the shared error.
+    #[inline]
+    pub fn number_arg(value: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
+        if let Ok(float) = value.cast_exact::<PyFloat>() {
+            return Ok(float.value());
+        }
+        if value.is_exact_instance_of::<PyInt>() {
+            if let Ok(number) = value.extract::<f64>() {
+                return Ok(number);
+            }
+        }
+        validation(value.py(), "number")?
+            .call1((name, value))?
+            .extract()
+    }
+
+    /// The error for `tokens` out of range (0, burst], as the shared rule words it.
+    #[cold]
+    #[must_use]
+    pub fn tokens_error(py: Python<'_>, tokens: f64, burst: f64) -> PyErr {
+        match validation(py, "tokens").and_then(|check| check.call1((tokens, burst))) {
+            Err(err) => err,
+            Ok(_) => PyValueError::new_err(format!("tokens out of range: {tokens}")),
+        }
+    }
+
+    /// A `timeout` argument: None, or a number >= 0 (+inf waits for ever).
+    #[inline]
+    pub fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+        let Some(value) = timeout else {
+            return Ok(None);
+        };
+        if value.is_none() {
+            return Ok(None);
+        }
+        let seconds = number_arg(value, "timeout")?;
+        if seconds.is_nan() || seconds < 0.0 {
+            validation(value.py(), "timeout")?.call1((seconds,))?;
+        }
+        checked_timeout(seconds).map(Some)
+    }
+
+    /// A reservation: what `reserve` took (`cost` ns of the bucket whose TAT it
+    /// left at `tat`), from which limiter, and whether it was cancelled.
+    #[pyclass(frozen, module = "shared._native")]
+    pub struct Reservation {
+        owner: usize,
+        tat: u64,
+        cost: u64,
+        tokens: f64,
+        cancelled: AtomicBool,
+    }
+
+    impl Reservation {
+        #[must_use]
+        pub fn new(owner: usize, tat: u64, cost: u64, tokens: f64) -> Self {
+            Self {
+                owner,
+                tat,
+                cost,
+                tokens,
+                cancelled: AtomicBool::new(false),
+            }
+        }
+    }
+
+    #[pymethods]
+    impl Reservation {
+        /// The tokens reserved.
+        #[getter]
+        fn tokens(&self) -> f64 {
+            self.tokens
+        }
+
+        fn __repr__(&self) -> String {
+            format!("Reservation(tokens={:?})", self.tokens)
+        }
+    }
+
+    /// The reservation a `ticket` argument names, or the shared `TypeError`.
+    pub fn ticket_of<'a, 'py>(
+        ticket: &'a Bound<'py, PyAny>,
+    ) -> PyResult<&'a Bound<'py, Reservation>> {
+        ticket.cast::<Reservation>().map_err(|_| {
+            match validation(ticket.py(), "ticket_type_error").and_then(|f| f.call1((ticket,))) {
+                Ok(error) => PyErr::from_value(error),
+                Err(err) => err,
+            }
+        })
+    }
+
+    /// Checks a cancellation: the ticket of `owner`, for the `cost` it took,
+    /// not cancelled before (marked cancelled now). Returns the TAT it left.
+    pub fn cancel_error(
+        py: Python<'_>,
+        reservation: &Reservation,
+        owner: usize,
+        cost: u64,
+        tokens: f64,
+    ) -> PyResult<u64> {
+        let message = |name: &str| -> PyErr {
+            match validation(py, name).and_then(|m| m.extract::<String>()) {
+                Ok(message) => PyValueError::new_err(message),
+                Err(err) => err,
+            }
+        };
+        if reservation.owner != owner {
+            return Err(message("NOT_THIS_LIMITER"));
+        }
+        if reservation.cost != cost {
+            return Err(
+                match validation(py, "reserved_tokens_mismatch")
+                    .and_then(|f| f.call1((reservation.tokens, tokens)))
+                {
+                    Ok(error) => PyErr::from_value(error),
+                    Err(err) => err,
+                },
+            );
+        }
+        if reservation.cancelled.swap(true, Ordering::AcqRel) {
+            return Err(message("ALREADY_CANCELLED"));
+        }
+        Ok(reservation.tat)
+    }
 
     #[must_use]
     pub fn invalid_value_error(error: InvalidValue) -> PyErr {
@@ -309,27 +483,35 @@ mod binding {
         }
     }
 
-    fn read_number(config: &Bound<'_, PyAny>, field: &'static str) -> PyResult<f64> {
-        let value = config.getattr(field).map_err(|_| {
+    fn read_field<'py>(config: &Bound<'py, PyAny>, field: &str) -> PyResult<Bound<'py, PyAny>> {
+        config.getattr(field).map_err(|_| {
             PyTypeError::new_err(format!(
                 "config must have a {field} attribute (a shared.resilience.RateLimitConfig)"
             ))
-        })?;
-        if value.is_instance_of::<pyo3::types::PyBool>() {
-            return Err(PyTypeError::new_err(format!(
-                "{field} must be a number, got bool"
-            )));
-        }
-        value
-            .extract::<f64>()
-            .map_err(|_| PyTypeError::new_err(format!("{field} must be a number")))
+        })
     }
 
-    /// The limits of a `RateLimitConfig` (or any object with its three attributes).
+    /// The limits of a `RateLimitConfig` (or any object with its three
+    /// attributes). Three floats that pass are taken at once; anything else is
+    /// judged by `shared._validation.bucket_limits`, the rule both backends share.
     pub fn read_limits(config: &Bound<'_, PyAny>) -> PyResult<Limits> {
-        let rate = read_number(config, "tokens_per_second")?;
-        let burst = read_number(config, "burst_size")?;
-        let initial = read_number(config, "initial_tokens")?;
+        let fields = [
+            read_field(config, "tokens_per_second")?,
+            read_field(config, "burst_size")?,
+            read_field(config, "initial_tokens")?,
+        ];
+        let floats: Vec<f64> = fields
+            .iter()
+            .filter_map(|f| f.cast_exact::<PyFloat>().ok().map(PyFloatMethods::value))
+            .collect();
+        if let [rate, burst, initial] = floats[..] {
+            if let Ok(limits) = Limits::new(rate, burst, initial) {
+                return Ok(limits);
+            }
+        }
+        let (rate, burst, initial): (f64, f64, f64) = validation(config.py(), "bucket_limits")?
+            .call1((&fields[0], &fields[1], &fields[2]))?
+            .extract()?;
         Limits::new(rate, burst, initial).map_err(invalid_value_error)
     }
 
@@ -342,12 +524,22 @@ mod binding {
     }
 
     impl TokenBucket {
+        /// The cost of a `tokens` argument (absent: one token, the fast path).
         #[inline]
-        fn cost(&self, tokens: f64) -> PyResult<u64> {
-            self.bucket
-                .limits
-                .cost_ns(tokens)
-                .map_err(invalid_value_error)
+        fn cost(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<(u64, f64)> {
+            let limits = &self.bucket.limits;
+            let Some(tokens) = tokens else {
+                return Ok((limits.interval_ns, 1.0));
+            };
+            let value = number_arg(tokens, "tokens")?;
+            match limits.cost_ns(value) {
+                Ok(cost) => Ok((cost, value)),
+                Err(_) => Err(tokens_error(tokens.py(), value, limits.burst)),
+            }
+        }
+
+        fn owner(&self) -> usize {
+            std::ptr::from_ref(self) as usize
         }
     }
 
@@ -367,46 +559,62 @@ mod binding {
         }
 
         /// Takes `tokens` if they are there now; never waits.
-        #[pyo3(signature = (tokens = 1.0))]
-        fn try_acquire(&self, py: Python<'_>, tokens: f64) -> PyResult<bool> {
+        #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
+        fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
             // Test-only: about 15% more work per call, so the bench gate can show it fails.
             #[cfg(feature = "gate-selftest-slow-try-acquire")]
             for step in 0..68_u32 {
                 std::hint::black_box(step);
             }
-            let cost = self.cost(tokens)?;
+            let (cost, _) = self.cost(tokens)?;
             Ok(self.bucket.try_acquire(self.clock.now_ns(py)?, cost))
         }
 
         /// Reserves `tokens`: `(seconds to wait for them, ticket)` (0.0: granted
         /// now). Raises `RateLimitExceeded` and reserves nothing when the wait would
-        /// exceed `timeout` seconds.
-        #[pyo3(signature = (tokens = 1.0, timeout = None))]
+        /// exceed `timeout` seconds. The ticket cancels the reservation, once.
+        #[pyo3(
+            signature = (tokens = None, timeout = None),
+            text_signature = "($self, /, tokens=1.0, timeout=None)"
+        )]
         fn reserve(
             &self,
             py: Python<'_>,
-            tokens: f64,
-            timeout: Option<f64>,
-        ) -> PyResult<(f64, u64)> {
-            let cost = self.cost(tokens)?;
-            let max_wait = timeout.map(checked_timeout).transpose()?;
+            tokens: Option<&Bound<'_, PyAny>>,
+            timeout: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<(f64, Reservation)> {
+            let (cost, value) = self.cost(tokens)?;
+            let max_wait = timeout_arg(timeout)?;
             match self.bucket.reserve(self.clock.now_ns(py)?, cost, max_wait) {
-                Ok((wait_ns, ticket)) => Ok((ns_to_secs(wait_ns), ticket)),
+                Ok((wait_ns, tat)) => Ok((
+                    ns_to_secs(wait_ns),
+                    Reservation::new(self.owner(), tat, cost, value),
+                )),
                 Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
             }
         }
 
-        /// Withdraws a reservation (its `tokens` and `ticket`) if nothing was granted
-        /// or reserved since; whether it was. Otherwise its tokens stay consumed.
+        /// Withdraws the reservation `ticket` of `tokens` if nothing was granted
+        /// or reserved since; whether it was (otherwise its tokens stay consumed).
+        /// A ticket of another limiter, other tokens than reserved, or a second
+        /// cancellation raise `ValueError`.
         #[pyo3(signature = (tokens, ticket))]
-        fn cancel_reservation(&self, tokens: f64, ticket: u64) -> PyResult<bool> {
-            Ok(self.bucket.cancel(ticket, self.cost(tokens)?))
+        fn cancel_reservation(
+            &self,
+            py: Python<'_>,
+            tokens: &Bound<'_, PyAny>,
+            ticket: &Bound<'_, PyAny>,
+        ) -> PyResult<bool> {
+            let reservation = ticket_of(ticket)?;
+            let (cost, value) = self.cost(Some(tokens))?;
+            let tat = cancel_error(py, reservation.get(), self.owner(), cost, value)?;
+            Ok(self.bucket.cancel(tat, cost))
         }
 
         /// Seconds until `tokens` are available (0.0 if they are now).
-        #[pyo3(signature = (tokens = 1.0))]
-        fn retry_after(&self, py: Python<'_>, tokens: f64) -> PyResult<f64> {
-            let cost = self.cost(tokens)?;
+        #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
+        fn retry_after(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+            let (cost, _) = self.cost(tokens)?;
             Ok(ns_to_secs(
                 self.bucket.wait_ns(self.clock.now_ns(py)?, cost),
             ))
@@ -554,11 +762,20 @@ mod tests {
     }
 
     #[test]
-    fn huge_values_saturate() {
-        let l = limits(1e-300, 1e300, 1e300);
-        assert_eq!(l.interval_ns, MAX_SPAN_NS);
-        assert_eq!(l.tolerance_ns, MAX_SPAN_NS);
-        let bucket = Bucket::new(l, u64::MAX - 5);
-        assert!(bucket.try_acquire(u64::MAX - 5, l.interval_ns));
+    fn extreme_rates_fit_or_are_refused() {
+        let slowest = limits(1e-9, 1.0, 1.0);
+        assert_eq!(slowest.interval_ns, 1_000_000_000_000_000_000);
+        let fastest = limits(1e9, 1e18, 1e18);
+        assert_eq!(fastest.interval_ns, 1);
+        assert_eq!(fastest.tolerance_ns, 1_000_000_000_000_000_000);
+        for rate in [1e-12, 9.9e-10, 1.1e9, 1e300] {
+            assert_eq!(
+                Limits::new(rate, 1.0, 1.0).unwrap_err().field,
+                "tokens_per_second"
+            );
+        }
+        assert_eq!(Limits::new(1.0, 1e10, 1.0).unwrap_err().field, "burst_size");
+        let bucket = Bucket::new(slowest, u64::MAX - 5);
+        assert!(bucket.try_acquire(u64::MAX - 5, slowest.interval_ns));
     }
 }

@@ -22,23 +22,36 @@ configs = st.builds(
     ),
     burst_size=st.one_of(st.none(), st.floats(min_value=1.0, max_value=1e4)),
 )
+# Bad values of every kind: wrong types, bools, ints too large for a float, out of range.
+bad_numbers = st.sampled_from(["5", b"1", True, False, [], 2**1024, -(2**1024), object()])
 tokens = st.one_of(
-    st.sampled_from([1.0, 0.5, 2.0, 0.0, -1.0, math.nan, math.inf, 1e9]),
+    st.sampled_from([1.0, 0.5, 2.0, 0.0, -1.0, math.nan, math.inf, 1e9, 1e300, 2, 3]),
     st.floats(min_value=1e-3, max_value=100.0),
+    bad_numbers,
 )
-timeouts = st.one_of(st.none(), st.floats(min_value=0.0, max_value=10.0), st.just(-1.0))
+timeouts = st.one_of(
+    st.none(),
+    st.floats(min_value=0.0, max_value=10.0),
+    st.sampled_from([-1.0, math.nan, math.inf, 1e300, 2]),
+    bad_numbers,
+)
 advances = st.one_of(st.integers(0, 10), st.integers(0, 2_000_000_000))
-keys = st.sampled_from(["a", "b", "c", "d", "a-key-longer-than-twenty-two-bytes"])
+KEYS = ["a", "b", "c", "d", "a-key-longer-than-twenty-two-bytes", "\ud800", "é"]
+keys = st.sampled_from(KEYS)
 
 
 def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
-    """A call's result, or its exception type and (for rate limits) retry_after."""
+    """A call's result (a reservation ticket as its tokens), or its exception type
+    and message (for rate limits, retry_after)."""
     try:
-        return ("ok", call())
+        result = call()
     except RateLimitExceeded as exc:
         return ("RateLimitExceeded", exc.retry_after)
-    except (ValueError, TypeError) as exc:
-        return (type(exc).__name__, None)
+    except Exception as exc:  # the type and the message must match across backends
+        return (type(exc).__name__, str(exc))
+    if isinstance(result, tuple) and len(result) == 2 and hasattr(result[1], "tokens"):
+        return ("ok", (result[0], result[1].tokens))
+    return ("ok", result)
 
 
 def same(a: tuple[str, Any], b: tuple[str, Any]) -> None:
@@ -64,7 +77,7 @@ class BucketParity(RuleBasedStateMachine):
     def create(self, config: RateLimitConfig) -> None:
         self.clock = ManualClock()
         self.buckets = [m.TokenBucket(config, clock=self.clock) for m in (self.native, self.pure)]
-        self.tickets: list[tuple[float, int]] = []
+        self.tickets: list[tuple[Any, list[Any]]] = []
 
     @rule(ns=advances)
     def advance(self, ns: int) -> None:
@@ -76,16 +89,32 @@ class BucketParity(RuleBasedStateMachine):
 
     @rule(n=tokens, timeout=timeouts)
     def reserve(self, n: float, timeout: float | None) -> None:
-        results = [outcome(lambda b=b: b.reserve(n, timeout)) for b in self.buckets]
+        raw: list[Any] = []
+
+        def reserve(b: Any) -> Any:
+            raw.append(b.reserve(n, timeout))
+            return raw[-1]
+
+        results = [outcome(lambda b=b: reserve(b)) for b in self.buckets]
         same(*results)
         if results[0][0] == "ok":
-            self.tickets.append((n, results[0][1][1]))
+            self.tickets.append((n, [wait_and_ticket[1] for wait_and_ticket in raw]))
 
-    @rule(data=st.data())
-    def cancel_reservation(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), other_tokens=st.one_of(st.none(), tokens))
+    def cancel_reservation(self, data: st.DataObject, other_tokens: Any) -> None:
+        """Cancels a ticket (perhaps again, perhaps with other tokens, perhaps a ticket
+        of the other backend's bucket, perhaps not a ticket at all)."""
         if self.tickets:
-            n, ticket = data.draw(st.sampled_from(self.tickets))
-            same(*(outcome(lambda b=b: b.cancel_reservation(n, ticket)) for b in self.buckets))
+            n, tickets = data.draw(st.sampled_from(self.tickets))
+            n = n if other_tokens is None else other_tokens
+            swap = data.draw(st.sampled_from(["own", "other", "int"]))
+            for_bucket = {"own": tickets, "other": tickets[::-1], "int": [-1, -1]}[swap]
+            same(
+                *(
+                    outcome(lambda b=b, t=t: b.cancel_reservation(n, t))
+                    for b, t in zip(self.buckets, for_bucket)
+                )
+            )
 
     @rule(n=tokens)
     def retry_after(self, n: float) -> None:
@@ -147,11 +176,22 @@ class RegistryParity(RuleBasedStateMachine):
     def reserve(self, key: str, n: float, timeout: float | None, cancel: bool) -> None:
         handles = self.limiters(key, False)
         if handles:
-            results = [outcome(lambda h=h: h.reserve(n, timeout)) for h in handles]
+            raw: list[Any] = []
+
+            def reserve(h: Any) -> Any:
+                raw.append(h.reserve(n, timeout))
+                return raw[-1]
+
+            results = [outcome(lambda h=h: reserve(h)) for h in handles]
             same(*results)
             if cancel and results[0][0] == "ok":
-                ticket = results[0][1][1]
-                same(*(outcome(lambda h=h: h.cancel_reservation(n, ticket)) for h in handles))
+                for _ in range(2):  # the second cancellation is an error on both
+                    same(
+                        *(
+                            outcome(lambda h=h, r=r: h.cancel_reservation(n, r[1]))
+                            for h, r in zip(handles, raw)
+                        )
+                    )
 
     @rule(key=keys, n=tokens)
     def retry_after_and_tokens(self, key: str, n: float) -> None:
@@ -183,7 +223,7 @@ class RegistryParity(RuleBasedStateMachine):
         if hasattr(self, "registries"):
             native, pure = self.registries
             assert len(native) == len(pure)
-            for key in ["a", "b", "c", "d", "a-key-longer-than-twenty-two-bytes"]:
+            for key in [*KEYS, 5, None]:
                 assert (key in native) == (key in pure)
 
 

@@ -90,7 +90,7 @@ def test_registry_limiters_respect_the_bound(
 
 def test_eight_threads_get_exactly_the_tokens_there_are() -> None:
     """8 threads racing on one bucket get every token there is and not one more."""
-    limiter = TokenBucket(RateLimitConfig(tokens_per_second=1e-6, burst_size=4000))
+    limiter = TokenBucket(RateLimitConfig(tokens_per_second=1e-5, burst_size=4000))
     start = threading.Barrier(8)
     granted = [0] * 8
 

@@ -30,6 +30,7 @@ from shared.resilience import (
     AsyncRedisRateLimiterRegistry,
     AsyncRedisTokenBucket,
     RateLimitConfig,
+    RateLimiterUnavailableError,
     RateLimitExceeded,
     RedisRateLimiterRegistry,
     RedisTokenBucket,
@@ -246,7 +247,7 @@ def test_importing_shared_does_not_need_redis() -> None:
 def test_key_expires_when_the_bucket_would_be_full_again(client: redis.Redis, prefix: str) -> None:
     """The key's expiry is the moment the bucket refills; then the key is gone."""
     limiter = bucket(client, prefix, rate=10.0, burst=5)
-    assert limiter.redis_key == prefix + "bucket"
+    assert limiter.redis_key == prefix + "gcra:bucket"
     assert client.exists(limiter.redis_key) == 0  # a full bucket needs no key
     assert limiter.try_acquire(2.0)  # 0.2 s until full
     assert 100 < client.pttl(limiter.redis_key) <= 200
@@ -425,7 +426,7 @@ def test_registry_gives_each_key_its_bucket(client: redis.Redis, prefix: str) ->
     premium = registry.set_limiter("premium", RateLimitConfig(tokens_per_second=1.0, burst_size=5))
     assert premium.config.burst_size == 5.0
     assert sum(registry.get_limiter("premium").try_acquire() for _ in range(6)) == 5
-    assert registry.get_limiter("user_1").redis_key == prefix + "user_1"
+    assert registry.get_limiter("user_1").redis_key == prefix + "gcra:user_1"
 
 
 def test_registry_remove_and_reset_all(client: redis.Redis, prefix: str) -> None:
@@ -453,8 +454,107 @@ def test_reset_all_stays_inside_its_prefix(client: redis.Redis, prefix: str) -> 
     assert mine.get_limiter("k").try_acquire()
     assert neighbour.get_limiter("k").try_acquire()
     mine.reset_all()
-    assert client.exists(prefix + "[a]*:k") == 0
-    assert client.exists(prefix + "a:k") == 1
+    assert client.exists(mine.get_limiter("k").redis_key) == 0
+    assert client.exists(neighbour.get_limiter("k").redis_key) == 1
+
+
+@pytest.mark.parametrize("registry_class", [RedisRateLimiterRegistry, RedisTokenBucket])
+def test_an_empty_key_prefix_is_refused(client: redis.Redis, registry_class: Any) -> None:
+    """An empty prefix would put the limiter's keys at the top of the database."""
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=1)
+    args = (config, client) if registry_class is RedisRateLimiterRegistry else (config, client, "k")
+    with pytest.raises(ValueError, match="key_prefix must not be empty"):
+        registry_class(*args, key_prefix="")
+
+
+def test_reset_all_deletes_only_keys_it_created(client: redis.Redis, prefix: str) -> None:
+    """Another application's keys survive reset_all: beside the limiter's keys under
+    the same prefix, and even inside its namespace when they hold other data."""
+    registry = RedisRateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=1.0, burst_size=1), client, key_prefix=prefix
+    )
+    for index in range(3):
+        assert registry.get_limiter(f"user_{index}").try_acquire()
+    others = {
+        prefix + "session:42": "another application's value",
+        prefix + "user_0": "a key without the limiter's marker",
+        registry.get_limiter("intruder").redis_key: "not a limiter state",
+    }
+    for key, value in others.items():
+        client.set(key, value)
+    client.hset(registry.get_limiter("hash").redis_key, "field", "value")
+    registry.reset_all()
+    assert all(client.get(key) == value.encode() for key, value in others.items())
+    assert client.hget(registry.get_limiter("hash").redis_key, "field") == b"value"
+    assert all(client.exists(registry.get_limiter(f"user_{i}").redis_key) == 0 for i in range(3))
+
+
+async def test_async_reset_all_deletes_only_keys_it_created(
+    aclient: redis.asyncio.Redis, prefix: str
+) -> None:
+    """The asyncio registry spares other applications' keys too."""
+    registry = AsyncRedisRateLimiterRegistry(
+        RateLimitConfig(tokens_per_second=1.0, burst_size=1), aclient, key_prefix=prefix
+    )
+    assert await registry.get_limiter("user").try_acquire()
+    await aclient.set(prefix + "other", "kept")
+    await aclient.set(registry.get_limiter("foreign").redis_key, "kept too")
+    await registry.reset_all()
+    assert await aclient.exists(registry.get_limiter("user").redis_key) == 0
+    assert await aclient.get(prefix + "other") == b"kept"
+    assert await aclient.get(registry.get_limiter("foreign").redis_key) == b"kept too"
+
+
+FOREIGN_STATES = ["hello world", "1 2 inf", "1 2 nan", "1 2 -5", "1 2000000 3", "99999999999 0 1"]
+
+
+@pytest.mark.parametrize("state", [*FOREIGN_STATES, "a hash"])
+def test_a_foreign_state_is_never_trusted(client: redis.Redis, prefix: str, state: str) -> None:
+    """State at the bucket's key that the limiter did not write gives a clear error
+    naming the key, through the failure policy, and is left untouched."""
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=2)
+    closed = RedisTokenBucket(config, client, "k", key_prefix=prefix)
+    if state == "a hash":
+        client.hset(closed.redis_key, "field", "value")
+    else:
+        client.set(closed.redis_key, state)
+    with pytest.raises(
+        RateLimiterUnavailableError, match=r"not a rate-limiter state|future"
+    ) as caught:
+        closed.try_acquire()
+    assert closed.redis_key in str(caught.value)
+    with pytest.raises(RateLimiterUnavailableError, match=closed.redis_key):
+        closed.acquire(timeout=0.1)
+    opened = RedisTokenBucket(config, client, "k", key_prefix=prefix, on_unavailable="fail_open")
+    assert opened.try_acquire() is True
+    assert opened.available_tokens == 2.0
+    local = RedisTokenBucket(config, client, "k", key_prefix=prefix, on_unavailable="local")
+    assert [local.try_acquire() for _ in range(3)] == [True, True, False]
+    closed.reset()  # deletes limiter states only
+    RedisRateLimiterRegistry(config, client, key_prefix=prefix).remove_limiter("k")
+    # Nothing was overwritten or deleted, and the server is still considered reachable.
+    if state == "a hash":
+        assert client.hget(closed.redis_key, "field") == b"value"
+    else:
+        assert client.get(closed.redis_key) == state.encode()
+    client.delete(closed.redis_key)
+    assert closed.try_acquire() is True
+
+
+async def test_a_foreign_state_is_never_trusted_async(
+    aclient: redis.asyncio.Redis, prefix: str
+) -> None:
+    """The asyncio bucket applies the policy to a foreign state and leaves it alone."""
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=2)
+    closed = AsyncRedisTokenBucket(config, aclient, "k", key_prefix=prefix)
+    await aclient.set(closed.redis_key, "1 2 inf")
+    with pytest.raises(RateLimiterUnavailableError, match=closed.redis_key):
+        await closed.try_acquire()
+    opened = AsyncRedisTokenBucket(
+        config, aclient, "k", key_prefix=prefix, on_unavailable="fail_open"
+    )
+    assert await opened.try_acquire() is True
+    assert await aclient.get(closed.redis_key) == b"1 2 inf"
 
 
 async def test_async_registry(aclient: redis.asyncio.Redis, prefix: str) -> None:

@@ -8,7 +8,11 @@ check each ``on_unavailable`` policy and the recovery; the shared server at
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +29,7 @@ from redis.retry import Retry
 
 from conftest import IN_CI
 from shared.resilience import (
+    AsyncRedisRateLimiterRegistry,
     AsyncRedisTokenBucket,
     RateLimitConfig,
     RateLimiterUnavailableError,
@@ -336,6 +341,83 @@ async def test_async_outage_applies_the_policy_and_recovers(
         assert time.monotonic() < deadline, "the limiter did not return to Redis"
     await limiter.reset()
     assert [await limiter.try_acquire() for _ in range(3)] == [True, True, False]
+    await client.aclose()
+
+
+@contextlib.contextmanager
+def _paused(server: PrivateRedis) -> Iterator[None]:
+    """The server frozen (SIGSTOP): connections stay open, nothing answers."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def _elapsed(work: Any) -> tuple[float, Any]:
+    start = time.monotonic()
+    try:
+        result: Any = await work
+    except BaseException as exc:  # the caller inspects it
+        result = exc
+    return time.monotonic() - start, result
+
+
+async def test_async_calls_are_bounded_while_redis_does_not_answer(server: PrivateRedis) -> None:
+    """With Redis paused, every call returns within its bound (command_timeout, or the
+    call's shorter timeout), cancellation is immediate, the policy applies, and tokens
+    granted by round trips that finish after the pause are given back."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=server.port)  # no socket timeouts
+    config = RateLimitConfig(tokens_per_second=0.01, burst_size=2)
+
+    def limiter(policy: str, command_timeout: float) -> AsyncRedisTokenBucket:
+        return AsyncRedisTokenBucket(
+            config,
+            client,
+            "k",
+            on_unavailable=policy,
+            reconnect_interval=0,
+            command_timeout=command_timeout,
+        )
+
+    closed, opened, local = (
+        limiter("fail_closed", 0.3),
+        limiter("fail_open", 0.3),
+        limiter("local", 0.3),
+    )
+    patient = limiter("fail_closed", 60.0)
+    assert await closed.available_tokens == 2.0  # connected, script loaded
+    with _paused(server):
+        took, result = await _elapsed(asyncio.wait_for(patient.acquire(timeout=30.0), 0.2))
+        assert isinstance(result, asyncio.TimeoutError)
+        assert took < 1.5, f"cancellation waited {took:.2f}s for Redis"
+        took, result = await _elapsed(closed.try_acquire())
+        assert isinstance(result, RateLimiterUnavailableError)
+        assert "command_timeout=0.3" in str(result)
+        assert took < 2.0
+        took, result = await _elapsed(patient.acquire(timeout=0.2))
+        assert isinstance(result, RateLimiterUnavailableError)
+        assert took < 1.5
+        took, result = await _elapsed(opened.try_acquire())
+        assert result is True
+        assert took < 2.0
+        took, result = await _elapsed(local.try_acquire())
+        assert result is True
+        assert took < 2.0
+        # Resets and removals always raise when Redis does not answer, within the bound.
+        registry = AsyncRedisRateLimiterRegistry(config, client, command_timeout=0.3)
+        for must_happen in (closed.reset(), registry.remove_limiter("k"), registry.reset_all()):
+            took, result = await _elapsed(must_happen)
+            assert isinstance(result, RateLimiterUnavailableError), result
+            assert "command_timeout=0.3" in str(result)
+            assert took < 2.0
+    # The paused round trips complete now; what they granted is given back.
+    deadline = time.monotonic() + BOUNDED_SECONDS
+    while await closed.available_tokens < 1.99:
+        assert time.monotonic() < deadline, "late grants were not given back"
+        await asyncio.sleep(0.05)
+    assert [await closed.try_acquire() for _ in range(3)] == [True, True, False]
     await client.aclose()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import threading
 import time
 from typing import Any, Callable
 
@@ -635,3 +637,156 @@ def test_note_fallback_for_python_before_3_11() -> None:
     _append_note(exc, "first")
     _append_note(exc, "second")
     assert exc.__notes__ == ["first", "second"]
+
+
+# --- hooks that raise, async callables, budgets under threads -------------------------
+
+
+class _Flaky:
+    """A callable object whose ``__call__`` is a coroutine function."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("flaky")
+        return "ok"
+
+
+async def test_with_retry_awaits_callable_objects_with_async_call() -> None:
+    """An object with ``async def __call__`` takes the async path: it is awaited and retried."""
+    flaky = _Flaky(failures=2)
+    retrying = with_retry(max_attempts=3, initial_delay=0.0)(flaky)
+    assert inspect.iscoroutinefunction(retrying)
+    with instant_retries():
+        assert await retrying() == "ok"
+    assert flaky.calls == 3
+    assert retrying.retry.retries == 2  # type: ignore[attr-defined]
+    assert not hasattr(retrying, "failures")  # the object's state is not copied
+
+
+def _raising_hook(*args: Any) -> Any:
+    raise RuntimeError("the hook failed")
+
+
+@pytest.mark.parametrize("hook", ["on_retry", "retry_condition"])
+@pytest.mark.parametrize("path", ["execute", "decorated", "execute_async"])
+def test_a_raising_hook_keeps_the_original_error_and_spends_no_budget(hook: str, path: str) -> None:
+    """The hook's error propagates with the function's error as ``__context__``,
+    whichever path ran (the native success path too), and no budget is spent."""
+    clock = ManualClock()
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.3, ttl=10.0, clock=clock)
+    available = budget.available()
+    config = RetryConfig(max_attempts=3, initial_delay=0.0, budget=budget, **{hook: _raising_hook})
+    retry = Retry("hooked", config, clock=clock, sleep=lambda s: None)
+    original = ConnectionError("upstream down")
+
+    def failing() -> None:
+        raise original
+
+    async def failing_async() -> None:
+        raise original
+
+    runs: dict[str, Callable[[], Any]] = {
+        "execute": lambda: retry.execute(failing),
+        "decorated": lambda: with_retry(config)(failing)(),
+        "execute_async": lambda: asyncio.run(retry.execute_async(failing_async)),
+    }
+    with pytest.raises(RuntimeError, match="the hook failed") as caught:
+        runs[path]()
+    assert caught.value.__context__ is original
+    assert budget.available() == available
+    assert retry.retries == 0
+
+
+def test_retry_budget_allows_exactly_its_bound_under_eight_threads() -> None:
+    """8 threads racing for retries get exactly ``ratio * calls + floor`` between them."""
+    clock = ManualClock()
+    budget = RetryBudget(ratio=0.5, min_retries_per_second=10.0, ttl=10.0, clock=clock)
+    for _ in range(200):
+        budget.record_call()
+    bound = 0.5 * 200 + 10.0 * 10.0
+    start = threading.Barrier(8)
+    granted = [0] * 8
+
+    def worker(index: int) -> None:
+        start.wait(timeout=10)
+        for _ in range(100):
+            granted[index] += budget.try_retry()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(granted) == bound
+    assert budget.available() == 0.0
+
+
+def test_retry_budget_repr_shows_its_parameters_and_what_is_left() -> None:
+    """repr(budget) shows ratio, floor, window and the retries available now."""
+    budget = RetryBudget(ratio=0.25, min_retries_per_second=2.0, ttl=5.0, clock=ManualClock())
+    assert repr(budget) == (
+        "RetryBudget(ratio=0.25, min_retries_per_second=2.0, ttl=5.0, available=10)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"ttl": "1"}, TypeError, "ttl must be a number, got str"),
+        ({"ratio": True}, TypeError, "ratio must be a number, got bool"),
+        ({"ttl": 2**1024}, ValueError, "ttl must be a finite number, got an int of 1025 bits"),
+        ({"ttl": 1e300}, ValueError, "ttl must be a finite number > 0 and <= 1e\\+09"),
+    ],
+)
+def test_bad_budget_values_get_the_shared_errors(kwargs: dict, error: type, message: str) -> None:
+    """Strings, bools, huge ints and huge durations get the shared errors naming the field."""
+    with pytest.raises(error, match=message):
+        RetryBudget(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_total_time", 1e300, "max_total_time must be a finite number > 0 and <= 1e\\+09"),
+        ("max_delay", 2**1024, "max_delay must be a finite number, got an int of 1025 bits"),
+        ("initial_delay", 2**1024, "initial_delay must be a finite number, got an int"),
+        ("exponential_base", 2**1024, "exponential_base must be a finite number, got an int"),
+    ],
+)
+def test_config_numbers_too_large_name_their_field(field: str, value: Any, message: str) -> None:
+    """Durations and numbers too large for the arithmetic are refused naming the field."""
+    with pytest.raises(ValueError, match=message):
+        RetryConfig(**{field: value})
+
+
+def test_instant_retries_records_only_the_current_threads_delays() -> None:
+    """Another thread's retries sleep as usual and are not recorded."""
+    slept: list[float] = []
+    other = Retry("other", RetryConfig(max_attempts=2, initial_delay=0.5), sleep=slept.append)
+    mine = Retry("mine", RetryConfig(max_attempts=2, initial_delay=0.25), sleep=slept.append)
+
+    def fail() -> None:
+        raise ConnectionError("down")
+
+    with instant_retries() as delays:
+        errors: list[BaseException] = []
+
+        def in_another_thread() -> None:
+            try:
+                other.execute(fail)
+            except ConnectionError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=in_another_thread)
+        thread.start()
+        thread.join(timeout=10)
+        with pytest.raises(ConnectionError):
+            mine.execute(fail)
+    assert delays == [0.25]
+    assert slept == [0.5]
+    assert len(errors) == 1

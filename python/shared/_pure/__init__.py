@@ -12,7 +12,12 @@ from shared._pure.backoff import Backoff
 from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
 from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
-from shared._pure.token_bucket import KeyedLimiter, RateLimiterRegistry, TokenBucket
+from shared._pure.token_bucket import (
+    KeyedLimiter,
+    RateLimiterRegistry,
+    Reservation,
+    TokenBucket,
+)
 
 __all__ = [
     "ABI3",
@@ -21,6 +26,7 @@ __all__ = [
     "CircuitBreakerCore",
     "KeyedLimiter",
     "RateLimiterRegistry",
+    "Reservation",
     "RetryBudget",
     "RetryCore",
     "RetryingCall",

@@ -6,20 +6,12 @@ import itertools
 import threading
 from typing import Any, Callable, Optional
 
+from shared import _validation
 from shared._pure.clock import NanosecondClock, secs_to_ns, time_source
 
 __all__ = ["RetryBudget", "RetryCore", "RetryingCall"]
 
 _SLOTS = 10
-
-
-def _finite_at_least(name: str, value: float, *, strict: bool) -> float:
-    value = float(value)
-    ok = value > 0.0 if strict else value >= 0.0
-    if not (ok and value < float("inf")):
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return value
 
 
 class RetryBudget:
@@ -30,6 +22,8 @@ class RetryBudget:
     """
 
     _ratio: float
+    _per_second: float
+    _ttl: float
     _floor: float
     _slot_ns: int
     _now_ns: Callable[[], int]
@@ -46,11 +40,16 @@ class RetryBudget:
         clock: Optional[NanosecondClock] = None,
     ) -> RetryBudget:
         self = super().__new__(cls)
-        self._ratio = _finite_at_least("ratio", ratio, strict=False)
-        per_second = _finite_at_least(
-            "min_retries_per_second", min_retries_per_second, strict=False
+        # The rules both backends share (the native core calls them too).
+        self._ratio = 0.2 if ratio is None else _validation.non_negative_finite("ratio", ratio)
+        per_second = (
+            10.0
+            if min_retries_per_second is None
+            else _validation.non_negative_finite("min_retries_per_second", min_retries_per_second)
         )
-        ttl = _finite_at_least("ttl", ttl, strict=True)
+        ttl = 10.0 if ttl is None else _validation.positive_finite("ttl", ttl)
+        self._per_second = per_second
+        self._ttl = ttl
         self._now_ns = time_source(clock)
         self._floor = per_second * ttl
         self._slot_ns = max(secs_to_ns(ttl) // _SLOTS, 1)
@@ -85,6 +84,26 @@ class RetryBudget:
             if allowed:
                 current[2] += 1
             return allowed
+
+    def return_retry(self, /) -> None:
+        """Gives back a retry taken by ``try_retry`` that did not happen."""
+        with self._lock:
+            index = self._now_ns() // self._slot_ns
+            live = [s for s in self._slots if (index - s[0]) % 2**64 < _SLOTS and s[2] > 0]
+            if live:
+                max(live, key=lambda s: s[0])[2] -= 1
+
+    @property
+    def ratio(self, /) -> float:
+        return self._ratio
+
+    @property
+    def min_retries_per_second(self, /) -> float:
+        return self._per_second
+
+    @property
+    def ttl(self, /) -> float:
+        return self._ttl
 
     def available(self, /) -> float:
         """Retries the budget would allow now."""

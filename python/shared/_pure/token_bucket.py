@@ -11,9 +11,10 @@ import math
 import threading
 from typing import Any, Callable, TypeVar
 
+from shared import _validation
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
 
-__all__ = ["KeyedLimiter", "RateLimiterRegistry", "TokenBucket"]
+__all__ = ["KeyedLimiter", "RateLimiterRegistry", "Reservation", "TokenBucket"]
 
 _U64_MAX = 2**64 - 1
 _MAX_SPAN_NS = 1 << 62
@@ -37,28 +38,78 @@ def _sat(value: int) -> int:
     return value if value <= _U64_MAX else _U64_MAX
 
 
-def _number(config: Any, field: str) -> float:
+def _field(config: Any, field: str) -> Any:
     try:
-        value = getattr(config, field)
+        return getattr(config, field)
     except AttributeError:
         raise TypeError(
             f"config must have a {field} attribute (a shared.resilience.RateLimitConfig)"
         ) from None
-    if isinstance(value, bool):
-        raise TypeError(f"{field} must be a number, got bool")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{field} must be a number") from None
 
 
-def _checked_timeout(timeout: float | None) -> int | None:
-    if timeout is None:
-        return None
-    timeout = float(timeout)
-    if timeout != timeout or timeout < 0.0:
-        raise ValueError(f"timeout must be None or a number >= 0, got {timeout}")
-    return secs_to_ns(timeout)
+def _checked_timeout(timeout: Any) -> int | None:
+    seconds = _validation.timeout(timeout)
+    return None if seconds is None else secs_to_ns(seconds)
+
+
+def _tokens_value(tokens: Any) -> float:
+    """A ``tokens`` argument as a float (None: one token, as the native core reads it)."""
+    if type(tokens) is float:
+        return tokens
+    if tokens is None:
+        return 1.0
+    return _validation.number("tokens", tokens)
+
+
+class Reservation:
+    """What ``reserve`` took (twin of ``shared._native.Reservation``)."""
+
+    __slots__ = ("_cancelled", "_cost", "_owner", "_tat", "_tokens")
+
+    _owner: object
+    _tat: int
+    _cost: int
+    _tokens: float
+    _cancelled: bool
+
+    @classmethod
+    def _new(cls, owner: object, tat: int, cost: int, tokens: float) -> Reservation:
+        self = object.__new__(cls)
+        self._owner = owner
+        self._tat = tat
+        self._cost = cost
+        self._tokens = tokens
+        self._cancelled = False
+        return self
+
+    def __new__(cls) -> Reservation:
+        raise TypeError("cannot create Reservation instances (use reserve)")
+
+    @property
+    def tokens(self) -> float:
+        """The tokens reserved."""
+        return self._tokens
+
+    def __repr__(self) -> str:
+        return f"Reservation(tokens={self._tokens!r})"
+
+
+def _ticket(ticket: Any) -> Reservation:
+    if not isinstance(ticket, Reservation):
+        raise _validation.ticket_type_error(ticket)
+    return ticket
+
+
+def _cancellable_tat(reservation: Reservation, owner: object, cost: int, tokens: float) -> int:
+    """The checks of a cancellation (lock held), in the native core's order; marks it."""
+    if reservation._owner != owner:
+        raise ValueError(_validation.NOT_THIS_LIMITER)
+    if reservation._cost != cost:
+        raise _validation.reserved_tokens_mismatch(reservation._tokens, tokens)
+    if reservation._cancelled:
+        raise ValueError(_validation.ALREADY_CANCELLED)
+    reservation._cancelled = True
+    return reservation._tat
 
 
 def _rate_limit_exceeded(retry_after: float, message: str | None = None) -> Exception:
@@ -73,30 +124,22 @@ class _Limits:
     __slots__ = ("burst", "initial_credit_ns", "interval_ns", "tolerance_ns")
 
     def __init__(self, config: Any) -> None:
-        rate = _number(config, "tokens_per_second")
-        burst = _number(config, "burst_size")
-        initial = _number(config, "initial_tokens")
-        if not (math.isfinite(rate) and rate > 0.0):
-            raise ValueError(f"tokens_per_second must be a finite number > 0, got {rate}")
-        if not (math.isfinite(burst) and burst >= 1.0):
-            raise ValueError(f"burst_size must be a finite number >= 1, got {burst}")
-        if not (math.isfinite(initial) and 0.0 <= initial <= burst):
-            raise ValueError(
-                f"initial_tokens must be a finite number in [0, burst_size], got {initial}"
-            )
+        rate, burst, initial = _validation.bucket_limits(
+            _field(config, "tokens_per_second"),
+            _field(config, "burst_size"),
+            _field(config, "initial_tokens"),
+        )
         self.burst = burst
         self.interval_ns = max(_ceil_ns(1e9 / rate), 1)
         self.tolerance_ns = _ceil_ns(burst * float(self.interval_ns))
         self.initial_credit_ns = min(_ceil_ns(initial * float(self.interval_ns)), self.tolerance_ns)
 
     def cost_ns(self, tokens: float) -> int:
+        """The cost of ``tokens`` (a float already: see ``_tokens_value``)."""
         if tokens == 1.0:
             return self.interval_ns
-        tokens = float(tokens)
         if not (math.isfinite(tokens) and 0.0 < tokens <= self.burst):
-            raise ValueError(
-                f"tokens must be a finite number > 0 and <= burst_size ({self.burst}), got {tokens}"
-            )
+            _validation.tokens(tokens, self.burst)  # raises the shared error
         return min(_ceil_ns(tokens * float(self.interval_ns)), self.tolerance_ns)
 
     def initial_tat(self, now: int) -> int:
@@ -151,7 +194,7 @@ class TokenBucket:
     def try_acquire(self, /, tokens: float = 1.0) -> bool:
         """Takes ``tokens`` if they are there now; never waits."""
         limits = self._limits
-        cost = limits.cost_ns(tokens)
+        cost = limits.cost_ns(_tokens_value(tokens))
         now = self._now()
         with self._lock:
             following = limits.grant(self._tat, now, cost)
@@ -160,25 +203,33 @@ class TokenBucket:
             self._tat = following
             return True
 
-    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> tuple[float, int]:
+    def reserve(
+        self, /, tokens: float = 1.0, timeout: float | None = None
+    ) -> tuple[float, Reservation]:
         """Reserves ``tokens``: ``(seconds to wait for them, ticket)`` (0.0: granted now).
 
         Raises ``RateLimitExceeded`` and reserves nothing when the wait would
-        exceed ``timeout`` seconds.
+        exceed ``timeout`` seconds. The ticket cancels the reservation, once.
         """
-        cost = self._limits.cost_ns(tokens)
+        value = _tokens_value(tokens)
+        cost = self._limits.cost_ns(value)
         max_wait = _checked_timeout(timeout)
         now = self._now()
         with self._lock:
             self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
-            return ns_to_secs(wait_ns), self._tat
+            return ns_to_secs(wait_ns), Reservation._new(self, self._tat, cost, value)
 
-    def cancel_reservation(self, /, tokens: float, ticket: int) -> bool:
-        """Withdraws a reservation (its ``tokens`` and ``ticket``) if nothing was
-        granted or reserved since; whether it was. Otherwise its tokens stay consumed."""
-        cost = self._limits.cost_ns(tokens)
+    def cancel_reservation(self, /, tokens: float, ticket: Reservation) -> bool:
+        """Withdraws the reservation ``ticket`` of ``tokens`` if nothing was granted
+        or reserved since; whether it was (otherwise its tokens stay consumed).
+        A ticket of another limiter, other tokens than reserved, or a second
+        cancellation raise ``ValueError``."""
+        reservation = _ticket(ticket)
+        value = tokens if type(tokens) is float else _validation.number("tokens", tokens)
+        cost = self._limits.cost_ns(value)
         with self._lock:
-            previous = _Limits.cancel(self._tat, ticket, cost)
+            tat = _cancellable_tat(reservation, self, cost, value)
+            previous = _Limits.cancel(self._tat, tat, cost)
             if previous is None:
                 return False
             self._tat = previous
@@ -186,7 +237,7 @@ class TokenBucket:
 
     def retry_after(self, /, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` are available (0.0 if they are now)."""
-        cost = self._limits.cost_ns(tokens)
+        cost = self._limits.cost_ns(_tokens_value(tokens))
         return ns_to_secs(self._limits.wait_ns(self._tat, self._now(), cost))
 
     @property
@@ -233,6 +284,8 @@ class RateLimiterRegistry:
         "_max_keys",
         "_no_eviction_before",
         "_now",
+        "_purge_above",
+        "_removed",
     )
     _clock: NanosecondClock | None
     _default: _Limits
@@ -244,24 +297,29 @@ class RateLimiterRegistry:
     _max_keys: int
     _no_eviction_before: int
     _now: Callable[[], int]
+    _purge_above: int
+    _removed: dict[str, int]
 
     def __new__(
         cls,
         default_config: Any,
         *,
-        max_keys: int = 1000000,
-        idle_ttl: float = 60.0,
+        max_keys: Any = 1000000,
+        idle_ttl: Any = 60.0,
         clock: NanosecondClock | None = None,
     ) -> RateLimiterRegistry:
         self = object.__new__(cls)
         self._default = _Limits(default_config)
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, got {type(max_keys).__name__}")
-        if not 1 <= max_keys <= _MAX_KEYS_LIMIT:
-            raise ValueError(f"max_keys must be >= 1 and < 2**32 - 1, got {max_keys}")
-        idle_ttl = float(idle_ttl)
-        if not (math.isfinite(idle_ttl) and idle_ttl >= 0.0):
-            raise ValueError(f"idle_ttl must be a finite number >= 0, got {idle_ttl}")
+        # The rules both backends share (the native core calls them too).
+        max_keys = (
+            1000000
+            if max_keys is None
+            else _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS_LIMIT)
+        )
+        if idle_ttl is not None:
+            idle_ttl = _validation.non_negative_finite("idle_ttl", idle_ttl)
+        else:
+            idle_ttl = 60.0
         self._default_config = default_config
         self._max_keys = max_keys
         self._idle_ttl = idle_ttl
@@ -271,6 +329,8 @@ class RateLimiterRegistry:
         self._lock = threading.Lock()
         self._entries = {}
         self._no_eviction_before = 0
+        self._removed = {}
+        self._purge_above = _REMOVED_PURGE_MIN
         return self
 
     def _evict_idle(self, now: int) -> None:
@@ -294,9 +354,11 @@ class RateLimiterRegistry:
         if entry is None:
             if len(self._entries) >= self._max_keys:
                 self._evict_idle(now)
-            entry = _Entry(
-                self._default, self._default_config, self._default.initial_tat(now), False
-            )
+            tat = self._default.initial_tat(now)
+            carried = self._removed.pop(key, None) if self._removed else None
+            if carried is not None and carried > tat:
+                tat = carried  # removed before it refilled: its tokens stay spent
+            entry = _Entry(self._default, self._default_config, tat, False)
             self._entries[key] = entry
         return entry
 
@@ -307,14 +369,14 @@ class RateLimiterRegistry:
 
     def get_limiter(self, /, key: str) -> KeyedLimiter:
         """The key's limiter (a handle; the bucket lives in the registry)."""
-        _check_key(key)
+        _validation.key(key)
         self._with_entry(key, lambda entry, now: None)
         return KeyedLimiter._new(self, key)
 
     def set_limiter(self, /, key: str, config: Any) -> KeyedLimiter:
         """Gives ``key`` its own configuration and a fresh bucket; returns its limiter."""
         limits = _Limits(config)
-        _check_key(key)
+        _validation.key(key)
 
         def give(entry: _Entry, now: int) -> None:
             entry.limits, entry.config, entry.pinned = limits, config, True
@@ -324,15 +386,35 @@ class RateLimiterRegistry:
         return KeyedLimiter._new(self, key)
 
     def remove_limiter(self, /, key: str) -> bool:
-        """Forgets ``key``; whether it was there."""
-        _check_key(key)
+        """Forgets ``key`` and its configuration; whether it was there.
+
+        Tokens it spent stay spent until its bucket would have refilled: a
+        handle still in use, or a new ``get_limiter(key)``, starts from that
+        state under the default configuration, never from a full bucket.
+        """
+        _validation.key(key)
+        now = self._now()
         with self._lock:
-            return self._entries.pop(key, None) is not None
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            if entry.tat > now:
+                self._remember_removed(key, entry.tat, now)
+            return True
+
+    def _remember_removed(self, key: str, tat: int, now: int) -> None:
+        removed = self._removed
+        removed[key] = tat
+        if len(removed) > self._purge_above:
+            for refilled in [k for k, t in removed.items() if t <= now]:
+                del removed[refilled]
+            self._purge_above = max(_REMOVED_PURGE_MIN, 2 * len(removed))
 
     def reset_all(self, /) -> None:
         """Every bucket back to its configured initial tokens."""
         now = self._now()
         with self._lock:
+            self._removed.clear()
             self._no_eviction_before = 0
             for entry in self._entries.values():
                 entry.tat = entry.limits.initial_tat(now)
@@ -341,7 +423,13 @@ class RateLimiterRegistry:
         return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._entries
+        if not isinstance(key, str):
+            return False
+        try:
+            _validation.key(key)
+        except ValueError:
+            return False  # a key that cannot be stored is not there
+        return key in self._entries
 
     @property
     def default_config(self) -> Any:
@@ -360,9 +448,9 @@ class RateLimiterRegistry:
         return self._clock
 
 
-def _check_key(key: object) -> None:
-    if not isinstance(key, str):
-        raise TypeError(f"argument 'key': {type(key).__name__!r} object is not a str")
+# Removed keys remembered until refilled are purged once there are more than this
+# (or twice as many as the last purge kept).
+_REMOVED_PURGE_MIN = 64
 
 
 class KeyedLimiter:
@@ -387,8 +475,10 @@ class KeyedLimiter:
     def try_acquire(self, /, tokens: float = 1.0) -> bool:
         """Takes ``tokens`` if they are there now; never waits."""
 
+        value = _tokens_value(tokens)
+
         def take(entry: _Entry, now: int) -> bool:
-            following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(tokens))
+            following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
             if following is None:
                 return False
             entry.tat = following
@@ -396,23 +486,32 @@ class KeyedLimiter:
 
         return self._registry._with_entry(self._key, take)
 
-    def reserve(self, /, tokens: float = 1.0, timeout: float | None = None) -> tuple[float, int]:
+    def reserve(
+        self, /, tokens: float = 1.0, timeout: float | None = None
+    ) -> tuple[float, Reservation]:
         """Reserves ``tokens``: ``(seconds to wait, ticket)`` (see ``TokenBucket.reserve``)."""
+        value = _tokens_value(tokens)
         max_wait = _checked_timeout(timeout)
+        owner = self._owner()
 
-        def reserve(entry: _Entry, now: int) -> tuple[float, int]:
-            entry.tat, wait_ns = entry.limits.reserve(
-                entry.tat, now, entry.limits.cost_ns(tokens), max_wait
-            )
-            return ns_to_secs(wait_ns), entry.tat
+        def reserve(entry: _Entry, now: int) -> tuple[float, Reservation]:
+            cost = entry.limits.cost_ns(value)
+            entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
+            return ns_to_secs(wait_ns), Reservation._new(owner, entry.tat, cost, value)
 
         return self._registry._with_entry(self._key, reserve)
 
-    def cancel_reservation(self, /, tokens: float, ticket: int) -> bool:
+    def cancel_reservation(self, /, tokens: float, ticket: Reservation) -> bool:
         """Withdraws a reservation if nothing happened since (see ``TokenBucket``)."""
+        reservation = _ticket(ticket)
+        value = tokens if type(tokens) is float else _validation.number("tokens", tokens)
+        owner = self._owner()
 
         def cancel(entry: _Entry, now: int) -> bool:
-            previous = _Limits.cancel(entry.tat, ticket, entry.limits.cost_ns(tokens))
+            cost = entry.limits.cost_ns(value)
+            previous = _Limits.cancel(
+                entry.tat, _cancellable_tat(reservation, owner, cost, value), cost
+            )
             if previous is None:
                 return False
             entry.tat = previous
@@ -420,13 +519,17 @@ class KeyedLimiter:
 
         return self._registry._with_entry(self._key, cancel)
 
+    def _owner(self) -> tuple[int, str]:
+        return (id(self._registry), self._key)
+
     def retry_after(self, /, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` are available (0.0 if they are now)."""
+        value = _tokens_value(tokens)
         return ns_to_secs(
             self._registry._with_entry(
                 self._key,
                 lambda entry, now: entry.limits.wait_ns(
-                    entry.tat, now, entry.limits.cost_ns(tokens)
+                    entry.tat, now, entry.limits.cost_ns(value)
                 ),
             )
         )

@@ -37,9 +37,12 @@ class RateLimitConfig:
     """A token bucket: capacity ``burst_size``, refilled continuously at ``tokens_per_second``.
 
     Args:
-        tokens_per_second: the refill rate; finite and > 0.
-        burst_size: the capacity, >= 1. Default: one second of tokens,
-            ``max(1, ceil(tokens_per_second))``.
+        tokens_per_second: the refill rate, from 1e-9 (one token per 31.7 years)
+            to 1e9 (one per nanosecond): the limiters count in integer
+            nanoseconds, and a rate outside that range would be rounded.
+        burst_size: the capacity, >= 1; a full refill (``burst_size /
+            tokens_per_second``) takes at most 1e9 seconds. Default: one second
+            of tokens, ``max(1, ceil(tokens_per_second))``.
         initial_tokens: tokens at creation, 0 <= initial_tokens <= burst_size.
             Default: a full bucket.
 
@@ -51,19 +54,12 @@ class RateLimitConfig:
     initial_tokens: Optional[float] = None
 
     def __post_init__(self) -> None:
-        rate = _validation.positive_finite("tokens_per_second", self.tokens_per_second)
-        if self.burst_size is None:
-            burst = float(max(1, math.ceil(rate)))
-        else:
-            burst = _validation.at_least("burst_size", self.burst_size, 1.0)
-        if self.initial_tokens is None:
-            initial = burst
-        else:
-            initial = _validation.non_negative_finite("initial_tokens", self.initial_tokens)
-            if initial > burst:
-                raise ValueError(
-                    f"initial_tokens must be <= burst_size ({burst:g}), got {self.initial_tokens!r}"
-                )
+        rate = _validation.positive_finite(
+            "tokens_per_second", self.tokens_per_second, _validation.MAX_RATE
+        )
+        burst: Any = float(max(1, math.ceil(rate))) if self.burst_size is None else self.burst_size
+        initial = burst if self.initial_tokens is None else self.initial_tokens
+        rate, burst, initial = _validation.bucket_limits(self.tokens_per_second, burst, initial)
         object.__setattr__(self, "tokens_per_second", rate)
         object.__setattr__(self, "burst_size", burst)
         object.__setattr__(self, "initial_tokens", initial)
@@ -87,8 +83,14 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
             clock. If it also has ``sleep``/``sleep_async``, waits use them.
 
     ``try_acquire``, ``retry_after``, ``available_tokens`` and ``reset`` are
-    single native calls. ``tokens`` must be finite, > 0 and <= ``burst_size``
-    (else ``ValueError`` naming ``tokens``).
+    single native calls. ``tokens`` must be a number (not a bool: else
+    ``TypeError``), finite, > 0 and <= ``burst_size`` (else ``ValueError``).
+
+    ``reserve(tokens, timeout)`` returns ``(wait, ticket)``;
+    ``cancel_reservation(tokens, ticket)`` gives the reservation back if
+    nothing was granted or reserved since, and says whether it did. A ticket
+    is cancelled once, with the tokens it reserved: a second cancellation,
+    other tokens or another limiter's ticket raise ``ValueError``.
     """
 
     __slots__ = ("_waiters",)
@@ -137,7 +139,15 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
 
     ``get_limiter(key)`` returns a light handle with the ``TokenBucket`` API;
     handles of one key share one bucket, even when created concurrently. Keys
-    given their own configuration by ``set_limiter`` are never evicted.
+    given their own configuration by ``set_limiter`` are never evicted. A key
+    is a ``str`` of valid text (a lone surrogate such as ``'\\ud800'`` raises
+    ``ValueError``; ``in`` answers False for it).
+
+    ``remove_limiter(key)`` forgets a key and its own configuration, but not
+    the tokens it spent: until its bucket would have refilled, handles still
+    in use and a new ``get_limiter(key)`` continue from that state (under the
+    default configuration), so removing a key in use never grants more than
+    the limit. ``set_limiter`` and ``reset`` do give a fresh bucket.
     """
 
     __slots__ = ("_waiters",)
@@ -150,7 +160,7 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         idle_ttl: float = 60.0,
         clock: Optional[Any] = None,
     ) -> RateLimiterRegistry:
-        _validation.positive_int("max_keys", max_keys)
+        _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS)
         _validation.non_negative_finite("idle_ttl", idle_ttl)
         registry: RateLimiterRegistry = super().__new__(
             cls, default_config, max_keys=max_keys, idle_ttl=idle_ttl, clock=clock
@@ -175,6 +185,8 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         return f"RateLimiterRegistry({self.default_config!r}, keys={len(self)})"
 
 
+_MAX_KEYS = 2**32 - 2
+
 KeyedLimiter = core.KeyedLimiter
 """The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
 
@@ -197,10 +209,7 @@ def _sleep_async_of(limiter: Any) -> Callable[[float], Awaitable[Any]]:
 
 
 def _check_timeout(timeout: Optional[float]) -> None:
-    if timeout is not None:
-        _validation.number("timeout", timeout)
-        if math.isnan(timeout) or timeout < 0:
-            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    _validation.timeout(timeout)
 
 
 def _acquire(limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
@@ -352,7 +361,7 @@ def rate_limited(
         limiter, (core.TokenBucket, core.KeyedLimiter, core.RateLimiterRegistry)
     ):
         return rate_limited()(limiter)
-    _validation.positive_finite("tokens", tokens)
+    _validation.positive_finite("tokens", tokens, math.inf)
     _check_timeout(timeout)
     source: Any
     if limiter is None:

@@ -26,6 +26,7 @@ client you pass in.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import logging
@@ -61,21 +62,50 @@ logger = logging.getLogger(__name__)
 # debt = TAT - that time. Keeping the absolute time in integers and the debt
 # small keeps the arithmetic exact to far below a microsecond (an absolute TAT
 # in one double would round to 0.25 us at every write).
+# A state the script did not write (another type, or a string it cannot parse
+# into a finite debt below MAX_DEBT_US) is never trusted: the reply is
+# "E <what was found>" and the key is left alone.
 # Returns "<granted> <wait_us> <debt_us>" as one string: cheaper to parse than
 # an array, and Redis would truncate Lua numbers to integers.
 # Needs Redis >= 5 (effects replication, so TIME may precede a write).
-GCRA_SCRIPT = """
+# The state a script trusts: "<seconds> <microseconds> <debt>" with integer
+# seconds and microseconds (< 1e6), a finite debt in [0, MAX_DEBT_US], and a
+# debt at `time` (Redis TIME) of at most MAX_DEBT_US (not written far in the
+# future). Returns the debt at `time` (>= 0), or nil and what was found.
+_TRUSTED_STATE = """
+local MAX_DEBT_US = 4e15
+local function debt_of(key, time)
+  local state = redis.pcall('GET', key)
+  if type(state) == 'table' and state.err then
+    return nil, 'holds a Redis ' .. redis.call('TYPE', key).ok .. ', not a rate-limiter state'
+  end
+  if not state then return false end
+  local seconds, micros, written = string.match(state, '^(%d+) (%d+) (%S+)$')
+  seconds, micros, written = tonumber(seconds), tonumber(micros), tonumber(written)
+  if not (seconds and micros and written) or micros >= 1000000
+      or not (written >= 0 and written <= MAX_DEBT_US) then
+    return nil, 'holds ' .. string.format('%q', string.sub(state, 1, 40)) ..
+      ', not a rate-limiter state'
+  end
+  local debt = (seconds - time[1]) * 1000000 + (micros - time[2]) + written
+  if not (debt <= MAX_DEBT_US) then
+    return nil, 'holds a state written in the future (' .. seconds .. ' s)'
+  end
+  return math.max(0, debt)
+end
+"""
+
+GCRA_SCRIPT = (
+    _TRUSTED_STATE
+    + """
 local key, mode = KEYS[1], ARGV[1]
 local tolerance, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
 local initial_debt, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local time = redis.call('TIME')
-local debt = initial_debt
-local state = redis.call('GET', key)
-if state then
-  local seconds, micros, written = string.match(state, '^(%d+) (%d+) (%S+)$')
-  debt = math.max(0, (seconds - time[1]) * 1000000 + (micros - time[2]) + written)
-end
+local debt, found = debt_of(key, time)
+if debt == nil then return 'E ' .. found end
+if debt == false then debt = initial_debt end
 
 local granted, wait = 0, 0
 if mode == 'refund' then
@@ -92,14 +122,40 @@ else
 end
 
 if debt > 0 then
-  -- expires when the bucket would be full again (capped at about 31,000 years)
-  local ttl_ms = math.min(math.ceil(debt / 1000), 1e15)
-  redis.call('SET', key, time[1] .. ' ' .. time[2] .. ' ' .. debt, 'PX', ttl_ms)
+  -- expires when the bucket would be full again
+  redis.call('SET', key, time[1] .. ' ' .. time[2] .. ' ' .. debt, 'PX', math.ceil(debt / 1000))
 else
   redis.call('DEL', key)
 end
 return granted .. ' ' .. wait .. ' ' .. debt
 """
+)
+
+# KEYS: candidate keys under this registry's namespace. Deletes only those that
+# hold a state GCRA_SCRIPT would trust, so a key another application put there
+# survives. Returns how many it deleted.
+RESET_SCRIPT = (
+    _TRUSTED_STATE
+    + """
+local time = redis.call('TIME')
+local deleted = 0
+for _, key in ipairs(KEYS) do
+  if debt_of(key, time) then
+    deleted = deleted + redis.call('DEL', key)
+  end
+end
+return deleted
+"""
+)
+
+# Every key a limiter writes is key_prefix + KEY_MARKER + key, and reset_all
+# scans for exactly key_prefix + KEY_MARKER + "*": keys of other applications
+# under the same prefix are never matched.
+KEY_MARKER = "gcra:"
+
+# The longest a Redis round trip of an async limiter may take by default
+# (``command_timeout``), after which the failure policy applies.
+DEFAULT_COMMAND_TIMEOUT = 1.0
 
 _US = 1_000_000.0
 _T = TypeVar("_T")
@@ -134,8 +190,16 @@ class _Reply:
 
     @classmethod
     def parse(cls, raw: Any) -> _Reply:
-        granted, wait_us, debt_us = raw.split()
-        return cls(granted in (b"1", "1"), float(wait_us) / _US, float(debt_us))
+        """The script's reply; ``_ForeignStateError`` when the key held no state of ours."""
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if text.startswith("E "):
+            raise _ForeignStateError(text[2:])
+        granted, wait_us, debt_us = text.split()
+        return cls(granted == "1", float(wait_us) / _US, float(debt_us))
+
+
+class _ForeignStateError(Exception):
+    """The bucket's Redis key holds something the script did not write."""
 
 
 def _server_name(client: Any) -> str:
@@ -169,11 +233,19 @@ def _check_config(config: Any) -> RateLimitConfig:
 
 
 def _check_key(name: str, key: Any) -> str:
+    """A non-empty str (an empty ``key_prefix`` would put the limiter's keys, and
+    what ``reset_all`` scans, at the top of the database)."""
     if not isinstance(key, str):
         raise TypeError(f"{name} must be a str, got {type(key).__name__}")
-    if name == "key" and not key:
-        raise ValueError("key must not be empty")
+    if not key:
+        raise ValueError(f"{name} must not be empty")
     return key
+
+
+def _check_command_timeout(value: Any) -> float:
+    return _validation.positive_at_most(
+        "command_timeout", value, _validation.MAX_SECONDS, "the longest timeout"
+    )
 
 
 def _max_wait_us(timeout: Optional[float]) -> float:
@@ -191,7 +263,13 @@ class _Link:
     """
 
     def __init__(
-        self, client: Any, on_unavailable: str, reconnect_interval: float, *, is_async: bool
+        self,
+        client: Any,
+        on_unavailable: str,
+        reconnect_interval: float,
+        *,
+        is_async: bool,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         import redis.exceptions  # the optional dependency, needed only with a client
 
@@ -200,15 +278,21 @@ class _Link:
             raise ValueError(f"on_unavailable must be one of {POLICIES}, got {on_unavailable!r}")
         self.client = client
         self.script: Any = client.register_script(GCRA_SCRIPT)
+        # Deletes limiter states only (reset, remove_limiter, reset_all).
+        self.delete_states: Any = client.register_script(RESET_SCRIPT)
         self.policy = on_unavailable
         self.reconnect_interval = _validation.non_negative_finite(
             "reconnect_interval", reconnect_interval
         )
+        self.command_timeout = _check_command_timeout(command_timeout)
         self.server = _server_name(client)
         self.errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
         )
+        # Redis answered, but with an error for this key (a wrong type, a full
+        # memory, ...): the policy applies to this call, the server stays "up".
+        self.refusals: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
         self._retry_at = 0.0  # time.monotonic() before which Redis is not tried
         self._last_error = ""
 
@@ -239,6 +323,15 @@ class _Link:
         if wait > 0:
             reason += f" (next attempt in {wait:.3f}s)"
         return RateLimiterUnavailableError(self.server, reason)
+
+    def refused(self, redis_key: str, detail: str) -> None:
+        """Redis answered for ``redis_key`` with something unusable: logged, then
+        the policy applies to this call (``RateLimiterUnavailableError`` when
+        failing closed). A state the limiter did not write is never trusted."""
+        reason = f"key {redis_key!r} {detail}"
+        logger.error("rate limiter: Redis at %s: %s; policy %s", self.server, reason, self.policy)
+        if self.policy == "fail_closed":
+            raise RateLimiterUnavailableError(self.server, reason)
 
     def succeeded(self) -> None:
         if self._last_error:
@@ -312,7 +405,7 @@ class _BucketBase:
             try:
                 await asyncio.sleep(reply.wait)
             except asyncio.CancelledError:
-                await refund()
+                _in_background(refund())  # the cancellation does not wait for Redis
                 raise
 
     def _own_local_bucket(self) -> _LocalBucket:
@@ -339,8 +432,9 @@ class RedisTokenBucket(_BucketBase):
         client: a ``redis.Redis`` (sync) client. Its own retries and timeouts
             apply before the limiter considers Redis unreachable: give it short
             ``socket_timeout`` / ``socket_connect_timeout`` and few retries.
-        key: the bucket's name (e.g. a user id); stored at ``key_prefix + key``.
-        key_prefix: namespace of the keys in Redis.
+        key: the bucket's name (e.g. a user id), not empty; stored at
+            ``key_prefix + "gcra:" + key`` (``redis_key``).
+        key_prefix: namespace of the keys in Redis, not empty.
         on_unavailable: ``"fail_closed"``, ``"fail_open"`` or ``"local"``.
         reconnect_interval: seconds between attempts to reach Redis after a failure.
     """
@@ -358,7 +452,7 @@ class RedisTokenBucket(_BucketBase):
         key = _check_key("key", key)
         key_prefix = _check_key("key_prefix", key_prefix)
         link = _Link(client, on_unavailable, reconnect_interval, is_async=False)
-        self._setup(_check_config(config), key, key_prefix + key, link)
+        self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
 
     def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> Optional[_Reply]:
         """One script call; None when Redis is unreachable and the policy is not fail_closed."""
@@ -371,8 +465,15 @@ class RedisTokenBucket(_BucketBase):
         except link.errors as exc:
             link.failed(exc)
             return None
+        except link.refusals as exc:
+            link.refused(self._redis_key, f"was refused: {exc}")
+            return None
         link.succeeded()
-        return _Reply.parse(raw)
+        try:
+            return _Reply.parse(raw)
+        except _ForeignStateError as exc:
+            link.refused(self._redis_key, str(exc))
+            return None
 
     def _refund(self, cost_us: float) -> None:
         # Best effort: an unreachable server keeps the reservation until it expires.
@@ -444,14 +545,15 @@ class RedisTokenBucket(_BucketBase):
         return reply.wait
 
     def reset(self) -> None:
-        """Back to the initial state for every process (deletes the key).
+        """Back to the initial state for every process (deletes the key, if it
+        holds a limiter state: nothing else is ever deleted).
 
         Raises ``RateLimiterUnavailableError`` when Redis is unreachable, whatever the
         policy: a reset that did not happen must not pass silently.
         """
         self._reset_local()
         try:
-            self._link.client.delete(self._redis_key)
+            self._link.delete_states(keys=[self._redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -459,7 +561,14 @@ class RedisTokenBucket(_BucketBase):
 class AsyncRedisTokenBucket(_BucketBase):
     """``RedisTokenBucket`` for a ``redis.asyncio.Redis`` client: the same
     arguments, and every method that talks to Redis is a coroutine
-    (``await bucket.try_acquire()``, ``await bucket.available_tokens``)."""
+    (``await bucket.try_acquire()``, ``await bucket.available_tokens``).
+
+    One more argument, ``command_timeout`` (seconds, default 1.0): no call waits
+    longer than that for Redis (``acquire(timeout=t)`` waits at most ``t`` when
+    it is shorter); a late answer counts as an unreachable server and the
+    failure policy applies. Cancelling a call returns at once; a round trip
+    still in flight finishes in the background and gives back what it granted.
+    """
 
     def __init__(
         self,
@@ -470,26 +579,79 @@ class AsyncRedisTokenBucket(_BucketBase):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         key = _check_key("key", key)
         key_prefix = _check_key("key_prefix", key_prefix)
-        link = _Link(client, on_unavailable, reconnect_interval, is_async=True)
-        self._setup(_check_config(config), key, key_prefix + key, link)
+        link = _Link(
+            client,
+            on_unavailable,
+            reconnect_interval,
+            is_async=True,
+            command_timeout=command_timeout,
+        )
+        self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
 
-    async def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> Optional[_Reply]:
+    async def _run(
+        self,
+        mode: str,
+        cost_us: float,
+        max_wait_us: float = 0.0,
+        time_limit: Optional[float] = None,
+    ) -> Optional[_Reply]:
+        """One script call bounded by ``time_limit`` (default ``command_timeout``);
+        None when Redis is unreachable or late and the policy is not fail_closed.
+
+        The caller is never held beyond the bound, nor after it is cancelled: a
+        round trip still in flight finishes in the background, and tokens it
+        granted are given back then.
+        """
         link = self._link
         if not link.should_try():
             link.failed(None)
             return None
+        limit = link.command_timeout if time_limit is None else time_limit
+        call = asyncio.ensure_future(
+            link.script(keys=[self._redis_key], args=self._args(mode, cost_us, max_wait_us))
+        )
         try:
-            raw = await link.script(
-                keys=[self._redis_key], args=self._args(mode, cost_us, max_wait_us)
-            )
+            done, _ = await asyncio.wait((call,), timeout=limit)
+        except asyncio.CancelledError:
+            self._settle_later(call, mode, cost_us)
+            raise
+        if not done:
+            self._settle_later(call, mode, cost_us)
+            link.failed(builtins.TimeoutError(f"no reply within command_timeout={limit:g}s"))
+            return None
+        try:
+            raw = call.result()
         except link.errors as exc:
             link.failed(exc)
             return None
+        except link.refusals as exc:
+            link.refused(self._redis_key, f"was refused: {exc}")
+            return None
         link.succeeded()
-        return _Reply.parse(raw)
+        try:
+            return _Reply.parse(raw)
+        except _ForeignStateError as exc:
+            link.refused(self._redis_key, str(exc))
+            return None
+
+    def _settle_later(self, call: asyncio.Future[Any], mode: str, cost_us: float) -> None:
+        """Lets an abandoned round trip finish; gives back what it granted."""
+
+        def settle(finished: asyncio.Future[Any]) -> None:
+            if finished.cancelled() or finished.exception() is not None or mode != "acquire":
+                return
+            try:
+                granted = _Reply.parse(finished.result()).granted
+            except _ForeignStateError:
+                return
+            if granted:
+                _in_background(self._refund(cost_us))
+
+        call.add_done_callback(settle)
 
     async def _refund(self, cost_us: float) -> None:
         with contextlib.suppress(RateLimiterUnavailableError):
@@ -509,8 +671,8 @@ class AsyncRedisTokenBucket(_BucketBase):
         the order Redis saw them; a cancelled waiter gives its tokens back."""
         cost_us = self._cost_us(tokens)
         max_wait_us = _max_wait_us(timeout)
-        reply = await _reserve(
-            self._run("acquire", cost_us, max_wait_us), lambda: self._refund(cost_us)
+        reply = await self._run(
+            "acquire", cost_us, max_wait_us, _round_trip_limit(self._link, timeout)
         )
         if reply is None:
             local = self._fallback_bucket()
@@ -547,26 +709,58 @@ class AsyncRedisTokenBucket(_BucketBase):
         """Back to the initial state for every process; raises
         ``RateLimiterUnavailableError`` when Redis is unreachable, whatever the policy."""
         self._reset_local()
-        try:
-            await self._link.client.delete(self._redis_key)
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        await _bounded(self._link, self._link.delete_states(keys=[self._redis_key]))
+
+
+# Tasks running in the background (refunds, abandoned round trips): kept here so
+# they are not garbage-collected before they finish.
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _in_background(work: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _bounded(link: _Link, call: Awaitable[_T]) -> _T:
+    """A round trip that must happen (reset, removal): within ``command_timeout``,
+    else ``RateLimiterUnavailableError``, whatever the policy."""
+    try:
+        return await asyncio.wait_for(call, link.command_timeout)
+    except link.errors as exc:
+        raise link.unavailable(exc) from exc
+    except builtins.TimeoutError as exc:  # wait_for's, not the client's (caught above)
+        late = builtins.TimeoutError(f"no reply within command_timeout={link.command_timeout:g}s")
+        raise link.unavailable(late) from exc
+
+
+def _round_trip_limit(link: _Link, timeout: Optional[float]) -> float:
+    """How long ``acquire(timeout)`` waits for Redis: ``command_timeout``, or the
+    call's own ``timeout`` when that is shorter (``0`` only refuses to wait for
+    tokens, not for the answer)."""
+    if timeout is None or timeout <= 0:
+        return link.command_timeout
+    return min(link.command_timeout, timeout)
 
 
 async def _reserve(reservation: Awaitable[_T], refund: Callable[[], Awaitable[None]]) -> _T:
-    """Awaits a reservation round trip; if the waiter is cancelled meanwhile, lets
-    the round trip finish and gives back what it granted, so a cancelled waiter
-    consumes nothing."""
+    """Awaits a reservation round trip; if the waiter is cancelled meanwhile, it
+    returns at once and the round trip finishes in the background, giving back
+    what it granted, so a cancelled waiter consumes nothing."""
     task = asyncio.ensure_future(reservation)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        try:
-            reply = await task
-        except Exception:  # unreachable or failing closed: nothing was reserved
-            reply = None
-        if isinstance(reply, _Reply) and reply.granted:
-            await refund()
+
+        def settle(finished: asyncio.Future[_T]) -> None:
+            if finished.cancelled() or finished.exception() is not None:
+                return  # unreachable or failing closed: nothing was reserved
+            reply = finished.result()
+            if isinstance(reply, _Reply) and reply.granted:
+                _in_background(refund())
+
+        task.add_done_callback(settle)
         raise
 
 
@@ -592,6 +786,7 @@ class _RegistryBase(Generic[_B]):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
+        **link_options: Any,
     ) -> None:
         self._default_config = _check_config(default_config)
         self._key_prefix = _check_key("key_prefix", key_prefix)
@@ -600,6 +795,7 @@ class _RegistryBase(Generic[_B]):
             on_unavailable,
             reconnect_interval,
             is_async=self._bucket_class is AsyncRedisTokenBucket,
+            **link_options,
         )
         self._configs: dict[str, RateLimitConfig] = {}
         self._local: Optional[_LocalRegistry] = None
@@ -621,7 +817,7 @@ class _RegistryBase(Generic[_B]):
         key = _check_key("key", key)
         bucket = self._bucket_class.__new__(self._bucket_class)
         config = self._configs.get(key, self._default_config)
-        bucket._setup(config, key, self._key_prefix + key, self._link)
+        bucket._setup(config, key, self._key_prefix + KEY_MARKER + key, self._link)
         bucket._fallback = lambda: self._local_registry().get_limiter(key)
         bucket._existing_fallback = lambda: (
             None if self._local is None else self._local.get_limiter(key)
@@ -644,7 +840,11 @@ class _RegistryBase(Generic[_B]):
         with self._local_lock:
             if self._local is not None:
                 self._local.remove_limiter(key)
-        return self._key_prefix + key
+        return self._key_prefix + KEY_MARKER + key
+
+    def _scan_pattern(self) -> str:
+        """Exactly this registry's keys: the prefix and the marker, glob-escaped."""
+        return _glob_escape(self._key_prefix + KEY_MARKER) + "*"
 
     def _reset_local(self) -> None:
         with self._local_lock:
@@ -667,7 +867,8 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
     Args:
         default_config: the config of keys without one of their own.
         client: a ``redis.Redis`` (sync) client.
-        key_prefix: namespace of the keys; ``reset_all`` deletes every key under it.
+        key_prefix: namespace of the keys, not empty; ``reset_all`` deletes the
+            limiter states under it and nothing else.
         on_unavailable: ``"fail_closed"``, ``"fail_open"`` or ``"local"`` (an
             in-process ``RateLimiterRegistry`` with the same configs).
         reconnect_interval: seconds between attempts to reach Redis after a failure.
@@ -679,25 +880,26 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
         """Forgets ``key``: its config here and its state in Redis."""
         redis_key = self._forget(key)
         try:
-            self._link.client.delete(redis_key)
+            self._link.delete_states(keys=[redis_key])
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
     def reset_all(self) -> None:
-        """Deletes the state of every key under ``key_prefix`` (SCAN + UNLINK)."""
+        """Deletes the state of every key of this registry: ``SCAN`` for
+        ``key_prefix`` followed by the limiter's own marker, and a script that
+        deletes only keys holding a limiter state. Other keys survive, even
+        under the same prefix."""
         self._reset_local()
         client = self._link.client
         try:
             batch: list[Any] = []
-            for redis_key in client.scan_iter(
-                match=_glob_escape(self._key_prefix) + "*", count=500
-            ):
+            for redis_key in client.scan_iter(match=self._scan_pattern(), count=500):
                 batch.append(redis_key)
                 if len(batch) >= 500:
-                    client.unlink(*batch)
-                    batch.clear()
+                    self._link.delete_states(keys=batch)
+                    batch = []
             if batch:
-                client.unlink(*batch)
+                self._link.delete_states(keys=batch)
         except self._link.errors as exc:
             raise self._link.unavailable(exc) from exc
 
@@ -705,31 +907,46 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
 class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
     """``RedisRateLimiterRegistry`` for a ``redis.asyncio.Redis`` client:
     ``get_limiter`` and ``set_limiter`` do no I/O; ``remove_limiter`` and
-    ``reset_all`` are coroutines."""
+    ``reset_all`` are coroutines. ``command_timeout`` bounds each round trip of
+    its limiters, as for ``AsyncRedisTokenBucket``."""
 
     _bucket_class = AsyncRedisTokenBucket
+
+    def __init__(
+        self,
+        default_config: RateLimitConfig,
+        client: Any,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        on_unavailable: str = "fail_closed",
+        reconnect_interval: float = 1.0,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            default_config,
+            client,
+            key_prefix=key_prefix,
+            on_unavailable=on_unavailable,
+            reconnect_interval=reconnect_interval,
+            command_timeout=command_timeout,
+        )
 
     async def remove_limiter(self, key: str) -> None:
         """Forgets ``key``: its config here and its state in Redis."""
         redis_key = self._forget(key)
-        try:
-            await self._link.client.delete(redis_key)
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        await _bounded(self._link, self._link.delete_states(keys=[redis_key]))
 
     async def reset_all(self) -> None:
-        """Deletes the state of every key under ``key_prefix`` (SCAN + UNLINK)."""
+        """Deletes the state of every key of this registry, and only those (see
+        ``RedisRateLimiterRegistry.reset_all``). Each round trip (a SCAN page,
+        a batch of deletions) is bounded by ``command_timeout``."""
         self._reset_local()
-        client = self._link.client
-        try:
-            batch: list[Any] = []
-            pattern = _glob_escape(self._key_prefix) + "*"
-            async for redis_key in client.scan_iter(match=pattern, count=500):
-                batch.append(redis_key)
-                if len(batch) >= 500:
-                    await client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                await client.unlink(*batch)
-        except self._link.errors as exc:
-            raise self._link.unavailable(exc) from exc
+        link, cursor = self._link, 0
+        while True:
+            cursor, keys = await _bounded(
+                link, link.client.scan(cursor, match=self._scan_pattern(), count=500)
+            )
+            if keys:
+                await _bounded(link, link.delete_states(keys=keys))
+            if not cursor:
+                return

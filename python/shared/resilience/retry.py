@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import functools
 import inspect
@@ -107,7 +108,8 @@ class RetryConfig:
         retry_condition: ``f(exception) -> bool``, consulted for exceptions that
             match ``retry_on``; False means raise at once.
         max_total_time: stop when the next delay would end later than this many
-            seconds after the call started (None: no deadline).
+            seconds after the call started (None: no deadline). Durations
+            (delays and this) are at most 1e9 seconds.
         budget: a ``RetryBudget`` shared with other retries (None: unlimited).
         on_retry: ``f(attempt, exception, delay)`` called before each backoff sleep.
         seed: seed of the jitter's random stream (None: random per Retry).
@@ -165,7 +167,9 @@ class RetryConfig:
             "max_attempts": _validation.positive_int("max_attempts", max_attempts),
             "initial_delay": initial,
             "max_delay": cap,
-            "exponential_base": _validation.at_least("exponential_base", exponential_base, 1.0),
+            "exponential_base": _validation.at_least(
+                "exponential_base", exponential_base, 1.0, math.inf
+            ),
             "jitter": jitter,
             "backoff_strategy": backoff_strategy,
             "retry_on": _validation.exception_types("retry_on", retry_on),
@@ -199,13 +203,25 @@ class RetryBudget(_BudgetCore):
     Args:
         ratio: retries allowed per call (default 0.2: at most 20% extra traffic).
         min_retries_per_second: the floor that lets low-traffic callers retry.
-        ttl: the window in seconds.
+        ttl: the window in seconds (at most 1e9).
         clock: an object with ``now_ns()`` (tests); None for the monotonic clock.
+
+    Invalid values raise ``ValueError`` or ``TypeError`` naming the parameter.
     """
 
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(ratio={self.ratio!r}, "
+            f"min_retries_per_second={self.min_retries_per_second!r}, ttl={self.ttl!r}, "
+            f"available={self.available():g})"
+        )
 
-# The testing switch: when a list, retries record their delays there instead of sleeping.
-_instant_delays: Optional[list[float]] = None
+
+# The testing switch: when a list, retries record their delays there instead of
+# sleeping. A context variable: only the thread (or task) that entered the block.
+_instant_delays: contextvars.ContextVar[Optional[list[float]]] = contextvars.ContextVar(
+    "shared_instant_retries", default=None
+)
 
 
 @contextlib.contextmanager
@@ -214,13 +230,34 @@ def instant_retries() -> Iterator[list[float]]:
 
     Yields the list of delays that would have been slept, in order. Retries
     still happen and still count toward ``max_attempts``, budgets and stats.
+    Only the current thread is affected (and asyncio tasks it creates inside
+    the block, which copy its context): other threads sleep as usual and
+    their delays are not recorded.
     """
-    global _instant_delays
-    outer, _instant_delays = _instant_delays, []
+    delays: list[float] = []
+    token = _instant_delays.set(delays)
     try:
-        yield _instant_delays
+        yield delays
     finally:
-        _instant_delays = outer
+        _instant_delays.reset(token)
+
+
+def _chain(error: BaseException, cause: BaseException) -> None:
+    """Makes ``cause`` the context of ``error`` raised while handling it, as an
+    ``except`` block would have."""
+    if error is not cause and error.__context__ is None:
+        error.__context__ = cause
+
+
+def _is_async_callable(func: Any) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
+        return False
+    owners = (owner for owner in type(func).__mro__ if "__call__" in owner.__dict__)
+    call = next((owner.__dict__["__call__"] for owner in owners), None)
+    return inspect.iscoroutinefunction(call)
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -336,8 +373,18 @@ class Retry(_RetryCore):
     def _next_delay(
         self, exc: BaseException, attempt: int, previous: float, start_ns: int
     ) -> float:
-        """The delay before attempt ``attempt + 1``; raises ``exc`` when not retrying."""
-        if not self.is_retryable(exc):
+        """The delay before attempt ``attempt + 1``; raises ``exc`` when not retrying.
+
+        An error raised by ``retry_condition`` or ``on_retry`` propagates with
+        ``exc`` as its ``__context__`` (also on the native success path, which
+        calls this outside any ``except`` block), and spends no budget.
+        """
+        try:
+            retryable = self.is_retryable(exc)
+        except BaseException as hook_error:
+            _chain(hook_error, exc)
+            raise
+        if not retryable:
             raise exc
         config = self.config
         if attempt >= config.max_attempts:
@@ -359,7 +406,13 @@ class Retry(_RetryCore):
         if config.budget is not None and not config.budget.try_retry():
             raise self._give_up(exc, attempt, "the retry budget is exhausted")
         if config.on_retry is not None:
-            config.on_retry(attempt, exc, delay)
+            try:
+                config.on_retry(attempt, exc, delay)
+            except BaseException as hook_error:
+                if config.budget is not None:
+                    config.budget.return_retry()  # the retry did not happen
+                _chain(hook_error, exc)
+                raise
         self.record_retry()
         return delay
 
@@ -376,8 +429,9 @@ class Retry(_RetryCore):
         attempt, delay = 1, 0.0
         while True:
             delay = self._next_delay(exc, attempt, delay, start_ns)
-            if _instant_delays is not None:
-                _instant_delays.append(delay)
+            instant = _instant_delays.get()
+            if instant is not None:
+                instant.append(delay)
             else:
                 self._sleep(delay)
             attempt += 1
@@ -397,8 +451,9 @@ class Retry(_RetryCore):
                 return await func(*args, **kwargs)
             except BaseException as exc:  # classified by _next_delay
                 delay = self._next_delay(exc, attempt, delay, start_ns)
-            if _instant_delays is not None:
-                _instant_delays.append(delay)
+            instant = _instant_delays.get()
+            if instant is not None:
+                instant.append(delay)
                 await asyncio.sleep(0)
             else:
                 await self._async_sleep(delay)
@@ -429,7 +484,8 @@ def with_retry(
     async_sleep: Optional[Callable[[float], Awaitable[object]]] = None,
     **options: Any,
 ) -> Callable[[F], F]:
-    """Decorates a sync or async function to retry it.
+    """Decorates a sync or async function to retry it (an object whose
+    ``__call__`` is ``async def`` is async too).
 
     ``@with_retry(max_attempts=3, initial_delay=1.0)`` takes ``RetryConfig``'s
     fields as keywords (or one ``RetryConfig`` positionally). ``name`` defaults
@@ -455,9 +511,11 @@ def with_retry(
             sleep=sleep,
             async_sleep=async_sleep,
         )
-        if inspect.iscoroutinefunction(func):
+        if _is_async_callable(func):
+            # An object's attributes are its own state, not the wrapper's to copy.
+            updated = functools.WRAPPER_UPDATES if inspect.isfunction(func) else ()
 
-            @functools.wraps(func)
+            @functools.wraps(func, updated=updated)
             async def retrying(*args: Any, **kwargs: Any) -> Any:
                 return await retry.execute_async(func, *args, **kwargs)
 
