@@ -275,13 +275,14 @@ impl Breaker {
                     if count_b(word) >= u64::from(self.settings.half_open_max_calls) {
                         return Ok(self.reject(0));
                     }
+                    // Read before the slot is taken: a clock that fails cannot leak it.
+                    let start_ns = if self.times_calls() { now()? } else { 0 };
                     let taken = word + (1 << B_SHIFT);
                     if self
                         .word
                         .compare_exchange(word, taken, AcqRel, Acquire)
                         .is_ok()
                     {
-                        let start_ns = if self.times_calls() { now()? } else { 0 };
                         return Ok(Admission::Admitted {
                             permit: Permit {
                                 word: taken,
@@ -331,24 +332,41 @@ impl Breaker {
     }
 
     /// Records how an admitted call ended; returns the state change it caused.
+    ///
+    /// The clock is read once, first, and only when the outcome needs it (a
+    /// failure may open the breaker; the window mode times every call). If it
+    /// fails, the call is recorded as neutral, so a probe still gives its slot
+    /// back, and the clock's error is returned.
     pub fn record<E>(
         &self,
         permit: Permit,
         outcome: Outcome,
         now: &mut impl FnMut() -> Result<u64, E>,
     ) -> Result<Option<Transition>, E> {
-        let window_now = match (&self.settings.window, outcome) {
-            (Some(_), Outcome::Success | Outcome::Failure) => Some(now()?),
-            _ => None,
+        let needs_clock = match outcome {
+            Outcome::Neutral => false,
+            Outcome::Failure => true,
+            Outcome::Success => self.settings.window.is_some(),
         };
-        let slow = match (&self.settings.window, window_now) {
-            (
-                Some(WindowSettings {
-                    slow_call_ns: Some(limit),
-                    ..
-                }),
-                Some(end),
-            ) => end.saturating_sub(permit.start_ns) >= *limit,
+        if !needs_clock {
+            return Ok(self.record_at(permit, outcome, 0));
+        }
+        match now() {
+            Ok(now_ns) => Ok(self.record_at(permit, outcome, now_ns)),
+            Err(error) => {
+                self.record_at(permit, Outcome::Neutral, 0);
+                Err(error)
+            }
+        }
+    }
+
+    fn record_at(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
+        let timed = self.settings.window.is_some() && outcome != Outcome::Neutral;
+        let slow = match &self.settings.window {
+            Some(WindowSettings {
+                slow_call_ns: Some(limit),
+                ..
+            }) if timed => now_ns.saturating_sub(permit.start_ns) >= *limit,
             _ => false,
         };
         match outcome {
@@ -364,39 +382,31 @@ impl Breaker {
             self.counters.slow.fetch_add(1, Relaxed);
         }
         match State::of(permit.word) {
-            State::Closed => match window_now {
-                Some(now_ns) => Ok(self.record_in_window(permit, outcome, slow, now_ns)),
-                None => self.record_closed(permit, outcome, now),
-            },
+            State::Closed if timed => self.record_in_window(permit, outcome, slow, now_ns),
+            State::Closed => self.record_closed(permit, outcome, now_ns),
             State::HalfOpen => {
                 // A slow probe means the service has not recovered.
                 let outcome = if slow { Outcome::Failure } else { outcome };
-                self.record_probe(permit, outcome, window_now, now)
+                self.record_probe(permit, outcome, now_ns)
             }
-            State::Open | State::ForcedOpen => Ok(None),
+            State::Open | State::ForcedOpen => None,
         }
     }
 
     /// Count mode: `failure_threshold` consecutive failures open the breaker.
-    fn record_closed<E>(
-        &self,
-        permit: Permit,
-        outcome: Outcome,
-        now: &mut impl FnMut() -> Result<u64, E>,
-    ) -> Result<Option<Transition>, E> {
+    fn record_closed(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
         let mut word = self.word.load(Relaxed);
         loop {
             if !same_phase(word, permit.word) {
-                return Ok(None);
+                return None;
             }
             let failures = count_a(word);
             let updated = match outcome {
-                Outcome::Neutral => return Ok(None),
-                Outcome::Success if failures == 0 => return Ok(None),
+                Outcome::Neutral => return None,
+                Outcome::Success if failures == 0 => return None,
                 Outcome::Success => word & !(COUNT_MASK << A_SHIFT),
                 Outcome::Failure if failures + 1 >= u64::from(self.settings.failure_threshold) => {
-                    let now_ns = now()?;
-                    return Ok(self.open_from(permit.word, now_ns));
+                    return self.open_from(permit.word, now_ns);
                 }
                 Outcome::Failure => word + (1 << A_SHIFT),
             };
@@ -404,7 +414,7 @@ impl Breaker {
                 .word
                 .compare_exchange_weak(word, updated, AcqRel, Relaxed)
             {
-                Ok(_) => return Ok(None),
+                Ok(_) => return None,
                 Err(current) => word = current,
             }
         }
@@ -462,24 +472,14 @@ impl Breaker {
     }
 
     /// Half-open: `success_threshold` successes close; a failure reopens.
-    fn record_probe<E>(
-        &self,
-        permit: Permit,
-        outcome: Outcome,
-        known_now: Option<u64>,
-        now: &mut impl FnMut() -> Result<u64, E>,
-    ) -> Result<Option<Transition>, E> {
+    fn record_probe(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
         if outcome == Outcome::Failure {
-            let now_ns = match known_now {
-                Some(t) => t,
-                None => now()?,
-            };
-            return Ok(self.open_from(permit.word, now_ns));
+            return self.open_from(permit.word, now_ns);
         }
         let mut word = self.word.load(Acquire);
         loop {
             if !same_phase(word, permit.word) {
-                return Ok(None);
+                return None;
             }
             let released = word - (1 << B_SHIFT);
             let closes = outcome == Outcome::Success
@@ -495,12 +495,12 @@ impl Breaker {
             {
                 Ok(_) if closes => {
                     self.counters.to_closed.fetch_add(1, Relaxed);
-                    return Ok(Some(Transition {
+                    return Some(Transition {
                         from: State::HalfOpen,
                         to: State::Closed,
-                    }));
+                    });
                 }
-                Ok(_) => return Ok(None),
+                Ok(_) => return None,
                 Err(current) => word = current,
             }
         }
@@ -585,20 +585,41 @@ mod binding {
     use super::{
         Admission, Breaker, Outcome, Permit, Settings, State, Transition, WindowSettings, MAX_COUNT,
     };
-    use crate::breaker_ffi::{raise_chained, ErrorCache};
+    use super::lock;
+    use crate::breaker_ffi::{fresh_error, raise_chained};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{
-        PyBaseException, PyException, PyKeyboardInterrupt, PySystemExit, PyValueError,
+        PyBaseException, PyException, PyGeneratorExit, PyKeyboardInterrupt, PyRuntimeError,
+        PySystemExit, PyValueError,
     };
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+    use pyo3::types::{IntoPyDict, PyDict, PyString, PyTuple, PyType};
     use pyo3::{intern, PyTraverseError};
-    use std::sync::atomic::Ordering::Relaxed;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
 
     static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static CANCELLED_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    /// The `with` blocks in progress in the current context (thread or task):
+    /// a flat tuple `(breaker, lease, breaker, lease, ...)`, innermost last.
+    static WITH_LEASES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+    fn with_leases(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+        WITH_LEASES
+            .get_or_try_init(py, || {
+                py.import("contextvars")?
+                    .getattr("ContextVar")?
+                    .call(
+                        ("shared_circuit_breaker_leases",),
+                        Some(&[("default", PyTuple::empty(py))].into_py_dict(py)?),
+                    )
+                    .map(Bound::unbind)
+            })
+            .map(|var| var.bind(py))
+    }
 
     /// The lock-free core of `shared.resilience.CircuitBreaker`.
     ///
@@ -611,14 +632,19 @@ mod binding {
         name: Py<PyString>,
         timeout: f64,
         clock: Clock,
-        /// `KeyboardInterrupt`, `SystemExit`, `CancelledError` and `ignore_exceptions`.
+        /// `KeyboardInterrupt`, `SystemExit`, `GeneratorExit`, `CancelledError`
+        /// and `ignore_exceptions`.
         neutral: Py<PyTuple>,
         expected: Py<PyTuple>,
         ignored: Py<PyTuple>,
         is_failure_result: Option<Py<PyAny>>,
         on_state_change: Option<Py<PyAny>>,
-        /// The last rejection error, reused when nobody else holds it.
-        open_errors: ErrorCache,
+        /// Permits of the `with` blocks in progress, by lease number. The
+        /// context holds the lease numbers (`WITH_LEASES`); this map holds the
+        /// permits, so a block that exits in another context than it entered
+        /// still finds one (see `__exit__`).
+        leases: Mutex<BTreeMap<u64, Permit>>,
+        next_lease: AtomicU64,
     }
 
     fn count_setting(name: &str, value: i64) -> PyResult<u32> {
@@ -693,7 +719,7 @@ mod binding {
             }
         }
 
-        /// `CircuitBreakerOpenError(name, retry_after)`, built (or reused) without
+        /// `CircuitBreakerOpenError(name, retry_after)`, built without
         /// running Python code (the class has no Python `__init__`).
         fn open_error<'py>(
             &self,
@@ -707,8 +733,7 @@ mod binding {
                     .map(Bound::unbind)
                     .map_err(PyErr::from)
             })?;
-            self.open_errors
-                .error(cls.bind(py), self.name.bind(py), retry_after)
+            fresh_error(cls.bind(py), self.name.bind(py), retry_after)
         }
 
         /// Runs one call through the breaker: `invoke` calls the protected function.
@@ -738,6 +763,75 @@ mod binding {
             } else {
                 Outcome::Neutral
             }
+        }
+
+        /// `classify` for an exception object (what `__exit__` receives).
+        fn classify_value(&self, error: &Bound<'_, PyAny>) -> PyResult<Outcome> {
+            let py = error.py();
+            Ok(if error.is_instance(self.neutral.bind(py).as_any())? {
+                Outcome::Neutral
+            } else if error.is_instance(self.expected.bind(py).as_any())? {
+                Outcome::Failure
+            } else {
+                Outcome::Neutral
+            })
+        }
+
+        /// Puts `(breaker, lease)` on top of the current context's `with` leases.
+        fn push_lease(breaker: &Bound<'_, Self>, lease: u64) -> PyResult<()> {
+            let py = breaker.py();
+            let var = with_leases(py)?;
+            let stack = var.call_method0(intern!(py, "get"))?.cast_into::<PyTuple>()?;
+            let lease = lease.into_pyobject(py)?.into_any();
+            let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(stack.len() + 2);
+            items.extend(stack.iter());
+            items.push(breaker.as_any().clone());
+            items.push(lease);
+            let pushed = PyTuple::new(py, items)?;
+            var.call_method1(intern!(py, "set"), (pushed,)).map(drop)
+        }
+
+        /// The permit of the `with` block that ends: the innermost lease of this
+        /// breaker in the current context that is still outstanding, else (a
+        /// block entered in another task or context) the oldest outstanding one,
+        /// so every exit gives back exactly one permit. Leases of this breaker
+        /// passed over on the way (taken by such an exit) leave the context too.
+        fn take_lease(breaker: &Bound<'_, Self>) -> PyResult<Permit> {
+            let py = breaker.py();
+            let this = breaker.get();
+            let var = with_leases(py)?;
+            let stack = var.call_method0(intern!(py, "get"))?.cast_into::<PyTuple>()?;
+            let mut forget: Vec<usize> = Vec::new();
+            let mut found = None;
+            let mut i = stack.len() & !1;
+            while i >= 2 {
+                i -= 2;
+                if !stack.get_item(i)?.is(breaker) {
+                    continue;
+                }
+                let lease: u64 = stack.get_item(i + 1)?.extract()?;
+                forget.push(i);
+                if let Some(permit) = lock(&this.leases).remove(&lease) {
+                    found = Some(permit);
+                    break;
+                }
+            }
+            if !forget.is_empty() {
+                let kept: Vec<Bound<'_, PyAny>> = stack
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| !forget.contains(&(j & !1)))
+                    .map(|(_, item)| item)
+                    .collect();
+                var.call_method1(intern!(py, "set"), (PyTuple::new(py, kept)?,))?;
+            }
+            let permit = found.or_else(|| lock(&this.leases).pop_first().map(|(_, permit)| permit));
+            permit.ok_or_else(|| {
+                PyRuntimeError::new_err(format!(
+                    "circuit breaker {}: __exit__ without __enter__",
+                    this.name.bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                ))
+            })
         }
 
         fn record(
@@ -913,6 +1007,7 @@ mod binding {
             let mut neutral = vec![
                 py.get_type::<PyKeyboardInterrupt>().into_any(),
                 py.get_type::<PySystemExit>().into_any(),
+                py.get_type::<PyGeneratorExit>().into_any(),
                 cancelled.bind(py).clone(),
             ];
             neutral.extend(ignored.iter());
@@ -926,7 +1021,8 @@ mod binding {
                 ignored: ignored.unbind(),
                 is_failure_result,
                 on_state_change,
-                open_errors: ErrorCache::new(),
+                leases: Mutex::new(BTreeMap::new()),
+                next_lease: AtomicU64::new(0),
             })
         }
 
@@ -978,6 +1074,58 @@ mod binding {
         ) -> PyResult<()> {
             let error = PyErr::from_value(error.clone().into_any());
             slf.get().record_error(slf, permit_from_int(permit), &error)
+        }
+
+        /// Admits the `with` block's call (or raises `CircuitBreakerOpenError`).
+        ///
+        /// Native, like `__exit__`: no Python code runs between taking a probe
+        /// slot and the `with` statement's cleanup being in place, so an
+        /// asynchronous exception (a timeout, `KeyboardInterrupt`) cannot land
+        /// between the two and leak the slot.
+        fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+            let this = slf.get();
+            let permit = this.admit(slf)?;
+            let lease = this.next_lease.fetch_add(1, Relaxed);
+            lock(&this.leases).insert(lease, permit);
+            if let Err(error) = Self::push_lease(slf, lease) {
+                // The block will not run: give the permit back.
+                if lock(&this.leases).remove(&lease).is_some() {
+                    this.record(slf, permit, Outcome::Neutral)?;
+                }
+                return Err(error);
+            }
+            Ok(slf.clone())
+        }
+
+        /// Records how the `with` block ended: success, or its exception
+        /// classified like `call` does. Works in any context: a block entered
+        /// in one task and left in another still gives its permit back.
+        #[pyo3(signature = (exc_type, exc, traceback, /))]
+        fn __exit__(
+            slf: &Bound<'_, Self>,
+            exc_type: &Bound<'_, PyAny>,
+            exc: &Bound<'_, PyAny>,
+            traceback: &Bound<'_, PyAny>,
+        ) -> PyResult<()> {
+            let _ = (exc_type, traceback);
+            let this = slf.get();
+            let permit = Self::take_lease(slf)?;
+            let outcome = if exc.is_none() {
+                Outcome::Success
+            } else {
+                match this.classify_value(exc) {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        this.record(slf, permit, Outcome::Neutral)?;
+                        return Err(error);
+                    }
+                }
+            };
+            this.record(slf, permit, outcome).inspect_err(|failure| {
+                if !exc.is_none() {
+                    failure.set_context(slf.py(), Some(PyErr::from_value(exc.clone())));
+                }
+            })
         }
 
         /// Closes the breaker and clears `failure_count`, `success_count` and `last_failure_time`.
@@ -1070,12 +1218,7 @@ mod binding {
             visit.call(&self.on_state_change)?;
             visit.call(&self.expected)?;
             visit.call(&self.ignored)?;
-            visit.call(&self.neutral)?;
-            self.open_errors.traverse(&visit)
-        }
-
-        fn __clear__(&self) {
-            self.open_errors.clear();
+            visit.call(&self.neutral)
         }
     }
 }

@@ -427,17 +427,60 @@ def test_registry_finds_breakers_by_name() -> None:
     assert "db" not in circuit_breaker_registry
     registry.unregister("db")
     assert registry.get("db") is None
+    assert circuit_breaker_registry.remove("registry-test-payments") is breaker
 
 
-def test_registry_holds_breakers_weakly() -> None:
-    """A breaker nobody uses any more leaves the registry."""
+def test_registry_keeps_its_breakers_until_remove() -> None:
+    """Fetched by name in a loop, with no reference kept: one breaker, and it opens."""
     import gc
 
     registry = CircuitBreakerRegistry()
-    CircuitBreaker("gone", registry=registry)
+    config = CircuitBreakerConfig(failure_threshold=2, expected_exceptions=ConnectionError)
+    upstream_calls = []
+
+    def upstream() -> None:
+        upstream_calls.append(1)
+        raise ConnectionError("down")
+
+    outcomes = []
+    for _ in range(6):
+        gc.collect()
+        try:
+            registry.get_or_create("payments", config).call(upstream)
+        except ConnectionError:
+            outcomes.append("failed")
+        except CircuitBreakerOpenError:
+            outcomes.append("rejected")
+    assert len(upstream_calls) == 2
+    assert outcomes == ["failed"] * 2 + ["rejected"] * 4
+    CircuitBreaker("direct", registry=registry)  # no reference kept here either
     gc.collect()
-    assert registry.get("gone") is None
-    assert len(registry) == 0
+    assert sorted(registry.breakers()) == ["direct", "payments"]
+    assert len(registry) == 2
+    removed = registry.remove("payments")
+    assert removed is not None
+    assert removed.state is CircuitBreakerState.OPEN
+    assert registry.remove("payments") is None
+    assert "payments" not in registry
+    assert registry.get_or_create("payments", config) is not removed
+    registry.unregister("direct")
+    assert registry.get("direct") is None
+
+
+def test_registry_repr_names_its_breakers_and_states() -> None:
+    registry = CircuitBreakerRegistry()
+    assert repr(registry) == "CircuitBreakerRegistry(0 breakers: {})"
+    registry.get_or_create("db")
+    registry.get_or_create("payments").force_open()
+    assert repr(registry) == (
+        "CircuitBreakerRegistry(2 breakers: {'db': closed, 'payments': open})"
+    )
+    for i in range(12):
+        registry.get_or_create(f"svc-{i}")
+    text = repr(registry)
+    assert text.startswith("CircuitBreakerRegistry(14 breakers: {'db': closed, ")
+    assert text.endswith(", ... 4 more})")
+    assert "'svc-8'" not in text
 
 
 # -- sliding window ------------------------------------------------------------------

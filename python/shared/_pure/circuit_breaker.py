@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import threading
 import time
+from contextvars import ContextVar
+from types import TracebackType
 from typing import Any, Callable
 
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
@@ -26,6 +28,33 @@ _U64 = (1 << 64) - 1
 _INF = float("inf")
 
 Transition = tuple[int, int]
+
+# The `with` blocks in progress in the current context (thread or task): a flat
+# tuple (breaker, lease, breaker, lease, ...), innermost last.
+_WITH_LEASES: ContextVar[tuple[Any, ...]] = ContextVar(
+    "shared_circuit_breaker_leases", default=()
+)
+
+# The methods that take or give back a permit. ``shared.resilience.circuit_breaker``
+# marks them so that its deadlines are never delivered inside them (an
+# interruption there would leak a half-open probe slot). The Rust core does
+# this work in native code, where no asynchronous exception can land.
+UNINTERRUPTIBLE = (
+    "__enter__",
+    "__exit__",
+    "_take_lease",
+    "_admit",
+    "_try_admit",
+    "_record",
+    "_record_success",
+    "_record_error",
+    "_reset_streak",
+    "_record_closed",
+    "_record_in_window",
+    "_record_probe",
+    "_enter",
+    "_open",
+)
 
 
 def _count_setting(name: str, value: int) -> int:
@@ -89,6 +118,8 @@ class CircuitBreakerCore:
     _succeeded_base: int
     _failed_base: int
     _last_failure_time: float | None
+    _leases: dict[int, int]
+    _next_lease: int
 
     def __new__(
         cls,
@@ -138,7 +169,13 @@ class CircuitBreakerCore:
         self._name = name
         self._expected = (Exception,) if expected_exceptions is None else expected_exceptions
         self._ignored = () if ignore_exceptions is None else ignore_exceptions
-        self._neutral = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, *self._ignored)
+        self._neutral = (
+            KeyboardInterrupt,
+            SystemExit,
+            GeneratorExit,
+            asyncio.CancelledError,
+            *self._ignored,
+        )
         self._is_failure_result = is_failure_result
         self._on_state_change = on_state_change
         self._clock = clock
@@ -162,6 +199,9 @@ class CircuitBreakerCore:
         self._to_open = self._to_half_open = self._to_closed = 0
         self._succeeded_base = self._failed_base = 0
         self._last_failure_time = None
+        # Permits of the `with` blocks in progress, by lease number (see `__exit__`).
+        self._leases = {}
+        self._next_lease = 0
         return self
 
     # -- calls ------------------------------------------------------------------
@@ -192,6 +232,67 @@ class CircuitBreakerCore:
             self._reset_streak(epoch)
         return result
 
+    def __enter__(self) -> CircuitBreakerCore:
+        """Admits the `with` block's call (or raises ``CircuitBreakerOpenError``)."""
+        permit = self._try_admit()
+        if isinstance(permit, BaseException):
+            raise permit
+        with self._lock:
+            lease = self._next_lease
+            self._next_lease = lease + 1
+            self._leases[lease] = permit
+        try:
+            _WITH_LEASES.set((*_WITH_LEASES.get(), self, lease))
+        except BaseException:
+            # The block will not run: give the permit back.
+            with self._lock:
+                taken = self._leases.pop(lease, None)
+            if taken is not None:
+                self._record(permit, NEUTRAL)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None:
+        """Records how the `with` block ended (works in any context, see ``_take_lease``)."""
+        permit = self._take_lease()
+        self._record(permit, SUCCESS if exc is None else self._classify(exc))
+
+    def _take_lease(self) -> int:
+        """The permit of the `with` block that ends.
+
+        The innermost lease of this breaker in the current context that is still
+        outstanding, else (a block entered in another task or context) the
+        oldest outstanding one, so every exit gives back exactly one permit.
+        Leases of this breaker passed over on the way leave the context too.
+        """
+        stack = _WITH_LEASES.get()
+        forget: list[int] = []
+        found: int | None = None
+        for i in range(len(stack) - 2, -1, -2):
+            if stack[i] is not self:
+                continue
+            forget.append(i)
+            with self._lock:
+                found = self._leases.pop(stack[i + 1], None)
+            if found is not None:
+                break
+        if forget:
+            _WITH_LEASES.set(tuple(item for j, item in enumerate(stack) if j & ~1 not in forget))
+        if found is None:
+            with self._lock:
+                if self._leases:
+                    # Dicts keep insertion order: the first key is the oldest lease.
+                    found = self._leases.pop(next(iter(self._leases)))
+        if found is None:
+            raise RuntimeError(f"circuit breaker {self._name!r}: __exit__ without __enter__")
+        return found
+
     def _classify(self, exc: BaseException) -> int:
         if isinstance(exc, self._neutral):
             return NEUTRAL
@@ -212,8 +313,10 @@ class CircuitBreakerCore:
             state = self._state
             if state == CLOSED:
                 return _permit(CLOSED, self._epoch, self._now_ns() if self._slow_ns else 0)
-            # The clock is read before the lock: a Python clock must not run under it.
-            now_ns = self._now_ns() if state == OPEN else 0
+            # The clock is read before the lock (a Python clock must not run under
+            # it) and before a slot is taken (a failing clock cannot leak one).
+            timed = state == OPEN or (state == HALF_OPEN and self._slow_ns)
+            now_ns = self._now_ns() if timed else 0
             transition: Transition | None = None
             with self._lock:
                 if self._state != state:
@@ -244,8 +347,7 @@ class CircuitBreakerCore:
             if retry_after_ns >= 0:
                 return _open_error(self._name, ns_to_secs(retry_after_ns))
             if transition is None:
-                start_ns = self._now_ns() if self._slow_ns else 0
-                return _permit(HALF_OPEN, epoch, start_ns)
+                return _permit(HALF_OPEN, epoch, now_ns)
             permit = _permit(HALF_OPEN, epoch, now_ns)
             try:
                 self._notify(transition)
@@ -284,13 +386,21 @@ class CircuitBreakerCore:
 
     def _record(self, permit: int, outcome: int) -> None:
         state, epoch, start_ns = permit & 3, (permit & _U64) >> 2, permit >> 64
-        if self._window_ns and outcome != NEUTRAL:
-            now_ns = self._now_ns()
-            slow = bool(self._slow_ns) and max(0, now_ns - start_ns) >= self._slow_ns
-        else:
-            # Read only when it may open the breaker (before the lock, as above).
-            now_ns = self._now_ns() if outcome == FAILURE else 0
-            slow = False
+        # Read once, before the lock, and only when needed: a failure may open
+        # the breaker; the window mode times every call. If the clock fails,
+        # the call counts as neutral, so a probe still gives its slot back.
+        now_ns = 0
+        if outcome == FAILURE or (self._window_ns and outcome != NEUTRAL):
+            try:
+                now_ns = self._now_ns()
+            except BaseException:
+                self._record(permit, NEUTRAL)
+                raise
+        slow = (
+            bool(self._slow_ns)
+            and outcome != NEUTRAL
+            and max(0, now_ns - start_ns) >= self._slow_ns
+        )
         if outcome == SUCCESS:
             next(self._succeeded)
         with self._lock:
