@@ -17,9 +17,9 @@
 //! Python `raise` does.
 
 use pyo3::exceptions::{PyBaseException, PyTypeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
-use pyo3::ffi;
 
 /// Sets `error` as the raised exception as a Python `raise error` would: its
 /// `__context__` becomes the exception being handled, if any (`PyErr_SetObject`

@@ -582,10 +582,10 @@ pub use binding::CircuitBreakerCore;
 
 #[cfg(feature = "python")]
 mod binding {
+    use super::lock;
     use super::{
         Admission, Breaker, Outcome, Permit, Settings, State, Transition, WindowSettings, MAX_COUNT,
     };
-    use super::lock;
     use crate::breaker_ffi::{fresh_error, raise_chained};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{
@@ -781,7 +781,9 @@ mod binding {
         fn push_lease(breaker: &Bound<'_, Self>, lease: u64) -> PyResult<()> {
             let py = breaker.py();
             let var = with_leases(py)?;
-            let stack = var.call_method0(intern!(py, "get"))?.cast_into::<PyTuple>()?;
+            let stack = var
+                .call_method0(intern!(py, "get"))?
+                .cast_into::<PyTuple>()?;
             let lease = lease.into_pyobject(py)?.into_any();
             let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(stack.len() + 2);
             items.extend(stack.iter());
@@ -800,7 +802,9 @@ mod binding {
             let py = breaker.py();
             let this = breaker.get();
             let var = with_leases(py)?;
-            let stack = var.call_method0(intern!(py, "get"))?.cast_into::<PyTuple>()?;
+            let stack = var
+                .call_method0(intern!(py, "get"))?
+                .cast_into::<PyTuple>()?;
             let mut forget: Vec<usize> = Vec::new();
             let mut found = None;
             let mut i = stack.len() & !1;
@@ -829,7 +833,10 @@ mod binding {
             permit.ok_or_else(|| {
                 PyRuntimeError::new_err(format!(
                     "circuit breaker {}: __exit__ without __enter__",
-                    this.name.bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                    this.name
+                        .bind(py)
+                        .repr()
+                        .map_or_else(|_| "?".to_owned(), |r| r.to_string())
                 ))
             })
         }

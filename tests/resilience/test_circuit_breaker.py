@@ -206,14 +206,47 @@ def test_unexpected_exceptions_propagate_and_are_neutral(clock: ManualClock) -> 
     assert breaker.counters()["calls_ignored"] == 1
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_interrupts_are_neutral_even_when_expected(clock: ManualClock, exc: type) -> None:
-    """KeyboardInterrupt and SystemExit never count, whatever expected_exceptions says."""
+    """KeyboardInterrupt, SystemExit and GeneratorExit never count, whatever
+    expected_exceptions says."""
     breaker = breaker_with(clock, failure_threshold=1, expected_exceptions=(BaseException,))
     with pytest.raises(exc):
         breaker.call(fail, exc())
+    with pytest.raises(exc), breaker:
+        raise exc()
     assert breaker.state is CircuitBreakerState.CLOSED
     assert breaker.failure_count == 0
+    assert breaker.counters()["calls_ignored"] == 2
+
+
+def test_consumers_that_stop_early_do_not_open_the_breaker(clock: ManualClock) -> None:
+    """Closing a generator that yields inside ``with breaker:`` is neutral (GeneratorExit)."""
+    breaker = breaker_with(clock, failure_threshold=2, expected_exceptions=BaseException)
+
+    def rows() -> Any:
+        with breaker:
+            yield 1
+            yield 2
+
+    for _ in range(3):
+        consumer = rows()
+        assert next(consumer) == 1
+        consumer.close()
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.failure_count == 0
+    assert breaker.counters()["calls_ignored"] == 3
+    # A probe stopped early gives its slot back, and the next probe is admitted.
+    breaker.force_open()
+    breaker.reset()
+    trip(breaker, 2)
+    clock.advance(61)
+    consumer = rows()
+    next(consumer)
+    assert breaker.state is CircuitBreakerState.HALF_OPEN
+    consumer.close()
+    with breaker:
+        pass
 
 
 def test_ignore_exceptions_win_over_expected(clock: ManualClock) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
 
@@ -31,30 +31,7 @@ Transition = tuple[int, int]
 
 # The `with` blocks in progress in the current context (thread or task): a flat
 # tuple (breaker, lease, breaker, lease, ...), innermost last.
-_WITH_LEASES: ContextVar[tuple[Any, ...]] = ContextVar(
-    "shared_circuit_breaker_leases", default=()
-)
-
-# The methods that take or give back a permit. ``shared.resilience.circuit_breaker``
-# marks them so that its deadlines are never delivered inside them (an
-# interruption there would leak a half-open probe slot). The Rust core does
-# this work in native code, where no asynchronous exception can land.
-UNINTERRUPTIBLE = (
-    "__enter__",
-    "__exit__",
-    "_take_lease",
-    "_admit",
-    "_try_admit",
-    "_record",
-    "_record_success",
-    "_record_error",
-    "_reset_streak",
-    "_record_closed",
-    "_record_in_window",
-    "_record_probe",
-    "_enter",
-    "_open",
-)
+_WITH_LEASES: ContextVar[tuple[Any, ...]] = ContextVar("shared_circuit_breaker_leases", default=())
 
 
 def _count_setting(name: str, value: int) -> int:
@@ -77,6 +54,27 @@ def _rate_setting(name: str, value: float) -> float:
 
 class CircuitBreakerCore:
     """The core of ``shared.resilience.CircuitBreaker``: the twin of the Rust class."""
+
+    # The methods that take or give back a permit. ``shared.resilience.circuit_breaker``
+    # marks them so that its deadlines are never delivered inside them (an
+    # interruption there would leak a half-open probe slot). The Rust core does
+    # this work in native code, where no asynchronous exception can land.
+    _UNINTERRUPTIBLE: ClassVar[tuple[str, ...]] = (
+        "__enter__",
+        "__exit__",
+        "_take_lease",
+        "_admit",
+        "_try_admit",
+        "_record",
+        "_record_success",
+        "_record_error",
+        "_reset_streak",
+        "_record_closed",
+        "_record_in_window",
+        "_record_probe",
+        "_enter",
+        "_open",
+    )
 
     _name: str
     _failure_threshold: int
@@ -214,7 +212,10 @@ class CircuitBreakerCore:
             # so it unwinds one frame, not three.
             permit = self._try_admit()
             if isinstance(permit, BaseException):
-                raise permit
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
@@ -232,11 +233,14 @@ class CircuitBreakerCore:
             self._reset_streak(epoch)
         return result
 
-    def __enter__(self) -> CircuitBreakerCore:
+    def __enter__(self, /) -> CircuitBreakerCore:
         """Admits the `with` block's call (or raises ``CircuitBreakerOpenError``)."""
         permit = self._try_admit()
         if isinstance(permit, BaseException):
-            raise permit
+            try:
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
         with self._lock:
             lease = self._next_lease
             self._next_lease = lease + 1
@@ -304,7 +308,10 @@ class CircuitBreakerCore:
         """Admits one call (or raises ``CircuitBreakerOpenError``); returns its permit."""
         permit = self._try_admit()
         if isinstance(permit, BaseException):
-            raise permit
+            try:
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
         return permit
 
     def _try_admit(self) -> int | BaseException:

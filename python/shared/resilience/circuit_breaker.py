@@ -197,7 +197,7 @@ class _Listeners:
 
 # The pure-Python core takes and gives back permits in Python code: no deadline
 # of ours may interrupt it there (it would leak a half-open probe slot).
-for _method_name in getattr(core, "UNINTERRUPTIBLE", ()):
+for _method_name in getattr(_Core, "_UNINTERRUPTIBLE", ()):
     _method = getattr(_Core, _method_name)
     if isinstance(_method, FunctionType):
         _critical(_method)
@@ -209,8 +209,9 @@ def _is_async_callable(func: object) -> bool:
         func = func.func
     if inspect.iscoroutinefunction(func):
         return True
-    call = getattr(type(func), "__call__", None)
-    return not inspect.isfunction(func) and inspect.iscoroutinefunction(call)
+    # An object whose class defines `async def __call__`.
+    return callable(func) and inspect.iscoroutinefunction(type(func).__call__)
+
 
 _DEFAULT_REGISTRY: Any = object()
 
