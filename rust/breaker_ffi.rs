@@ -1,4 +1,4 @@
-//! The circuit breaker's fast path that `PyO3` cannot express; the one
+//! The circuit breaker's fast paths that `PyO3` cannot express; the one
 //! module of the crate allowed `unsafe` code.
 //!
 //! `call(func, /, *args, **kwargs)` as a real `METH_FASTCALL | METH_KEYWORDS`
@@ -8,6 +8,9 @@
 //! to `func` as they came, through `PyObject_Vectorcall`, without a copy.
 //! The method is installed on `CircuitBreakerCore` at module init, so the
 //! Python subclass inherits it.
+//!
+//! `context_get`/`context_set`: the `with` statement's lease stack lives in a
+//! `ContextVar`; the C API reads and sets it without two method calls.
 //!
 //! The `abi3` build keeps `PyO3`'s own `call` (`PyObject_Vectorcall` is not in
 //! its API). Every rejection raises a fresh `CircuitBreakerOpenError`: a
@@ -48,10 +51,10 @@ pub fn fresh_error<'py>(
 }
 
 #[cfg(not(feature = "abi3"))]
-pub use fast::install;
+pub use fast::{context_get, context_set, install};
 
 #[cfg(feature = "abi3")]
-pub use fallback::install;
+pub use fallback::{context_get, context_set, install};
 
 #[cfg(not(feature = "abi3"))]
 mod fast {
@@ -116,6 +119,33 @@ mod fast {
         null_mut()
     }
 
+    /// `var.get()` for a `ContextVar` made with a default, without a method call.
+    pub fn context_get<'py>(var: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = var.py();
+        let mut value = null_mut();
+        // SAFETY: attached thread; `var` is a valid object (the C function checks
+        // that it is a ContextVar). On success `value` is a new reference, or
+        // NULL when the variable has no value and no default.
+        let status = unsafe { ffi::PyContextVar_Get(var.as_ptr(), null_mut(), &raw mut value) };
+        if status < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: a new reference (or NULL), now owned by the result.
+        unsafe { Bound::from_owned_ptr_or_opt(py, value) }
+            .ok_or_else(|| PyTypeError::new_err("the context variable has no default"))
+    }
+
+    /// `var.set(value)` (the reset token is dropped), without a method call.
+    pub fn context_set(var: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = var.py();
+        // SAFETY: attached thread; both are valid objects (the C function checks
+        // the type of `var`). The result is a new reference to a token, or NULL
+        // with an error set.
+        let token = unsafe { ffi::PyContextVar_Set(var.as_ptr(), value.as_ptr()) };
+        // SAFETY: as above; the token is owned here and dropped at once.
+        unsafe { Bound::from_owned_ptr_or_err(py, token) }.map(drop)
+    }
+
     #[cold]
     fn panic_error(payload: &(dyn std::any::Any + Send)) -> PyErr {
         let message = payload
@@ -177,7 +207,19 @@ mod fast {
 
 #[cfg(feature = "abi3")]
 mod fallback {
+    use pyo3::intern;
     use pyo3::prelude::*;
+
+    /// `var.get()`.
+    pub fn context_get<'py>(var: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        var.call_method0(intern!(var.py(), "get"))
+    }
+
+    /// `var.set(value)`.
+    pub fn context_set(var: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        var.call_method1(intern!(var.py(), "set"), (value,))
+            .map(drop)
+    }
 
     /// The `abi3` build keeps `PyO3`'s `call`: nothing to install.
     #[allow(clippy::unnecessary_wraps)]

@@ -100,6 +100,9 @@ pub struct Settings {
     pub success_threshold: u32,
     pub half_open_max_calls: u32,
     pub open_timeout_ns: u64,
+    /// How long a probe holds its slot: once every slot is taken and no probe
+    /// was admitted for this long, the slots are free again (probe leases).
+    pub probe_timeout_ns: u64,
     pub window: Option<WindowSettings>,
 }
 
@@ -146,6 +149,8 @@ pub struct Counters {
     pub ignored: AtomicU64,
     pub rejected: AtomicU64,
     pub slow: AtomicU64,
+    /// Probes whose lease expired (their slots were handed to new probes).
+    pub probes_expired: AtomicU64,
     pub to_open: AtomicU64,
     pub to_half_open: AtomicU64,
     pub to_closed: AtomicU64,
@@ -177,6 +182,8 @@ pub struct Breaker {
     word: AtomicU64,
     /// When the current OPEN phase began; written only under `transition_lock`.
     opened_at_ns: AtomicU64,
+    /// When the newest probe was admitted (the clock only grows: a `fetch_max`).
+    last_probe_at_ns: AtomicU64,
     transition_lock: Mutex<()>,
     window: Mutex<Window>,
     pub counters: Counters,
@@ -205,6 +212,7 @@ impl Breaker {
             settings,
             word: AtomicU64::new(pack(State::Closed, 0, 0, 0)),
             opened_at_ns: AtomicU64::new(0),
+            last_probe_at_ns: AtomicU64::new(0),
             transition_lock: Mutex::new(()),
             window: Mutex::new(Window {
                 epoch: 0,
@@ -272,21 +280,42 @@ impl Breaker {
                 }
                 State::ForcedOpen => return Ok(self.reject(self.settings.open_timeout_ns)),
                 State::HalfOpen => {
-                    if count_b(word) >= u64::from(self.settings.half_open_max_calls) {
-                        return Ok(self.reject(0));
+                    // Read before a slot is taken: a clock that fails cannot leak one.
+                    let now_ns = now()?;
+                    let full = count_b(word) >= u64::from(self.settings.half_open_max_calls);
+                    if full {
+                        let last = self.last_probe_at_ns.load(Acquire);
+                        if now_ns < last.saturating_add(self.settings.probe_timeout_ns) {
+                            return Ok(self.reject(0));
+                        }
                     }
-                    // Read before the slot is taken: a clock that fails cannot leak it.
-                    let start_ns = if self.times_calls() { now()? } else { 0 };
-                    let taken = word + (1 << B_SHIFT);
+                    // Published before the slot is taken (a fetch_max, so a caller
+                    // that loses the race below only delays the expiry): whoever
+                    // sees the slots full sees when the newest probe was admitted.
+                    self.last_probe_at_ns.fetch_max(now_ns, AcqRel);
+                    let taken = if full {
+                        // The slots are full and no probe was admitted for
+                        // `probe_timeout`: every lease has expired. A new
+                        // half-open phase starts, with this call its first probe;
+                        // the old probes' outcomes are late and change nothing.
+                        pack(State::HalfOpen, next_epoch(word), 0, 1)
+                    } else {
+                        word + (1 << B_SHIFT)
+                    };
                     if self
                         .word
                         .compare_exchange(word, taken, AcqRel, Acquire)
                         .is_ok()
                     {
+                        if full {
+                            self.counters
+                                .probes_expired
+                                .fetch_add(count_b(word), Relaxed);
+                        }
                         return Ok(Admission::Admitted {
                             permit: Permit {
                                 word: taken,
-                                start_ns,
+                                start_ns: now_ns,
                             },
                             transition: None,
                         });
@@ -303,6 +332,7 @@ impl Breaker {
                         return Ok(self.reject(probe_at - now_ns));
                     }
                     // The first caller after the timeout becomes the first probe.
+                    self.last_probe_at_ns.fetch_max(now_ns, AcqRel);
                     let probing = pack(State::HalfOpen, next_epoch(word), 0, 1);
                     if self
                         .word
@@ -586,7 +616,7 @@ mod binding {
     use super::{
         Admission, Breaker, Outcome, Permit, Settings, State, Transition, WindowSettings, MAX_COUNT,
     };
-    use crate::breaker_ffi::{fresh_error, raise_chained};
+    use crate::breaker_ffi::{context_get, context_set, fresh_error, raise_chained};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{
         PyBaseException, PyException, PyGeneratorExit, PyKeyboardInterrupt, PyRuntimeError,
@@ -597,7 +627,6 @@ mod binding {
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{IntoPyDict, PyDict, PyString, PyTuple, PyType};
     use pyo3::{intern, PyTraverseError};
-    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Mutex;
 
@@ -631,6 +660,7 @@ mod binding {
         core: Breaker,
         name: Py<PyString>,
         timeout: f64,
+        probe_timeout: f64,
         clock: Clock,
         /// `KeyboardInterrupt`, `SystemExit`, `GeneratorExit`, `CancelledError`
         /// and `ignore_exceptions`.
@@ -643,7 +673,7 @@ mod binding {
         /// context holds the lease numbers (`WITH_LEASES`); this map holds the
         /// permits, so a block that exits in another context than it entered
         /// still finds one (see `__exit__`).
-        leases: Mutex<BTreeMap<u64, Permit>>,
+        leases: Mutex<Vec<(u64, Permit)>>,
         next_lease: AtomicU64,
     }
 
@@ -781,16 +811,26 @@ mod binding {
         fn push_lease(breaker: &Bound<'_, Self>, lease: u64) -> PyResult<()> {
             let py = breaker.py();
             let var = with_leases(py)?;
-            let stack = var
-                .call_method0(intern!(py, "get"))?
-                .cast_into::<PyTuple>()?;
+            let stack = context_get(var)?.cast_into::<PyTuple>()?;
             let lease = lease.into_pyobject(py)?.into_any();
-            let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(stack.len() + 2);
-            items.extend(stack.iter());
-            items.push(breaker.as_any().clone());
-            items.push(lease);
-            let pushed = PyTuple::new(py, items)?;
-            var.call_method1(intern!(py, "set"), (pushed,)).map(drop)
+            let pushed = if stack.is_empty() {
+                PyTuple::new(py, [breaker.as_any().clone(), lease])?
+            } else {
+                let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(stack.len() + 2);
+                items.extend(stack.iter());
+                items.push(breaker.as_any().clone());
+                items.push(lease);
+                PyTuple::new(py, items)?
+            };
+            context_set(var, pushed.as_any())
+        }
+
+        /// Takes the permit of outstanding lease `lease`, if it is still outstanding.
+        fn take_outstanding(&self, lease: u64) -> Option<Permit> {
+            let mut leases = lock(&self.leases);
+            // The innermost blocks are the newest: search from the end.
+            let at = leases.iter().rposition(|&(number, _)| number == lease)?;
+            Some(leases.remove(at).1)
         }
 
         /// The permit of the `with` block that ends: the innermost lease of this
@@ -802,22 +842,28 @@ mod binding {
             let py = breaker.py();
             let this = breaker.get();
             let var = with_leases(py)?;
-            let stack = var
-                .call_method0(intern!(py, "get"))?
-                .cast_into::<PyTuple>()?;
-            let mut forget: Vec<usize> = Vec::new();
+            let stack = context_get(var)?.cast_into::<PyTuple>()?;
+            let len = stack.len() & !1;
+            let mut forget: Vec<usize> = Vec::new(); // entries passed over: rare
             let mut found = None;
-            let mut i = stack.len() & !1;
+            let mut i = len;
             while i >= 2 {
                 i -= 2;
                 if !stack.get_item(i)?.is(breaker) {
                     continue;
                 }
                 let lease: u64 = stack.get_item(i + 1)?.extract()?;
-                forget.push(i);
-                if let Some(permit) = lock(&this.leases).remove(&lease) {
-                    found = Some(permit);
+                if let Some(permit) = this.take_outstanding(lease) {
+                    found = Some((i, permit));
                     break;
+                }
+                forget.push(i);
+            }
+            if let Some((at, _)) = found {
+                if forget.is_empty() && at + 2 == len {
+                    context_set(var, stack.get_slice(0, at).as_any())?;
+                } else {
+                    forget.push(at);
                 }
             }
             if !forget.is_empty() {
@@ -827,9 +873,14 @@ mod binding {
                     .filter(|(j, _)| !forget.contains(&(j & !1)))
                     .map(|(_, item)| item)
                     .collect();
-                var.call_method1(intern!(py, "set"), (PyTuple::new(py, kept)?,))?;
+                context_set(var, PyTuple::new(py, kept)?.as_any())?;
             }
-            let permit = found.or_else(|| lock(&this.leases).pop_first().map(|(_, permit)| permit));
+            let permit = found.map(|(_, permit)| permit).or_else(|| {
+                let mut leases = lock(&this.leases);
+                // Lease numbers grow: the smallest is the oldest.
+                let oldest = (0..leases.len()).min_by_key(|&at| leases[at].0)?;
+                Some(leases.remove(oldest).1)
+            });
             permit.ok_or_else(|| {
                 PyRuntimeError::new_err(format!(
                     "circuit breaker {}: __exit__ without __enter__",
@@ -938,6 +989,7 @@ mod binding {
         #[pyo3(signature = (
             name, *, failure_threshold=5, success_threshold=2, timeout=60.0,
             expected_exceptions=None, ignore_exceptions=None, half_open_max_calls=1,
+            probe_timeout=None,
             sliding_window=None, minimum_calls=100, failure_rate_threshold=0.5,
             slow_call_duration=None, slow_call_rate_threshold=1.0,
             is_failure_result=None, on_state_change=None, clock=None
@@ -952,6 +1004,7 @@ mod binding {
             expected_exceptions: Option<Bound<'_, PyTuple>>,
             ignore_exceptions: Option<Bound<'_, PyTuple>>,
             half_open_max_calls: i64,
+            probe_timeout: Option<f64>,
             sliding_window: Option<f64>,
             minimum_calls: i64,
             failure_rate_threshold: f64,
@@ -998,6 +1051,10 @@ mod binding {
                 success_threshold: count_setting("success_threshold", success_threshold)?,
                 half_open_max_calls: count_setting("half_open_max_calls", half_open_max_calls)?,
                 open_timeout_ns: seconds_setting("timeout", timeout)?,
+                probe_timeout_ns: seconds_setting(
+                    "probe_timeout",
+                    probe_timeout.unwrap_or(timeout),
+                )?,
                 window,
             };
             let expected = exception_tuple(
@@ -1022,13 +1079,14 @@ mod binding {
                 core: Breaker::new(settings),
                 name: name.unbind(),
                 timeout,
+                probe_timeout: probe_timeout.unwrap_or(timeout),
                 clock: Clock::from_py(clock)?,
                 neutral: PyTuple::new(py, neutral)?.unbind(),
                 expected: expected.unbind(),
                 ignored: ignored.unbind(),
                 is_failure_result,
                 on_state_change,
-                leases: Mutex::new(BTreeMap::new()),
+                leases: Mutex::new(Vec::new()),
                 next_lease: AtomicU64::new(0),
             })
         }
@@ -1093,10 +1151,10 @@ mod binding {
             let this = slf.get();
             let permit = this.admit(slf)?;
             let lease = this.next_lease.fetch_add(1, Relaxed);
-            lock(&this.leases).insert(lease, permit);
+            lock(&this.leases).push((lease, permit));
             if let Err(error) = Self::push_lease(slf, lease) {
                 // The block will not run: give the permit back.
-                if lock(&this.leases).remove(&lease).is_some() {
+                if this.take_outstanding(lease).is_some() {
                     this.record(slf, permit, Outcome::Neutral)?;
                 }
                 return Err(error);
@@ -1184,6 +1242,11 @@ mod binding {
         }
 
         #[getter]
+        fn probe_timeout(&self) -> f64 {
+            self.probe_timeout
+        }
+
+        #[getter]
         fn expected_exceptions(&self, py: Python<'_>) -> Py<PyTuple> {
             self.expected.clone_ref(py)
         }
@@ -1208,6 +1271,7 @@ mod binding {
                 ("calls_ignored", &c.ignored),
                 ("calls_rejected", &c.rejected),
                 ("calls_slow", &c.slow),
+                ("probes_expired", &c.probes_expired),
                 ("transitions_to_open", &c.to_open),
                 ("transitions_to_half_open", &c.to_half_open),
                 ("transitions_to_closed", &c.to_closed),
@@ -1245,6 +1309,7 @@ mod tests {
             success_threshold,
             half_open_max_calls,
             open_timeout_ns: 1_000,
+            probe_timeout_ns: 5_000,
             window: None,
         }
     }
@@ -1321,6 +1386,53 @@ mod tests {
         let probe = permit(&b, 2_000);
         record(&b, probe, Outcome::Neutral, 2_000);
         assert!(matches!(admit(&b, 2_000), Admission::Admitted { .. }));
+    }
+
+    #[test]
+    fn a_probe_lease_expires_after_probe_timeout() {
+        let b = Breaker::new(settings(1, 1, 1));
+        let p = permit(&b, 0);
+        record(&b, p, Outcome::Failure, 0);
+        let leaked = permit(&b, 1_000); // never reports
+        assert_eq!(admit(&b, 5_999), Admission::Rejected { retry_after_ns: 0 });
+        let renewed = permit(&b, 6_000);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.counters.probes_expired.load(Relaxed), 1);
+        assert_eq!(
+            record(&b, leaked, Outcome::Failure, 6_000),
+            None,
+            "the expired probe's outcome is late"
+        );
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(admit(&b, 6_001), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(
+            record(&b, renewed, Outcome::Success, 6_001),
+            Some(Transition {
+                from: State::HalfOpen,
+                to: State::Closed
+            })
+        );
+    }
+
+    #[test]
+    fn a_new_probe_renews_the_lease_of_the_slots() {
+        let b = Breaker::new(settings(1, 5, 2));
+        let p = permit(&b, 0);
+        record(&b, p, Outcome::Failure, 0);
+        let leaked = permit(&b, 1_000);
+        let second = permit(&b, 4_000);
+        // Full since 4_000: free again at 9_000, not at 6_000.
+        assert_eq!(admit(&b, 8_999), Admission::Rejected { retry_after_ns: 0 });
+        record(&b, second, Outcome::Success, 8_999);
+        let third = permit(&b, 8_999);
+        assert_eq!(admit(&b, 13_998), Admission::Rejected { retry_after_ns: 0 });
+        let fresh = permit(&b, 13_999);
+        assert_eq!(b.counters.probes_expired.load(Relaxed), 2);
+        assert_eq!(record(&b, leaked, Outcome::Failure, 14_000), None);
+        assert_eq!(record(&b, third, Outcome::Failure, 14_000), None);
+        assert_eq!(b.state(), State::HalfOpen);
+        record(&b, fresh, Outcome::Neutral, 14_000);
+        assert!(matches!(admit(&b, 14_000), Admission::Admitted { .. }));
     }
 
     #[test]

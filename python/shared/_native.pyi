@@ -169,6 +169,7 @@ class CircuitBreakerCore:
         expected_exceptions: tuple[type[BaseException], ...] | None = None,
         ignore_exceptions: tuple[type[BaseException], ...] | None = None,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         sliding_window: float | None = None,
         minimum_calls: int = 100,
         failure_rate_threshold: float = 0.5,
@@ -208,6 +209,8 @@ class CircuitBreakerCore:
     def last_failure_time(self) -> float | None: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def probe_timeout(self) -> float: ...
     @property
     def expected_exceptions(self) -> tuple[type[BaseException], ...]: ...
     @property

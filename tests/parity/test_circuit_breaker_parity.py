@@ -2,14 +2,16 @@
 
 A hypothesis state machine drives both cores with the same configuration and
 the same random sequence of calls (every kind of outcome), calls held open
-across other steps (late outcomes), clock advances, resets and forced opens,
-on one ManualClock. After every step the state, the counts, the counters and
-every error (type, name, retry_after) must be equal.
+across other steps (late outcomes, expired probe leases), ``with`` blocks
+entered in one context and left in the same or another one, clock advances,
+resets and forced opens, on one ManualClock. After every step the state, the
+counts, the counters and every error (type, name, retry_after) must be equal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from types import ModuleType
 from typing import Any, Callable
 
@@ -25,7 +27,16 @@ from hypothesis.stateful import (
 
 from shared.testing import ManualClock
 
-OUTCOMES = ["success", "expected", "unexpected", "ignored", "cancelled", "interrupt", "bad_result"]
+OUTCOMES = [
+    "success",
+    "expected",
+    "unexpected",
+    "ignored",
+    "cancelled",
+    "interrupt",
+    "generator_exit",
+    "bad_result",
+]
 
 
 class ExpectedError(Exception):
@@ -47,6 +58,7 @@ def make_error(outcome: str) -> BaseException | None:
         "ignored": IgnoredError("i"),
         "cancelled": asyncio.CancelledError(),
         "interrupt": KeyboardInterrupt(),
+        "generator_exit": GeneratorExit(),
     }.get(outcome)
 
 
@@ -72,6 +84,8 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         self.clock = ManualClock(start=100.0)
         self.cores: list[Any] = []
         self.held: list[tuple[int, int]] = []
+        # `with` blocks in progress: the context each core's block was entered in.
+        self.blocks: list[tuple[contextvars.Context, contextvars.Context]] = []
         self.transitions: list[list[tuple[str, str]]] = [[], []]
 
     @initialize(
@@ -79,6 +93,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         success_threshold=st.integers(1, 3),
         half_open_max_calls=st.integers(1, 3),
         timeout=st.sampled_from([0.5, 1.0, 7.25]),
+        probe_timeout=st.sampled_from([None, 0.3, 2.0]),
         window=st.one_of(
             st.none(),
             st.fixed_dictionaries(
@@ -99,6 +114,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         success_threshold: int,
         half_open_max_calls: int,
         timeout: float,
+        probe_timeout: float | None,
         window: dict[str, Any] | None,
         result_predicate: bool,
     ) -> None:
@@ -110,6 +126,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
                     success_threshold=success_threshold,
                     half_open_max_calls=half_open_max_calls,
                     timeout=timeout,
+                    probe_timeout=probe_timeout,
                     expected_exceptions=(ExpectedError,),
                     ignore_exceptions=(IgnoredError,),
                     is_failure_result=(lambda r: r == "bad") if result_predicate else None,
@@ -177,6 +194,42 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         else:
             core._record_error(permit, error)
 
+    @precondition(lambda self: len(self.blocks) < 4)
+    @rule()
+    def enter_block(self) -> None:
+        """``__enter__`` in both, each in a context of its own that the block keeps."""
+        contexts = (contextvars.copy_context(), contextvars.copy_context())
+        entered = [
+            capture(lambda c=c, x=x: x.run(c.__enter__) is c)
+            for c, x in zip(self.cores, contexts)
+        ]
+        assert entered[0] == entered[1]
+        if entered[0][0] == "returned":
+            self.blocks.append(contexts)
+
+    @precondition(lambda self: bool(self.blocks))
+    @rule(
+        index=st.integers(0, 3),
+        outcome=st.sampled_from([o for o in OUTCOMES if o != "bad_result"]),
+        elsewhere=st.booleans(),
+    )
+    def exit_block(self, index: int, outcome: str, elsewhere: bool) -> None:
+        """``__exit__`` in both, in the block's own context or in another one (which
+        then gives back the oldest outstanding block's permit, in both cores alike)."""
+        contexts = self.blocks.pop(index % len(self.blocks))
+        error = make_error(outcome)
+        kind = None if error is None else type(error)
+        self.both_each(
+            lambda i, core: (
+                contextvars.copy_context() if elsewhere else contexts[i]
+            ).run(core.__exit__, kind, error, None)
+        )
+
+    def both_each(self, action: Callable[[int, Any], Any]) -> Any:
+        results = [capture(lambda i=i, c=c: action(i, c)) for i, c in enumerate(self.cores)]
+        assert results[0] == results[1]
+        return results[0]
+
     @rule(seconds=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 8.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -200,6 +253,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
             "failure_count",
             "success_count",
             "timeout",
+            "probe_timeout",
         ):
             assert getattr(native, attribute) == getattr(pure, attribute), attribute
         assert (native.last_failure_time is None) == (pure.last_failure_time is None)

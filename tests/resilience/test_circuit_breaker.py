@@ -438,6 +438,7 @@ def test_counters_count_outcomes_rejections_and_transitions(clock: ManualClock) 
         "calls_ignored": 1,
         "calls_rejected": 1,
         "calls_slow": 0,
+        "probes_expired": 0,
         "transitions_to_open": 1,
         "transitions_to_half_open": 1,
         "transitions_to_closed": 1,

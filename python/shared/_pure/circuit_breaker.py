@@ -82,6 +82,10 @@ class CircuitBreakerCore:
     _half_open_max_calls: int
     _timeout: float
     _timeout_ns: int
+    _probe_timeout: float
+    _probe_timeout_ns: int
+    _last_probe_at_ns: int
+    _probes_expired: int
     _window_ns: int
     _minimum_calls: int
     _failure_rate: float
@@ -117,7 +121,7 @@ class CircuitBreakerCore:
     _failed_base: int
     _last_failure_time: float | None
     _leases: dict[int, int]
-    _next_lease: int
+    _lease_numbers: itertools.count[int]
 
     def __new__(
         cls,
@@ -129,6 +133,7 @@ class CircuitBreakerCore:
         expected_exceptions: tuple[type[BaseException], ...] | None = None,
         ignore_exceptions: tuple[type[BaseException], ...] | None = None,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         sliding_window: float | None = None,
         minimum_calls: int = 100,
         failure_rate_threshold: float = 0.5,
@@ -161,6 +166,10 @@ class CircuitBreakerCore:
         self._half_open_max_calls = _count_setting("half_open_max_calls", half_open_max_calls)
         self._timeout_ns = _seconds_setting("timeout", timeout)
         self._timeout = float(timeout)
+        if probe_timeout is None:
+            probe_timeout = timeout
+        self._probe_timeout_ns = _seconds_setting("probe_timeout", probe_timeout)
+        self._probe_timeout = float(probe_timeout)
         self._minimum_calls = minimum_calls
         self._failure_rate = failure_rate_threshold
         self._slow_rate = slow_call_rate_threshold
@@ -186,6 +195,7 @@ class CircuitBreakerCore:
         self._probe_successes = 0
         self._probes_in_flight = 0
         self._opened_at_ns = 0
+        self._last_probe_at_ns = 0
         # The epoch while closed in count mode without a result predicate (the
         # fast path of `call`), else -1.
         self._fast_path = self._window_ns == 0 and is_failure_result is None
@@ -194,12 +204,13 @@ class CircuitBreakerCore:
         self._buckets = [[-1, 0, 0, 0] for _ in range(WINDOW_BUCKETS)]
         self._succeeded = itertools.count()
         self._failed = self._ignored_calls = self._rejected = self._slow = 0
+        self._probes_expired = 0
         self._to_open = self._to_half_open = self._to_closed = 0
         self._succeeded_base = self._failed_base = 0
         self._last_failure_time = None
         # Permits of the `with` blocks in progress, by lease number (see `__exit__`).
         self._leases = {}
-        self._next_lease = 0
+        self._lease_numbers = itertools.count()
         return self
 
     # -- calls ------------------------------------------------------------------
@@ -241,17 +252,14 @@ class CircuitBreakerCore:
                 raise permit
             finally:
                 del permit  # else frame -> error -> traceback -> frame: a cycle
-        with self._lock:
-            lease = self._next_lease
-            self._next_lease = lease + 1
-            self._leases[lease] = permit
+        # A count and a dict: each step atomic without our lock.
+        lease = next(self._lease_numbers)
+        self._leases[lease] = permit
         try:
             _WITH_LEASES.set((*_WITH_LEASES.get(), self, lease))
         except BaseException:
             # The block will not run: give the permit back.
-            with self._lock:
-                taken = self._leases.pop(lease, None)
-            if taken is not None:
+            if self._leases.pop(lease, None) is not None:
                 self._record(permit, NEUTRAL)
             raise
         return self
@@ -276,23 +284,27 @@ class CircuitBreakerCore:
         Leases of this breaker passed over on the way leave the context too.
         """
         stack = _WITH_LEASES.get()
+        leases = self._leases
+        if len(stack) >= 2 and stack[-2] is self:  # the usual case: the innermost block
+            found = leases.pop(stack[-1], None)
+            if found is not None:
+                _WITH_LEASES.set(stack[:-2])
+                return found
         forget: list[int] = []
-        found: int | None = None
+        found = None
         for i in range(len(stack) - 2, -1, -2):
             if stack[i] is not self:
                 continue
             forget.append(i)
-            with self._lock:
-                found = self._leases.pop(stack[i + 1], None)
+            found = leases.pop(stack[i + 1], None)
             if found is not None:
                 break
         if forget:
             _WITH_LEASES.set(tuple(item for j, item in enumerate(stack) if j & ~1 not in forget))
-        if found is None:
-            with self._lock:
-                if self._leases:
-                    # Dicts keep insertion order: the first key is the oldest lease.
-                    found = self._leases.pop(next(iter(self._leases)))
+        while found is None and leases:
+            # Dicts keep insertion order: the first key is the oldest lease. (Another
+            # thread may take it first: then look again.)
+            found = leases.pop(next(iter(leases), -1), None)
         if found is None:
             raise RuntimeError(f"circuit breaker {self._name!r}: __exit__ without __enter__")
         return found
@@ -322,8 +334,7 @@ class CircuitBreakerCore:
                 return _permit(CLOSED, self._epoch, self._now_ns() if self._slow_ns else 0)
             # The clock is read before the lock (a Python clock must not run under
             # it) and before a slot is taken (a failing clock cannot leak one).
-            timed = state == OPEN or (state == HALF_OPEN and self._slow_ns)
-            now_ns = self._now_ns() if timed else 0
+            now_ns = self._now_ns() if state != FORCED_OPEN else 0
             transition: Transition | None = None
             with self._lock:
                 if self._state != state:
@@ -332,11 +343,20 @@ class CircuitBreakerCore:
                     self._rejected += 1
                     retry_after_ns = self._timeout_ns
                 elif state == HALF_OPEN:
-                    if self._probes_in_flight >= self._half_open_max_calls:
+                    full = self._probes_in_flight >= self._half_open_max_calls
+                    if full and now_ns < min(self._last_probe_at_ns + self._probe_timeout_ns, _U64):
                         self._rejected += 1
                         retry_after_ns = 0
                     else:
+                        if full:
+                            # The slots are full and no probe was admitted for
+                            # `probe_timeout`: every lease has expired. A new
+                            # half-open phase starts, with this call its first
+                            # probe; the old probes' outcomes are late.
+                            self._probes_expired += self._probes_in_flight
+                            self._enter(HALF_OPEN)
                         self._probes_in_flight += 1
+                        self._last_probe_at_ns = max(self._last_probe_at_ns, now_ns)
                         retry_after_ns = -1
                 else:
                     probe_at = min(self._opened_at_ns + self._timeout_ns, _U64)
@@ -347,6 +367,7 @@ class CircuitBreakerCore:
                         # The first caller after the timeout becomes the first probe.
                         self._enter(HALF_OPEN)
                         self._probes_in_flight = 1
+                        self._last_probe_at_ns = max(self._last_probe_at_ns, now_ns)
                         self._to_half_open += 1
                         transition = (OPEN, HALF_OPEN)
                         retry_after_ns = -1
@@ -556,6 +577,10 @@ class CircuitBreakerCore:
         return self._timeout
 
     @property
+    def probe_timeout(self) -> float:
+        return self._probe_timeout
+
+    @property
     def expected_exceptions(self) -> tuple[type[BaseException], ...]:
         return self._expected
 
@@ -575,6 +600,7 @@ class CircuitBreakerCore:
             "calls_ignored": self._ignored_calls,
             "calls_rejected": self._rejected,
             "calls_slow": self._slow,
+            "probes_expired": self._probes_expired,
             "transitions_to_open": self._to_open,
             "transitions_to_half_open": self._to_half_open,
             "transitions_to_closed": self._to_closed,

@@ -83,6 +83,11 @@ class CircuitBreakerConfig:
 
     Keyword-only (beyond the document; the defaults keep its behaviour):
         half_open_max_calls: probes admitted at once while half-open.
+        probe_timeout: seconds a probe holds its slot (its lease); ``None``
+            (default) means ``timeout``. Once every slot is taken and no probe
+            was admitted for this long, a new probe is admitted and the old
+            probes' outcomes are ignored, so a probe that hangs or never
+            reports cannot hold the breaker half-open and rejecting forever.
         ignore_exceptions: exceptions that never count, even if expected.
         is_failure_result: ``f(result) -> bool``; true marks a returned value
             as a failure (the value is still returned).
@@ -101,6 +106,7 @@ class CircuitBreakerConfig:
     timeout: float
     expected_exceptions: tuple[type[BaseException], ...]
     half_open_max_calls: int
+    probe_timeout: Optional[float]
     ignore_exceptions: tuple[type[BaseException], ...]
     is_failure_result: Optional[Callable[[Any], object]]
     sliding_window: Optional[float]
@@ -117,6 +123,7 @@ class CircuitBreakerConfig:
         expected_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         *,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         ignore_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (),
         is_failure_result: Callable[[Any], object] | None = None,
         sliding_window: float | None = None,
@@ -133,6 +140,9 @@ class CircuitBreakerConfig:
                 "expected_exceptions", expected_exceptions
             ),
             "half_open_max_calls": _count("half_open_max_calls", half_open_max_calls),
+            "probe_timeout": None
+            if probe_timeout is None
+            else _validation.positive_finite("probe_timeout", probe_timeout),
             "ignore_exceptions": _validation.exception_types(
                 "ignore_exceptions", ignore_exceptions
             ),
@@ -258,6 +268,7 @@ class CircuitBreaker(_Core):
             expected_exceptions=config.expected_exceptions,
             ignore_exceptions=config.ignore_exceptions,
             half_open_max_calls=config.half_open_max_calls,
+            probe_timeout=config.probe_timeout,
             sliding_window=config.sliding_window,
             minimum_calls=config.minimum_calls,
             failure_rate_threshold=config.failure_rate_threshold,
