@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from typing import Any
 
@@ -332,6 +334,67 @@ def test_half_open_admits_only_max_calls_probes(clock: ManualClock) -> None:
             pass
         assert caught.value.retry_after == 0.0
     assert breaker.state is CircuitBreakerState.CLOSED
+
+
+def test_a_leaked_probe_slot_is_free_again_after_probe_timeout(clock: ManualClock) -> None:
+    """A ``with`` probe whose ``__exit__`` never runs holds its slot for ``probe_timeout``
+    only; then a new probe is admitted, and the leaked block's late exit changes nothing."""
+    breaker = breaker_with(clock, failure_threshold=1, success_threshold=1, probe_timeout=5.0)
+    assert breaker.probe_timeout == 5.0
+    trip(breaker, 1)
+    clock.advance(60)
+    leaked = contextvars.copy_context()
+    leaked.run(breaker.__enter__)  # a probe that never reports
+    clock.advance(4.9)
+    with pytest.raises(CircuitBreakerOpenError) as caught, breaker:
+        pass
+    assert caught.value.retry_after == 0.0
+    clock.advance(0.1)
+    assert breaker.counters()["probes_expired"] == 0
+    with breaker:  # the lease expired: this is the new probe, and it closes the breaker
+        pass
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.counters()["probes_expired"] == 1
+    leaked.run(breaker.__exit__, ConnectionError, ConnectionError("late"), None)
+    assert breaker.state is CircuitBreakerState.CLOSED  # the late failure moved nothing
+    assert breaker.failure_count == 2
+
+
+def test_a_hanging_probe_loses_its_slot_after_probe_timeout(clock: ManualClock) -> None:
+    """A probe that hangs in another thread: after ``probe_timeout`` another probe runs
+    and decides; the hung probe's outcome, when it comes, is ignored."""
+    breaker = breaker_with(clock, failure_threshold=1, success_threshold=1, timeout=10.0)
+    assert breaker.probe_timeout == 10.0  # the default: the breaker's timeout
+    trip(breaker, 1)
+    clock.advance(10)
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(10)
+        raise ConnectionError("finally failed")
+
+    outcome: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            breaker.call(hang)
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    assert started.wait(10)
+    with pytest.raises(CircuitBreakerOpenError):
+        breaker.call(lambda: None)
+    clock.advance(10)
+    assert breaker.call(lambda: "recovered") == "recovered"
+    assert breaker.state is CircuitBreakerState.CLOSED
+    release.set()
+    thread.join(10)
+    assert [type(e) for e in outcome] == [ConnectionError]
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.counters()["probes_expired"] == 1
 
 
 def test_force_open_holds_until_reset(clock: ManualClock) -> None:
