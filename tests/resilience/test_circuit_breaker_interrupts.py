@@ -86,7 +86,8 @@ class Outcome:
 def deadlines_around_probes(
     breaker: CircuitBreaker, seed: int, works: tuple[float, ...], heal_after: float | None = None
 ) -> Outcome:
-    """``with TimeoutContext(d): with breaker: work`` with d of 2-60 us, many times.
+    """``with TimeoutContext(d): with breaker: work`` with d of 2-60 us, many times
+    (every third round ``breaker.call(work)`` instead of the ``with`` block).
 
     ``works``: the seconds of work in the block to choose from. ``heal_after``:
     the breaker's ``probe_timeout`` when a leak is expected; the run then checks
@@ -100,10 +101,19 @@ def deadlines_around_probes(
         seconds = rng.uniform(2e-6, 60e-6)
         work = rng.choice(works)
         inside = False
+
+        def protected(work: float = work) -> None:
+            nonlocal inside
+            inside = True
+            spin(work)
+
         try:
-            with TimeoutContext(seconds), breaker:
-                inside = True
-                spin(work)
+            with TimeoutContext(seconds):
+                if outcome.rounds % 3:
+                    with breaker:
+                        protected()
+                else:
+                    breaker.call(protected)
         except TimeoutError:
             outcome.timeouts += 1
             outcome.timeouts_inside += inside

@@ -65,6 +65,8 @@ class CircuitBreakerCore:
         "_take_lease",
         "_admit",
         "_try_admit",
+        "_classify",
+        "_record_result",
         "_record",
         "_record_success",
         "_record_error",
@@ -220,16 +222,19 @@ class CircuitBreakerCore:
         epoch = self._fast_epoch
         if epoch < 0:
             # Not the closed fast path. Inlined, and the rejection raised here,
-            # so it unwinds one frame, not three.
+            # so it unwinds one frame, not three. The first call after the
+            # admission is inside the `try`: an asynchronous exception (one
+            # arrives only after a call, at a loop or a function's start) cannot
+            # land between taking a probe slot and the handler that gives it back.
             permit = self._try_admit()
-            if isinstance(permit, BaseException):
-                try:
-                    raise permit
-                finally:
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
             try:
+                if isinstance(permit, BaseException):
+                    raise permit
                 result = func(*args, **kwargs)
             except BaseException as exc:
+                if isinstance(permit, BaseException):
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+                    raise
                 self._record(permit, self._classify(exc))
                 raise
             self._record_result(permit, result)
