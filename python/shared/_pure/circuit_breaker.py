@@ -222,23 +222,24 @@ class CircuitBreakerCore:
         epoch = self._fast_epoch
         if epoch < 0:
             # Not the closed fast path. Inlined, and the rejection raised here,
-            # so it unwinds one frame, not three. The first call after the
-            # admission is inside the `try`: an asynchronous exception (one
-            # arrives only after a call, at a loop or a function's start) cannot
-            # land between taking a probe slot and the handler that gives it back.
-            permit = self._try_admit()
-            try:
-                if isinstance(permit, BaseException):
-                    raise permit
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                if isinstance(permit, BaseException):
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            # so it unwinds one frame, not three. No call between the admission
+            # and the `try` (an attribute test instead of isinstance): an
+            # asynchronous exception arrives only after a call, at a loop or at
+            # a function's start, so none can land between taking a probe slot
+            # and the handler that gives it back. (Any: a permit or an error.)
+            permit: Any = self._try_admit()
+            if permit.__class__ is int:
+                try:
+                    result = func(*args, **kwargs)
+                except BaseException as exc:
+                    self._record(permit, self._classify(exc))
                     raise
-                self._record(permit, self._classify(exc))
-                raise
-            self._record_result(permit, result)
-            return result
+                self._record_result(permit, result)
+                return result
+            try:
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
