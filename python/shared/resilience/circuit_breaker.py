@@ -299,6 +299,11 @@ class CircuitBreaker(_Core):
 
         Cancellation is neutral: a cancelled half-open probe gives its slot back.
         """
+        if self.config.is_failure_result is None:
+            # The `with` statement takes and gives back the permit (atomically
+            # with respect to asynchronous exceptions, see the module docstring).
+            with self:
+                return await func(*args, **kwargs)
         permit = self._admit()
         try:
             result = await func(*args, **kwargs)
