@@ -100,6 +100,9 @@ pub struct Settings {
     pub success_threshold: u32,
     pub half_open_max_calls: u32,
     pub open_timeout_ns: u64,
+    /// How long a probe holds its slot: once every slot is taken and no probe
+    /// was admitted for this long, the slots are free again (probe leases).
+    pub probe_timeout_ns: u64,
     pub window: Option<WindowSettings>,
 }
 
@@ -146,6 +149,8 @@ pub struct Counters {
     pub ignored: AtomicU64,
     pub rejected: AtomicU64,
     pub slow: AtomicU64,
+    /// Probes whose lease expired (their slots were handed to new probes).
+    pub probes_expired: AtomicU64,
     pub to_open: AtomicU64,
     pub to_half_open: AtomicU64,
     pub to_closed: AtomicU64,
@@ -177,6 +182,8 @@ pub struct Breaker {
     word: AtomicU64,
     /// When the current OPEN phase began; written only under `transition_lock`.
     opened_at_ns: AtomicU64,
+    /// When the newest probe was admitted (the clock only grows: a `fetch_max`).
+    last_probe_at_ns: AtomicU64,
     transition_lock: Mutex<()>,
     window: Mutex<Window>,
     pub counters: Counters,
@@ -205,6 +212,7 @@ impl Breaker {
             settings,
             word: AtomicU64::new(pack(State::Closed, 0, 0, 0)),
             opened_at_ns: AtomicU64::new(0),
+            last_probe_at_ns: AtomicU64::new(0),
             transition_lock: Mutex::new(()),
             window: Mutex::new(Window {
                 epoch: 0,
@@ -272,20 +280,42 @@ impl Breaker {
                 }
                 State::ForcedOpen => return Ok(self.reject(self.settings.open_timeout_ns)),
                 State::HalfOpen => {
-                    if count_b(word) >= u64::from(self.settings.half_open_max_calls) {
-                        return Ok(self.reject(0));
+                    // Read before a slot is taken: a clock that fails cannot leak one.
+                    let now_ns = now()?;
+                    let full = count_b(word) >= u64::from(self.settings.half_open_max_calls);
+                    if full {
+                        let last = self.last_probe_at_ns.load(Acquire);
+                        if now_ns < last.saturating_add(self.settings.probe_timeout_ns) {
+                            return Ok(self.reject(0));
+                        }
                     }
-                    let taken = word + (1 << B_SHIFT);
+                    // Published before the slot is taken (a fetch_max, so a caller
+                    // that loses the race below only delays the expiry): whoever
+                    // sees the slots full sees when the newest probe was admitted.
+                    self.last_probe_at_ns.fetch_max(now_ns, AcqRel);
+                    let taken = if full {
+                        // The slots are full and no probe was admitted for
+                        // `probe_timeout`: every lease has expired. A new
+                        // half-open phase starts, with this call its first probe;
+                        // the old probes' outcomes are late and change nothing.
+                        pack(State::HalfOpen, next_epoch(word), 0, 1)
+                    } else {
+                        word + (1 << B_SHIFT)
+                    };
                     if self
                         .word
                         .compare_exchange(word, taken, AcqRel, Acquire)
                         .is_ok()
                     {
-                        let start_ns = if self.times_calls() { now()? } else { 0 };
+                        if full {
+                            self.counters
+                                .probes_expired
+                                .fetch_add(count_b(word), Relaxed);
+                        }
                         return Ok(Admission::Admitted {
                             permit: Permit {
                                 word: taken,
-                                start_ns,
+                                start_ns: now_ns,
                             },
                             transition: None,
                         });
@@ -302,6 +332,7 @@ impl Breaker {
                         return Ok(self.reject(probe_at - now_ns));
                     }
                     // The first caller after the timeout becomes the first probe.
+                    self.last_probe_at_ns.fetch_max(now_ns, AcqRel);
                     let probing = pack(State::HalfOpen, next_epoch(word), 0, 1);
                     if self
                         .word
@@ -331,24 +362,41 @@ impl Breaker {
     }
 
     /// Records how an admitted call ended; returns the state change it caused.
+    ///
+    /// The clock is read once, first, and only when the outcome needs it (a
+    /// failure may open the breaker; the window mode times every call). If it
+    /// fails, the call is recorded as neutral, so a probe still gives its slot
+    /// back, and the clock's error is returned.
     pub fn record<E>(
         &self,
         permit: Permit,
         outcome: Outcome,
         now: &mut impl FnMut() -> Result<u64, E>,
     ) -> Result<Option<Transition>, E> {
-        let window_now = match (&self.settings.window, outcome) {
-            (Some(_), Outcome::Success | Outcome::Failure) => Some(now()?),
-            _ => None,
+        let needs_clock = match outcome {
+            Outcome::Neutral => false,
+            Outcome::Failure => true,
+            Outcome::Success => self.settings.window.is_some(),
         };
-        let slow = match (&self.settings.window, window_now) {
-            (
-                Some(WindowSettings {
-                    slow_call_ns: Some(limit),
-                    ..
-                }),
-                Some(end),
-            ) => end.saturating_sub(permit.start_ns) >= *limit,
+        if !needs_clock {
+            return Ok(self.record_at(permit, outcome, 0));
+        }
+        match now() {
+            Ok(now_ns) => Ok(self.record_at(permit, outcome, now_ns)),
+            Err(error) => {
+                self.record_at(permit, Outcome::Neutral, 0);
+                Err(error)
+            }
+        }
+    }
+
+    fn record_at(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
+        let timed = self.settings.window.is_some() && outcome != Outcome::Neutral;
+        let slow = match &self.settings.window {
+            Some(WindowSettings {
+                slow_call_ns: Some(limit),
+                ..
+            }) if timed => now_ns.saturating_sub(permit.start_ns) >= *limit,
             _ => false,
         };
         match outcome {
@@ -364,39 +412,31 @@ impl Breaker {
             self.counters.slow.fetch_add(1, Relaxed);
         }
         match State::of(permit.word) {
-            State::Closed => match window_now {
-                Some(now_ns) => Ok(self.record_in_window(permit, outcome, slow, now_ns)),
-                None => self.record_closed(permit, outcome, now),
-            },
+            State::Closed if timed => self.record_in_window(permit, outcome, slow, now_ns),
+            State::Closed => self.record_closed(permit, outcome, now_ns),
             State::HalfOpen => {
                 // A slow probe means the service has not recovered.
                 let outcome = if slow { Outcome::Failure } else { outcome };
-                self.record_probe(permit, outcome, window_now, now)
+                self.record_probe(permit, outcome, now_ns)
             }
-            State::Open | State::ForcedOpen => Ok(None),
+            State::Open | State::ForcedOpen => None,
         }
     }
 
     /// Count mode: `failure_threshold` consecutive failures open the breaker.
-    fn record_closed<E>(
-        &self,
-        permit: Permit,
-        outcome: Outcome,
-        now: &mut impl FnMut() -> Result<u64, E>,
-    ) -> Result<Option<Transition>, E> {
+    fn record_closed(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
         let mut word = self.word.load(Relaxed);
         loop {
             if !same_phase(word, permit.word) {
-                return Ok(None);
+                return None;
             }
             let failures = count_a(word);
             let updated = match outcome {
-                Outcome::Neutral => return Ok(None),
-                Outcome::Success if failures == 0 => return Ok(None),
+                Outcome::Neutral => return None,
+                Outcome::Success if failures == 0 => return None,
                 Outcome::Success => word & !(COUNT_MASK << A_SHIFT),
                 Outcome::Failure if failures + 1 >= u64::from(self.settings.failure_threshold) => {
-                    let now_ns = now()?;
-                    return Ok(self.open_from(permit.word, now_ns));
+                    return self.open_from(permit.word, now_ns);
                 }
                 Outcome::Failure => word + (1 << A_SHIFT),
             };
@@ -404,7 +444,7 @@ impl Breaker {
                 .word
                 .compare_exchange_weak(word, updated, AcqRel, Relaxed)
             {
-                Ok(_) => return Ok(None),
+                Ok(_) => return None,
                 Err(current) => word = current,
             }
         }
@@ -462,24 +502,14 @@ impl Breaker {
     }
 
     /// Half-open: `success_threshold` successes close; a failure reopens.
-    fn record_probe<E>(
-        &self,
-        permit: Permit,
-        outcome: Outcome,
-        known_now: Option<u64>,
-        now: &mut impl FnMut() -> Result<u64, E>,
-    ) -> Result<Option<Transition>, E> {
+    fn record_probe(&self, permit: Permit, outcome: Outcome, now_ns: u64) -> Option<Transition> {
         if outcome == Outcome::Failure {
-            let now_ns = match known_now {
-                Some(t) => t,
-                None => now()?,
-            };
-            return Ok(self.open_from(permit.word, now_ns));
+            return self.open_from(permit.word, now_ns);
         }
         let mut word = self.word.load(Acquire);
         loop {
             if !same_phase(word, permit.word) {
-                return Ok(None);
+                return None;
             }
             let released = word - (1 << B_SHIFT);
             let closes = outcome == Outcome::Success
@@ -495,12 +525,12 @@ impl Breaker {
             {
                 Ok(_) if closes => {
                     self.counters.to_closed.fetch_add(1, Relaxed);
-                    return Ok(Some(Transition {
+                    return Some(Transition {
                         from: State::HalfOpen,
                         to: State::Closed,
-                    }));
+                    });
                 }
-                Ok(_) => return Ok(None),
+                Ok(_) => return None,
                 Err(current) => word = current,
             }
         }
@@ -582,23 +612,43 @@ pub use binding::CircuitBreakerCore;
 
 #[cfg(feature = "python")]
 mod binding {
+    use super::lock;
     use super::{
         Admission, Breaker, Outcome, Permit, Settings, State, Transition, WindowSettings, MAX_COUNT,
     };
-    use crate::breaker_ffi::{raise_chained, ErrorCache};
+    use crate::breaker_ffi::{context_get, context_set, fresh_error, raise_chained};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{
-        PyBaseException, PyException, PyKeyboardInterrupt, PySystemExit, PyValueError,
+        PyBaseException, PyException, PyGeneratorExit, PyKeyboardInterrupt, PyRuntimeError,
+        PySystemExit, PyValueError,
     };
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+    use pyo3::types::{IntoPyDict, PyDict, PyString, PyTuple, PyType};
     use pyo3::{intern, PyTraverseError};
-    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
 
     static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static CANCELLED_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    /// The `with` blocks in progress in the current context (thread or task):
+    /// a flat tuple `(breaker, lease, breaker, lease, ...)`, innermost last.
+    static WITH_LEASES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+    fn with_leases(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+        WITH_LEASES
+            .get_or_try_init(py, || {
+                py.import("contextvars")?
+                    .getattr("ContextVar")?
+                    .call(
+                        ("shared_circuit_breaker_leases",),
+                        Some(&[("default", PyTuple::empty(py))].into_py_dict(py)?),
+                    )
+                    .map(Bound::unbind)
+            })
+            .map(|var| var.bind(py))
+    }
 
     /// The lock-free core of `shared.resilience.CircuitBreaker`.
     ///
@@ -610,15 +660,21 @@ mod binding {
         core: Breaker,
         name: Py<PyString>,
         timeout: f64,
+        probe_timeout: f64,
         clock: Clock,
-        /// `KeyboardInterrupt`, `SystemExit`, `CancelledError` and `ignore_exceptions`.
+        /// `KeyboardInterrupt`, `SystemExit`, `GeneratorExit`, `CancelledError`
+        /// and `ignore_exceptions`.
         neutral: Py<PyTuple>,
         expected: Py<PyTuple>,
         ignored: Py<PyTuple>,
         is_failure_result: Option<Py<PyAny>>,
         on_state_change: Option<Py<PyAny>>,
-        /// The last rejection error, reused when nobody else holds it.
-        open_errors: ErrorCache,
+        /// Permits of the `with` blocks in progress, by lease number. The
+        /// context holds the lease numbers (`WITH_LEASES`); this map holds the
+        /// permits, so a block that exits in another context than it entered
+        /// still finds one (see `__exit__`).
+        leases: Mutex<Vec<(u64, Permit)>>,
+        next_lease: AtomicU64,
     }
 
     fn count_setting(name: &str, value: i64) -> PyResult<u32> {
@@ -693,7 +749,7 @@ mod binding {
             }
         }
 
-        /// `CircuitBreakerOpenError(name, retry_after)`, built (or reused) without
+        /// `CircuitBreakerOpenError(name, retry_after)`, built without
         /// running Python code (the class has no Python `__init__`).
         fn open_error<'py>(
             &self,
@@ -707,8 +763,7 @@ mod binding {
                     .map(Bound::unbind)
                     .map_err(PyErr::from)
             })?;
-            self.open_errors
-                .error(cls.bind(py), self.name.bind(py), retry_after)
+            fresh_error(cls.bind(py), self.name.bind(py), retry_after)
         }
 
         /// Runs one call through the breaker: `invoke` calls the protected function.
@@ -738,6 +793,103 @@ mod binding {
             } else {
                 Outcome::Neutral
             }
+        }
+
+        /// `classify` for an exception object (what `__exit__` receives).
+        fn classify_value(&self, error: &Bound<'_, PyAny>) -> PyResult<Outcome> {
+            let py = error.py();
+            Ok(if error.is_instance(self.neutral.bind(py).as_any())? {
+                Outcome::Neutral
+            } else if error.is_instance(self.expected.bind(py).as_any())? {
+                Outcome::Failure
+            } else {
+                Outcome::Neutral
+            })
+        }
+
+        /// Puts `(breaker, lease)` on top of the current context's `with` leases.
+        fn push_lease(breaker: &Bound<'_, Self>, lease: u64) -> PyResult<()> {
+            let py = breaker.py();
+            let var = with_leases(py)?;
+            let stack = context_get(var)?.cast_into::<PyTuple>()?;
+            let lease = lease.into_pyobject(py)?.into_any();
+            let pushed = if stack.is_empty() {
+                PyTuple::new(py, [breaker.as_any().clone(), lease])?
+            } else {
+                let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(stack.len() + 2);
+                items.extend(stack.iter());
+                items.push(breaker.as_any().clone());
+                items.push(lease);
+                PyTuple::new(py, items)?
+            };
+            context_set(var, pushed.as_any())
+        }
+
+        /// Takes the permit of outstanding lease `lease`, if it is still outstanding.
+        fn take_outstanding(&self, lease: u64) -> Option<Permit> {
+            let mut leases = lock(&self.leases);
+            // The innermost blocks are the newest: search from the end.
+            let at = leases.iter().rposition(|&(number, _)| number == lease)?;
+            Some(leases.remove(at).1)
+        }
+
+        /// The permit of the `with` block that ends: the innermost lease of this
+        /// breaker in the current context that is still outstanding, else (a
+        /// block entered in another task or context) the oldest outstanding one,
+        /// so every exit gives back exactly one permit. Leases of this breaker
+        /// passed over on the way (taken by such an exit) leave the context too.
+        fn take_lease(breaker: &Bound<'_, Self>) -> PyResult<Permit> {
+            let py = breaker.py();
+            let this = breaker.get();
+            let var = with_leases(py)?;
+            let stack = context_get(var)?.cast_into::<PyTuple>()?;
+            let len = stack.len() & !1;
+            let mut forget: Vec<usize> = Vec::new(); // entries passed over: rare
+            let mut found = None;
+            let mut i = len;
+            while i >= 2 {
+                i -= 2;
+                if !stack.get_item(i)?.is(breaker) {
+                    continue;
+                }
+                let lease: u64 = stack.get_item(i + 1)?.extract()?;
+                if let Some(permit) = this.take_outstanding(lease) {
+                    found = Some((i, permit));
+                    break;
+                }
+                forget.push(i);
+            }
+            if let Some((at, _)) = found {
+                if forget.is_empty() && at + 2 == len {
+                    context_set(var, stack.get_slice(0, at).as_any())?;
+                } else {
+                    forget.push(at);
+                }
+            }
+            if !forget.is_empty() {
+                let kept: Vec<Bound<'_, PyAny>> = stack
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| !forget.contains(&(j & !1)))
+                    .map(|(_, item)| item)
+                    .collect();
+                context_set(var, PyTuple::new(py, kept)?.as_any())?;
+            }
+            let permit = found.map(|(_, permit)| permit).or_else(|| {
+                let mut leases = lock(&this.leases);
+                // Lease numbers grow: the smallest is the oldest.
+                let oldest = (0..leases.len()).min_by_key(|&at| leases[at].0)?;
+                Some(leases.remove(oldest).1)
+            });
+            permit.ok_or_else(|| {
+                PyRuntimeError::new_err(format!(
+                    "circuit breaker {}: __exit__ without __enter__",
+                    this.name
+                        .bind(py)
+                        .repr()
+                        .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                ))
+            })
         }
 
         fn record(
@@ -837,6 +989,7 @@ mod binding {
         #[pyo3(signature = (
             name, *, failure_threshold=5, success_threshold=2, timeout=60.0,
             expected_exceptions=None, ignore_exceptions=None, half_open_max_calls=1,
+            probe_timeout=None,
             sliding_window=None, minimum_calls=100, failure_rate_threshold=0.5,
             slow_call_duration=None, slow_call_rate_threshold=1.0,
             is_failure_result=None, on_state_change=None, clock=None
@@ -851,6 +1004,7 @@ mod binding {
             expected_exceptions: Option<Bound<'_, PyTuple>>,
             ignore_exceptions: Option<Bound<'_, PyTuple>>,
             half_open_max_calls: i64,
+            probe_timeout: Option<f64>,
             sliding_window: Option<f64>,
             minimum_calls: i64,
             failure_rate_threshold: f64,
@@ -897,6 +1051,10 @@ mod binding {
                 success_threshold: count_setting("success_threshold", success_threshold)?,
                 half_open_max_calls: count_setting("half_open_max_calls", half_open_max_calls)?,
                 open_timeout_ns: seconds_setting("timeout", timeout)?,
+                probe_timeout_ns: seconds_setting(
+                    "probe_timeout",
+                    probe_timeout.unwrap_or(timeout),
+                )?,
                 window,
             };
             let expected = exception_tuple(
@@ -913,6 +1071,7 @@ mod binding {
             let mut neutral = vec![
                 py.get_type::<PyKeyboardInterrupt>().into_any(),
                 py.get_type::<PySystemExit>().into_any(),
+                py.get_type::<PyGeneratorExit>().into_any(),
                 cancelled.bind(py).clone(),
             ];
             neutral.extend(ignored.iter());
@@ -920,13 +1079,15 @@ mod binding {
                 core: Breaker::new(settings),
                 name: name.unbind(),
                 timeout,
+                probe_timeout: probe_timeout.unwrap_or(timeout),
                 clock: Clock::from_py(clock)?,
                 neutral: PyTuple::new(py, neutral)?.unbind(),
                 expected: expected.unbind(),
                 ignored: ignored.unbind(),
                 is_failure_result,
                 on_state_change,
-                open_errors: ErrorCache::new(),
+                leases: Mutex::new(Vec::new()),
+                next_lease: AtomicU64::new(0),
             })
         }
 
@@ -980,6 +1141,58 @@ mod binding {
             slf.get().record_error(slf, permit_from_int(permit), &error)
         }
 
+        /// Admits the `with` block's call (or raises `CircuitBreakerOpenError`).
+        ///
+        /// Native, like `__exit__`: no Python code runs between taking a probe
+        /// slot and the `with` statement's cleanup being in place, so an
+        /// asynchronous exception (a timeout, `KeyboardInterrupt`) cannot land
+        /// between the two and leak the slot.
+        fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+            let this = slf.get();
+            let permit = this.admit(slf)?;
+            let lease = this.next_lease.fetch_add(1, Relaxed);
+            lock(&this.leases).push((lease, permit));
+            if let Err(error) = Self::push_lease(slf, lease) {
+                // The block will not run: give the permit back.
+                if this.take_outstanding(lease).is_some() {
+                    this.record(slf, permit, Outcome::Neutral)?;
+                }
+                return Err(error);
+            }
+            Ok(slf.clone())
+        }
+
+        /// Records how the `with` block ended: success, or its exception
+        /// classified like `call` does. Works in any context: a block entered
+        /// in one task and left in another still gives its permit back.
+        #[pyo3(signature = (exc_type, exc, traceback, /))]
+        fn __exit__(
+            slf: &Bound<'_, Self>,
+            exc_type: &Bound<'_, PyAny>,
+            exc: &Bound<'_, PyAny>,
+            traceback: &Bound<'_, PyAny>,
+        ) -> PyResult<()> {
+            let _ = (exc_type, traceback);
+            let this = slf.get();
+            let permit = Self::take_lease(slf)?;
+            let outcome = if exc.is_none() {
+                Outcome::Success
+            } else {
+                match this.classify_value(exc) {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        this.record(slf, permit, Outcome::Neutral)?;
+                        return Err(error);
+                    }
+                }
+            };
+            this.record(slf, permit, outcome).inspect_err(|failure| {
+                if !exc.is_none() {
+                    failure.set_context(slf.py(), Some(PyErr::from_value(exc.clone())));
+                }
+            })
+        }
+
         /// Closes the breaker and clears `failure_count`, `success_count` and `last_failure_time`.
         fn reset(slf: &Bound<'_, Self>) -> PyResult<()> {
             let this = slf.get();
@@ -1029,6 +1242,11 @@ mod binding {
         }
 
         #[getter]
+        fn probe_timeout(&self) -> f64 {
+            self.probe_timeout
+        }
+
+        #[getter]
         fn expected_exceptions(&self, py: Python<'_>) -> Py<PyTuple> {
             self.expected.clone_ref(py)
         }
@@ -1053,6 +1271,7 @@ mod binding {
                 ("calls_ignored", &c.ignored),
                 ("calls_rejected", &c.rejected),
                 ("calls_slow", &c.slow),
+                ("probes_expired", &c.probes_expired),
                 ("transitions_to_open", &c.to_open),
                 ("transitions_to_half_open", &c.to_half_open),
                 ("transitions_to_closed", &c.to_closed),
@@ -1070,12 +1289,7 @@ mod binding {
             visit.call(&self.on_state_change)?;
             visit.call(&self.expected)?;
             visit.call(&self.ignored)?;
-            visit.call(&self.neutral)?;
-            self.open_errors.traverse(&visit)
-        }
-
-        fn __clear__(&self) {
-            self.open_errors.clear();
+            visit.call(&self.neutral)
         }
     }
 }
@@ -1095,6 +1309,7 @@ mod tests {
             success_threshold,
             half_open_max_calls,
             open_timeout_ns: 1_000,
+            probe_timeout_ns: 5_000,
             window: None,
         }
     }
@@ -1171,6 +1386,53 @@ mod tests {
         let probe = permit(&b, 2_000);
         record(&b, probe, Outcome::Neutral, 2_000);
         assert!(matches!(admit(&b, 2_000), Admission::Admitted { .. }));
+    }
+
+    #[test]
+    fn a_probe_lease_expires_after_probe_timeout() {
+        let b = Breaker::new(settings(1, 1, 1));
+        let p = permit(&b, 0);
+        record(&b, p, Outcome::Failure, 0);
+        let leaked = permit(&b, 1_000); // never reports
+        assert_eq!(admit(&b, 5_999), Admission::Rejected { retry_after_ns: 0 });
+        let renewed = permit(&b, 6_000);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.counters.probes_expired.load(Relaxed), 1);
+        assert_eq!(
+            record(&b, leaked, Outcome::Failure, 6_000),
+            None,
+            "the expired probe's outcome is late"
+        );
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(admit(&b, 6_001), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(
+            record(&b, renewed, Outcome::Success, 6_001),
+            Some(Transition {
+                from: State::HalfOpen,
+                to: State::Closed
+            })
+        );
+    }
+
+    #[test]
+    fn a_new_probe_renews_the_lease_of_the_slots() {
+        let b = Breaker::new(settings(1, 5, 2));
+        let p = permit(&b, 0);
+        record(&b, p, Outcome::Failure, 0);
+        let leaked = permit(&b, 1_000);
+        let second = permit(&b, 4_000);
+        // Full since 4_000: free again at 9_000, not at 6_000.
+        assert_eq!(admit(&b, 8_999), Admission::Rejected { retry_after_ns: 0 });
+        record(&b, second, Outcome::Success, 8_999);
+        let third = permit(&b, 8_999);
+        assert_eq!(admit(&b, 13_998), Admission::Rejected { retry_after_ns: 0 });
+        let fresh = permit(&b, 13_999);
+        assert_eq!(b.counters.probes_expired.load(Relaxed), 2);
+        assert_eq!(record(&b, leaked, Outcome::Failure, 14_000), None);
+        assert_eq!(record(&b, third, Outcome::Failure, 14_000), None);
+        assert_eq!(b.state(), State::HalfOpen);
+        record(&b, fresh, Outcome::Neutral, 14_000);
+        assert!(matches!(admit(&b, 14_000), Admission::Admitted { .. }));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 pub mod backoff;
 // The one module allowed `unsafe` code: the circuit breaker's vectorcall `call`
-// and its reused rejection error (see the module's documentation).
+// (see the module's documentation).
 #[cfg(feature = "python")]
 #[allow(unsafe_code)]
 mod breaker_ffi;

@@ -1,6 +1,7 @@
 # The contract of the Rust extension `shared._native` (checked by mypy.stubtest).
 # `shared._pure` implements the same names with the same signatures.
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, Callable, Final, Optional, Protocol, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
@@ -181,6 +182,7 @@ class CircuitBreakerCore:
         expected_exceptions: tuple[type[BaseException], ...] | None = None,
         ignore_exceptions: tuple[type[BaseException], ...] | None = None,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         sliding_window: float | None = None,
         minimum_calls: int = 100,
         failure_rate_threshold: float = 0.5,
@@ -195,6 +197,14 @@ class CircuitBreakerCore:
     def _record_success(self, permit: int) -> None: ...
     def _record_result(self, permit: int, result: object) -> None: ...
     def _record_error(self, permit: int, error: BaseException) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
     def reset(self) -> None: ...
     def force_open(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
@@ -212,6 +222,8 @@ class CircuitBreakerCore:
     def last_failure_time(self) -> float | None: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def probe_timeout(self) -> float: ...
     @property
     def expected_exceptions(self) -> tuple[type[BaseException], ...]: ...
     @property

@@ -2,14 +2,19 @@
 
 A hypothesis state machine drives both cores with the same configuration and
 the same random sequence of calls (every kind of outcome), calls held open
-across other steps (late outcomes), clock advances, resets and forced opens,
-on one ManualClock. After every step the state, the counts, the counters and
-every error (type, name, retry_after) must be equal.
+across other steps (late outcomes, expired probe leases), ``with`` blocks
+entered in one context and left in the same or another one, clock advances,
+resets and forced opens, on one ManualClock. After every step the state, the
+counts, the counters and every error (type, name, retry_after) must be equal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import random
+import threading
+import time
 from types import ModuleType
 from typing import Any, Callable
 
@@ -25,7 +30,16 @@ from hypothesis.stateful import (
 
 from shared.testing import ManualClock
 
-OUTCOMES = ["success", "expected", "unexpected", "ignored", "cancelled", "interrupt", "bad_result"]
+OUTCOMES = [
+    "success",
+    "expected",
+    "unexpected",
+    "ignored",
+    "cancelled",
+    "interrupt",
+    "generator_exit",
+    "bad_result",
+]
 
 
 class ExpectedError(Exception):
@@ -47,6 +61,7 @@ def make_error(outcome: str) -> BaseException | None:
         "ignored": IgnoredError("i"),
         "cancelled": asyncio.CancelledError(),
         "interrupt": KeyboardInterrupt(),
+        "generator_exit": GeneratorExit(),
     }.get(outcome)
 
 
@@ -72,6 +87,8 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         self.clock = ManualClock(start=100.0)
         self.cores: list[Any] = []
         self.held: list[tuple[int, int]] = []
+        # `with` blocks in progress: the context each core's block was entered in.
+        self.blocks: list[tuple[contextvars.Context, contextvars.Context]] = []
         self.transitions: list[list[tuple[str, str]]] = [[], []]
 
     @initialize(
@@ -79,6 +96,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         success_threshold=st.integers(1, 3),
         half_open_max_calls=st.integers(1, 3),
         timeout=st.sampled_from([0.5, 1.0, 7.25]),
+        probe_timeout=st.sampled_from([None, 0.3, 2.0]),
         window=st.one_of(
             st.none(),
             st.fixed_dictionaries(
@@ -99,6 +117,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         success_threshold: int,
         half_open_max_calls: int,
         timeout: float,
+        probe_timeout: float | None,
         window: dict[str, Any] | None,
         result_predicate: bool,
     ) -> None:
@@ -110,6 +129,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
                     success_threshold=success_threshold,
                     half_open_max_calls=half_open_max_calls,
                     timeout=timeout,
+                    probe_timeout=probe_timeout,
                     expected_exceptions=(ExpectedError,),
                     ignore_exceptions=(IgnoredError,),
                     is_failure_result=(lambda r: r == "bad") if result_predicate else None,
@@ -177,6 +197,41 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         else:
             core._record_error(permit, error)
 
+    @precondition(lambda self: len(self.blocks) < 4)
+    @rule()
+    def enter_block(self) -> None:
+        """``__enter__`` in both, each in a context of its own that the block keeps."""
+        contexts = (contextvars.copy_context(), contextvars.copy_context())
+        entered = [
+            capture(lambda c=c, x=x: x.run(c.__enter__) is c) for c, x in zip(self.cores, contexts)
+        ]
+        assert entered[0] == entered[1]
+        if entered[0][0] == "returned":
+            self.blocks.append(contexts)
+
+    @precondition(lambda self: bool(self.blocks))
+    @rule(
+        index=st.integers(0, 3),
+        outcome=st.sampled_from([o for o in OUTCOMES if o != "bad_result"]),
+        elsewhere=st.booleans(),
+    )
+    def exit_block(self, index: int, outcome: str, elsewhere: bool) -> None:
+        """``__exit__`` in both, in the block's own context or in another one (which
+        then gives back the oldest outstanding block's permit, in both cores alike)."""
+        contexts = self.blocks.pop(index % len(self.blocks))
+        error = make_error(outcome)
+        kind = None if error is None else type(error)
+        self.both_each(
+            lambda i, core: (contextvars.copy_context() if elsewhere else contexts[i]).run(
+                core.__exit__, kind, error, None
+            )
+        )
+
+    def both_each(self, action: Callable[[int, Any], Any]) -> Any:
+        results = [capture(lambda i=i, c=c: action(i, c)) for i, c in enumerate(self.cores)]
+        assert results[0] == results[1]
+        return results[0]
+
     @rule(seconds=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 8.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -200,6 +255,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
             "failure_count",
             "success_count",
             "timeout",
+            "probe_timeout",
         ):
             assert getattr(native, attribute) == getattr(pure, attribute), attribute
         assert (native.last_failure_time is None) == (pure.last_failure_time is None)
@@ -212,3 +268,139 @@ def test_cores_agree_step_by_step(native: ModuleType, pure: ModuleType) -> None:
     CircuitBreakerParity.native = native
     CircuitBreakerParity.pure = pure
     CircuitBreakerParity.TestCase().runTest()
+
+
+# -- under threads ------------------------------------------------------------------
+#
+# Thread schedules are not reproducible, so the two cores cannot be compared step
+# by step. Instead both run the same per-thread schedule and must keep the same
+# invariants.
+
+THREADS = 8
+STEPS = 400
+HALF_OPEN_MAX = 2
+SUCCESS_THRESHOLD = 2
+
+
+def thread_schedule(seed: int) -> list[tuple[str, float]]:
+    """One thread's steps: ``(outcome, seconds the call holds its permit)``, and clock moves."""
+    rng = random.Random(seed)
+    steps: list[tuple[str, float]] = []
+    for _ in range(STEPS):
+        if rng.random() < 0.1:
+            steps.append(("advance", rng.choice([0.2, 0.6, 1.5])))
+        else:
+            outcome = rng.choice(["success"] * 4 + ["expected", "ignored", "cancelled"])
+            steps.append((outcome, rng.choice([0.0, 0.0, 0.0005])))
+    return steps
+
+
+def phase_of(module: ModuleType, permit: int) -> int:
+    """The epoch a permit was admitted in (the two cores pack it differently)."""
+    word = permit & ((1 << 64) - 1)
+    return word >> 42 if module.__name__ == "shared._native" else word >> 2
+
+
+@pytest.mark.parametrize("backend_name", ["rust", "python"])
+def test_cores_keep_the_invariants_under_threads(
+    native: ModuleType, pure: ModuleType, backend_name: str
+) -> None:
+    """8 threads, the same schedules on both cores: at most ``half_open_max_calls``
+    probes of a phase at once, no close by a probe of an older phase, counters that
+    add up to what the callers saw, and no slot left taken at the end."""
+    module = native if backend_name == "rust" else pure
+    clock = ManualClock(start=100.0)
+    lock = threading.Lock()
+    state: dict[str, Any] = {
+        "admitted": 0,
+        "rejected": 0,
+        "running": {},
+        "most": 0,
+        "latest_probe_phase": -1,
+        "stale_closes": [],
+        "closes": 0,
+    }
+    recording = threading.local()
+
+    def on_change(_breaker: Any, old: str, new: str) -> None:
+        if (old, new) != ("half_open", "closed"):
+            return
+        phase, latest = getattr(recording, "probe", (None, None))
+        with lock:
+            state["closes"] += 1
+            if phase is None or phase < latest:
+                state["stale_closes"].append((phase, latest))
+
+    core = module.CircuitBreakerCore(
+        "threads",
+        failure_threshold=2,
+        success_threshold=SUCCESS_THRESHOLD,
+        timeout=0.5,
+        probe_timeout=1.0,
+        half_open_max_calls=HALF_OPEN_MAX,
+        expected_exceptions=(ExpectedError,),
+        ignore_exceptions=(IgnoredError,),
+        on_state_change=on_change,
+        clock=clock,
+    )
+
+    def run(steps: list[tuple[str, float]]) -> None:
+        for outcome, seconds in steps:
+            if outcome == "advance":
+                clock.advance(seconds)
+                continue
+            try:
+                permit = core._admit()
+            except Exception:  # CircuitBreakerOpenError
+                with lock:
+                    state["rejected"] += 1
+                continue
+            probe = permit & 3 == 2
+            phase = phase_of(module, permit)
+            with lock:
+                state["admitted"] += 1
+                if probe:
+                    running = state["running"]
+                    running[phase] = running.get(phase, 0) + 1
+                    state["most"] = max(state["most"], running[phase])
+                    state["latest_probe_phase"] = max(state["latest_probe_phase"], phase)
+            if seconds:
+                time.sleep(seconds)
+            with lock:
+                if probe:
+                    state["running"][phase] -= 1
+                latest = state["latest_probe_phase"]
+            recording.probe = (phase, latest) if probe else (None, latest)
+            error = make_error(outcome)
+            if error is None:
+                core._record_success(permit)
+            else:
+                core._record_error(permit, error)
+            recording.probe = (None, None)
+
+    schedules = [thread_schedule(seed) for seed in range(THREADS)]
+    threads = [threading.Thread(target=run, args=(s,)) for s in schedules]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    counters = core.counters()
+    calls = sum(1 for s in schedules for step in s if step[0] != "advance")
+    assert state["admitted"] + state["rejected"] == calls
+    recorded = counters["calls_succeeded"] + counters["calls_failed"] + counters["calls_ignored"]
+    assert recorded == state["admitted"]
+    assert counters["calls_rejected"] == state["rejected"]
+    assert counters["transitions_to_closed"] == state["closes"]
+    # Not vacuous: the breaker went through many phases, probes overlapped.
+    assert counters["transitions_to_half_open"] >= 5
+    assert state["closes"] >= 2
+    assert 1 <= state["most"] <= HALF_OPEN_MAX
+    assert state["stale_closes"] == []
+    assert all(count == 0 for count in state["running"].values())
+    # No slot is left taken: a half-open breaker admits its full number of probes.
+    if core._state_name == "half_open":
+        permits = [core._admit() for _ in range(HALF_OPEN_MAX)]
+        for permit in permits:
+            core._record_error(permit, IgnoredError("neutral"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from typing import Any
 
@@ -206,14 +208,47 @@ def test_unexpected_exceptions_propagate_and_are_neutral(clock: ManualClock) -> 
     assert breaker.counters()["calls_ignored"] == 1
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_interrupts_are_neutral_even_when_expected(clock: ManualClock, exc: type) -> None:
-    """KeyboardInterrupt and SystemExit never count, whatever expected_exceptions says."""
+    """KeyboardInterrupt, SystemExit and GeneratorExit never count, whatever
+    expected_exceptions says."""
     breaker = breaker_with(clock, failure_threshold=1, expected_exceptions=(BaseException,))
     with pytest.raises(exc):
         breaker.call(fail, exc())
+    with pytest.raises(exc), breaker:
+        raise exc()
     assert breaker.state is CircuitBreakerState.CLOSED
     assert breaker.failure_count == 0
+    assert breaker.counters()["calls_ignored"] == 2
+
+
+def test_consumers_that_stop_early_do_not_open_the_breaker(clock: ManualClock) -> None:
+    """Closing a generator that yields inside ``with breaker:`` is neutral (GeneratorExit)."""
+    breaker = breaker_with(clock, failure_threshold=2, expected_exceptions=BaseException)
+
+    def rows() -> Any:
+        with breaker:
+            yield 1
+            yield 2
+
+    for _ in range(3):
+        consumer = rows()
+        assert next(consumer) == 1
+        consumer.close()
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.failure_count == 0
+    assert breaker.counters()["calls_ignored"] == 3
+    # A probe stopped early gives its slot back, and the next probe is admitted.
+    breaker.force_open()
+    breaker.reset()
+    trip(breaker, 2)
+    clock.advance(61)
+    consumer = rows()
+    next(consumer)
+    assert breaker.state is CircuitBreakerState.HALF_OPEN
+    consumer.close()
+    with breaker:
+        pass
 
 
 def test_ignore_exceptions_win_over_expected(clock: ManualClock) -> None:
@@ -299,6 +334,67 @@ def test_half_open_admits_only_max_calls_probes(clock: ManualClock) -> None:
             pass
         assert caught.value.retry_after == 0.0
     assert breaker.state is CircuitBreakerState.CLOSED
+
+
+def test_a_leaked_probe_slot_is_free_again_after_probe_timeout(clock: ManualClock) -> None:
+    """A ``with`` probe whose ``__exit__`` never runs holds its slot for ``probe_timeout``
+    only; then a new probe is admitted, and the leaked block's late exit changes nothing."""
+    breaker = breaker_with(clock, failure_threshold=1, success_threshold=1, probe_timeout=5.0)
+    assert breaker.probe_timeout == 5.0
+    trip(breaker, 1)
+    clock.advance(60)
+    leaked = contextvars.copy_context()
+    leaked.run(breaker.__enter__)  # a probe that never reports
+    clock.advance(4.9)
+    with pytest.raises(CircuitBreakerOpenError) as caught, breaker:
+        pass
+    assert caught.value.retry_after == 0.0
+    clock.advance(0.1)
+    assert breaker.counters()["probes_expired"] == 0
+    with breaker:  # the lease expired: this is the new probe, and it closes the breaker
+        pass
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.counters()["probes_expired"] == 1
+    leaked.run(breaker.__exit__, ConnectionError, ConnectionError("late"), None)
+    assert breaker.state is CircuitBreakerState.CLOSED  # the late failure moved nothing
+    assert breaker.failure_count == 2
+
+
+def test_a_hanging_probe_loses_its_slot_after_probe_timeout(clock: ManualClock) -> None:
+    """A probe that hangs in another thread: after ``probe_timeout`` another probe runs
+    and decides; the hung probe's outcome, when it comes, is ignored."""
+    breaker = breaker_with(clock, failure_threshold=1, success_threshold=1, timeout=10.0)
+    assert breaker.probe_timeout == 10.0  # the default: the breaker's timeout
+    trip(breaker, 1)
+    clock.advance(10)
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(10)
+        raise ConnectionError("finally failed")
+
+    outcome: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            breaker.call(hang)
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    assert started.wait(10)
+    with pytest.raises(CircuitBreakerOpenError):
+        breaker.call(lambda: None)
+    clock.advance(10)
+    assert breaker.call(lambda: "recovered") == "recovered"
+    assert breaker.state is CircuitBreakerState.CLOSED
+    release.set()
+    thread.join(10)
+    assert [type(e) for e in outcome] == [ConnectionError]
+    assert breaker.state is CircuitBreakerState.CLOSED
+    assert breaker.counters()["probes_expired"] == 1
 
 
 def test_force_open_holds_until_reset(clock: ManualClock) -> None:
@@ -405,6 +501,7 @@ def test_counters_count_outcomes_rejections_and_transitions(clock: ManualClock) 
         "calls_ignored": 1,
         "calls_rejected": 1,
         "calls_slow": 0,
+        "probes_expired": 0,
         "transitions_to_open": 1,
         "transitions_to_half_open": 1,
         "transitions_to_closed": 1,
@@ -427,17 +524,60 @@ def test_registry_finds_breakers_by_name() -> None:
     assert "db" not in circuit_breaker_registry
     registry.unregister("db")
     assert registry.get("db") is None
+    assert circuit_breaker_registry.remove("registry-test-payments") is breaker
 
 
-def test_registry_holds_breakers_weakly() -> None:
-    """A breaker nobody uses any more leaves the registry."""
+def test_registry_keeps_its_breakers_until_remove() -> None:
+    """Fetched by name in a loop, with no reference kept: one breaker, and it opens."""
     import gc
 
     registry = CircuitBreakerRegistry()
-    CircuitBreaker("gone", registry=registry)
+    config = CircuitBreakerConfig(failure_threshold=2, expected_exceptions=ConnectionError)
+    upstream_calls = []
+
+    def upstream() -> None:
+        upstream_calls.append(1)
+        raise ConnectionError("down")
+
+    outcomes = []
+    for _ in range(6):
+        gc.collect()
+        try:
+            registry.get_or_create("payments", config).call(upstream)
+        except ConnectionError:
+            outcomes.append("failed")
+        except CircuitBreakerOpenError:
+            outcomes.append("rejected")
+    assert len(upstream_calls) == 2
+    assert outcomes == ["failed"] * 2 + ["rejected"] * 4
+    CircuitBreaker("direct", registry=registry)  # no reference kept here either
     gc.collect()
-    assert registry.get("gone") is None
-    assert len(registry) == 0
+    assert sorted(registry.breakers()) == ["direct", "payments"]
+    assert len(registry) == 2
+    removed = registry.remove("payments")
+    assert removed is not None
+    assert removed.state is CircuitBreakerState.OPEN
+    assert registry.remove("payments") is None
+    assert "payments" not in registry
+    assert registry.get_or_create("payments", config) is not removed
+    registry.unregister("direct")
+    assert registry.get("direct") is None
+
+
+def test_registry_repr_names_its_breakers_and_states() -> None:
+    registry = CircuitBreakerRegistry()
+    assert repr(registry) == "CircuitBreakerRegistry(0 breakers: {})"
+    registry.get_or_create("db")
+    registry.get_or_create("payments").force_open()
+    assert repr(registry) == (
+        "CircuitBreakerRegistry(2 breakers: {'db': closed, 'payments': open})"
+    )
+    for i in range(12):
+        registry.get_or_create(f"svc-{i}")
+    text = repr(registry)
+    assert text.startswith("CircuitBreakerRegistry(14 breakers: {'db': closed, ")
+    assert text.endswith(", ... 4 more})")
+    assert "'svc-8'" not in text
 
 
 # -- sliding window ------------------------------------------------------------------

@@ -20,7 +20,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ],
     *[
         (field, bad)
-        for field in ("timeout", "sliding_window", "slow_call_duration")
+        for field in ("timeout", "sliding_window", "slow_call_duration", "probe_timeout")
         for bad in (0, -1.0, math.nan, math.inf, "1", True)
     ],
     ("timeout", None),
@@ -60,6 +60,7 @@ def test_extras_are_keyword_only_and_defaults_keep_the_document() -> None:
     config = CircuitBreakerConfig(3, 1, 10.0, ConnectionError)
     assert config.expected_exceptions == (ConnectionError,)
     assert config.half_open_max_calls == 1
+    assert config.probe_timeout is None
     assert config.sliding_window is None
     assert config.ignore_exceptions == ()
     with pytest.raises(TypeError):
@@ -88,6 +89,8 @@ def test_breaker_rejects_bad_name_and_config() -> None:
         ("half_open_max_calls", 0),
         ("timeout", 0.0),
         ("timeout", math.nan),
+        ("probe_timeout", 0.0),
+        ("probe_timeout", math.inf),
         ("sliding_window", -1.0),
         ("failure_rate_threshold", 1.5),
         ("slow_call_rate_threshold", 0.0),

@@ -1,12 +1,12 @@
 """The rejection error and the arguments of ``call``: what callers can observe.
 
-The Rust core reuses its last ``CircuitBreakerOpenError`` when nobody else holds
-it; these tests pin down that no caller can tell: every rejection carries its
-own ``retry_after``, context and a one-entry traceback, and an error a caller
-kept is never changed by a later rejection. They run on both backends.
+Every rejection raises a fresh ``CircuitBreakerOpenError``: it carries its own
+``retry_after``, context and a one-entry traceback, an error a caller kept is
+never changed by a later rejection, and nothing but the caller keeps the
+rejected caller's frame alive. They run on both backends.
 
 They catch with plain ``try``/``except`` on purpose: ``pytest.raises`` keeps a
-reference to the error, which is exactly what decides whether it is reused.
+reference to the error.
 """
 # ruff: noqa: PT017, PERF203, SIM105
 
@@ -268,27 +268,72 @@ def test_call_arguments_and_signature() -> None:
     assert breaker.success_count == 3
 
 
-def test_the_native_core_reuses_an_error_nobody_holds(native: ModuleType) -> None:
-    """The Rust core's fast path: a dropped rejection error is the next one.
+class Payload:
+    """Stands for a large local (a response body, a buffer) of a rejected caller."""
 
-    Whatever backend the run tests, this checks the native core itself. The
-    stable-ABI build cannot read the exception struct and builds a fresh error
-    every time; that is checked instead when the extension is that build.
+    finalized = 0
+
+    def __del__(self) -> None:
+        Payload.finalized += 1
+
+
+def rejected_caller(breaker: Any, use_with: bool) -> tuple[weakref.ref[Payload], BaseException]:
+    payload = Payload()
+    ref = weakref.ref(payload)
+    try:
+        if use_with:
+            with breaker:
+                never_called()
+        else:
+            breaker.call(never_called)
+    except CircuitBreakerOpenError as error:
+        return ref, error
+    raise AssertionError("not rejected")
+
+
+@pytest.mark.parametrize("use_with", [False, True], ids=["call", "with"])
+def test_a_rejected_callers_locals_die_when_it_drops_the_error(use_with: bool) -> None:
+    """The error's traceback is the only thing that keeps the caller's frame alive.
+
+    Nothing in the breaker holds the error (no reuse cache), so the frame and its
+    locals go as soon as the caller lets go of the error, with no collection
+    needed, and ``__del__`` runs; later rejections, ``reset()`` and successes
+    change nothing about that.
     """
+    breaker = open_breaker(ManualClock(start=0.0))
+    finalized = Payload.finalized
+    ref, error = rejected_caller(breaker, use_with)
+    assert ref() is not None, "the caller still holds the error, and so the frame"
+    del error
+    assert ref() is None
+    assert Payload.finalized == finalized + 1
+    # Twice more, with a kept error in between: each error holds its own frame only.
+    ref1, error1 = rejected_caller(breaker, use_with)
+    ref2, error2 = rejected_caller(breaker, use_with)
+    assert error1 is not error2
+    del error2
+    assert ref2() is None
+    assert ref1() is not None
+    breaker.reset()
+    assert breaker.call(lambda: 1) == 1
+    del error1
+    assert ref1() is None
+
+
+def test_the_native_core_raises_a_fresh_error_each_time(native: ModuleType) -> None:
+    """The Rust core itself (whatever backend the run tests): no error is reused."""
     clock = ManualClock(start=0.0)
     breaker = native.CircuitBreakerCore("svc", failure_threshold=1, timeout=30.0, clock=clock)
     try:
         breaker.call(lambda: 1 / 0)
     except ZeroDivisionError:
         pass
-    ids = []
-    for _ in range(3):
+    kept = []
+    for advance in (0.0, 10.0, 5.0):
+        clock.advance(advance)
         try:
             breaker.call(never_called)
         except CircuitBreakerOpenError as error:
-            ids.append(id(error))
-            assert error.retry_after == pytest.approx(30.0)
-    if native.ABI3:
-        assert len(ids) == 3
-    else:
-        assert ids[0] == ids[1] == ids[2]
+            kept.append(error)
+    assert len({id(error) for error in kept}) == 3
+    assert [error.retry_after for error in kept] == pytest.approx([30.0, 20.0, 15.0])

@@ -11,7 +11,9 @@ import asyncio
 import itertools
 import threading
 import time
-from typing import Any, Callable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Callable, ClassVar
 
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
 
@@ -26,6 +28,10 @@ _U64 = (1 << 64) - 1
 _INF = float("inf")
 
 Transition = tuple[int, int]
+
+# The `with` blocks in progress in the current context (thread or task): a flat
+# tuple (breaker, lease, breaker, lease, ...), innermost last.
+_WITH_LEASES: ContextVar[tuple[Any, ...]] = ContextVar("shared_circuit_breaker_leases", default=())
 
 
 def _count_setting(name: str, value: int) -> int:
@@ -49,12 +55,39 @@ def _rate_setting(name: str, value: float) -> float:
 class CircuitBreakerCore:
     """The core of ``shared.resilience.CircuitBreaker``: the twin of the Rust class."""
 
+    # The methods that take or give back a permit. ``shared.resilience.circuit_breaker``
+    # marks them so that its deadlines are never delivered inside them (an
+    # interruption there would leak a half-open probe slot). The Rust core does
+    # this work in native code, where no asynchronous exception can land.
+    _UNINTERRUPTIBLE: ClassVar[tuple[str, ...]] = (
+        "__enter__",
+        "__exit__",
+        "_take_lease",
+        "_admit",
+        "_try_admit",
+        "_classify",
+        "_record_result",
+        "_record",
+        "_record_success",
+        "_record_error",
+        "_reset_streak",
+        "_record_closed",
+        "_record_in_window",
+        "_record_probe",
+        "_enter",
+        "_open",
+    )
+
     _name: str
     _failure_threshold: int
     _success_threshold: int
     _half_open_max_calls: int
     _timeout: float
     _timeout_ns: int
+    _probe_timeout: float
+    _probe_timeout_ns: int
+    _last_probe_at_ns: int
+    _probes_expired: int
     _window_ns: int
     _minimum_calls: int
     _failure_rate: float
@@ -89,6 +122,8 @@ class CircuitBreakerCore:
     _succeeded_base: int
     _failed_base: int
     _last_failure_time: float | None
+    _leases: dict[int, int]
+    _lease_numbers: itertools.count[int]
 
     def __new__(
         cls,
@@ -100,6 +135,7 @@ class CircuitBreakerCore:
         expected_exceptions: tuple[type[BaseException], ...] | None = None,
         ignore_exceptions: tuple[type[BaseException], ...] | None = None,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         sliding_window: float | None = None,
         minimum_calls: int = 100,
         failure_rate_threshold: float = 0.5,
@@ -132,13 +168,23 @@ class CircuitBreakerCore:
         self._half_open_max_calls = _count_setting("half_open_max_calls", half_open_max_calls)
         self._timeout_ns = _seconds_setting("timeout", timeout)
         self._timeout = float(timeout)
+        if probe_timeout is None:
+            probe_timeout = timeout
+        self._probe_timeout_ns = _seconds_setting("probe_timeout", probe_timeout)
+        self._probe_timeout = float(probe_timeout)
         self._minimum_calls = minimum_calls
         self._failure_rate = failure_rate_threshold
         self._slow_rate = slow_call_rate_threshold
         self._name = name
         self._expected = (Exception,) if expected_exceptions is None else expected_exceptions
         self._ignored = () if ignore_exceptions is None else ignore_exceptions
-        self._neutral = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, *self._ignored)
+        self._neutral = (
+            KeyboardInterrupt,
+            SystemExit,
+            GeneratorExit,
+            asyncio.CancelledError,
+            *self._ignored,
+        )
         self._is_failure_result = is_failure_result
         self._on_state_change = on_state_change
         self._clock = clock
@@ -151,6 +197,7 @@ class CircuitBreakerCore:
         self._probe_successes = 0
         self._probes_in_flight = 0
         self._opened_at_ns = 0
+        self._last_probe_at_ns = 0
         # The epoch while closed in count mode without a result predicate (the
         # fast path of `call`), else -1.
         self._fast_path = self._window_ns == 0 and is_failure_result is None
@@ -159,9 +206,13 @@ class CircuitBreakerCore:
         self._buckets = [[-1, 0, 0, 0] for _ in range(WINDOW_BUCKETS)]
         self._succeeded = itertools.count()
         self._failed = self._ignored_calls = self._rejected = self._slow = 0
+        self._probes_expired = 0
         self._to_open = self._to_half_open = self._to_closed = 0
         self._succeeded_base = self._failed_base = 0
         self._last_failure_time = None
+        # Permits of the `with` blocks in progress, by lease number (see `__exit__`).
+        self._leases = {}
+        self._lease_numbers = itertools.count()
         return self
 
     # -- calls ------------------------------------------------------------------
@@ -171,17 +222,24 @@ class CircuitBreakerCore:
         epoch = self._fast_epoch
         if epoch < 0:
             # Not the closed fast path. Inlined, and the rejection raised here,
-            # so it unwinds one frame, not three.
-            permit = self._try_admit()
-            if isinstance(permit, BaseException):
-                raise permit
+            # so it unwinds one frame, not three. No call between the admission
+            # and the `try` (an attribute test instead of isinstance): an
+            # asynchronous exception arrives only after a call, at a loop or at
+            # a function's start, so none can land between taking a probe slot
+            # and the handler that gives it back. (Any: a permit or an error.)
+            permit: Any = self._try_admit()
+            if permit.__class__ is int:
+                try:
+                    result = func(*args, **kwargs)
+                except BaseException as exc:
+                    self._record(permit, self._classify(exc))
+                    raise
+                self._record_result(permit, result)
+                return result
             try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                self._record(permit, self._classify(exc))
-                raise
-            self._record_result(permit, result)
-            return result
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -191,6 +249,71 @@ class CircuitBreakerCore:
         if self._consecutive_failures:
             self._reset_streak(epoch)
         return result
+
+    def __enter__(self, /) -> CircuitBreakerCore:
+        """Admits the `with` block's call (or raises ``CircuitBreakerOpenError``)."""
+        permit = self._try_admit()
+        if isinstance(permit, BaseException):
+            try:
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
+        # A count and a dict: each step atomic without our lock.
+        lease = next(self._lease_numbers)
+        self._leases[lease] = permit
+        try:
+            _WITH_LEASES.set((*_WITH_LEASES.get(), self, lease))
+        except BaseException:
+            # The block will not run: give the permit back.
+            if self._leases.pop(lease, None) is not None:
+                self._record(permit, NEUTRAL)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None:
+        """Records how the `with` block ended (works in any context, see ``_take_lease``)."""
+        permit = self._take_lease()
+        self._record(permit, SUCCESS if exc is None else self._classify(exc))
+
+    def _take_lease(self) -> int:
+        """The permit of the `with` block that ends.
+
+        The innermost lease of this breaker in the current context that is still
+        outstanding, else (a block entered in another task or context) the
+        oldest outstanding one, so every exit gives back exactly one permit.
+        Leases of this breaker passed over on the way leave the context too.
+        """
+        stack = _WITH_LEASES.get()
+        leases = self._leases
+        if len(stack) >= 2 and stack[-2] is self:  # the usual case: the innermost block
+            found = leases.pop(stack[-1], None)
+            if found is not None:
+                _WITH_LEASES.set(stack[:-2])
+                return found
+        forget: list[int] = []
+        found = None
+        for i in range(len(stack) - 2, -1, -2):
+            if stack[i] is not self:
+                continue
+            forget.append(i)
+            found = leases.pop(stack[i + 1], None)
+            if found is not None:
+                break
+        if forget:
+            _WITH_LEASES.set(tuple(item for j, item in enumerate(stack) if j & ~1 not in forget))
+        while found is None and leases:
+            # Dicts keep insertion order: the first key is the oldest lease. (Another
+            # thread may take it first: then look again.)
+            found = leases.pop(next(iter(leases), -1), None)
+        if found is None:
+            raise RuntimeError(f"circuit breaker {self._name!r}: __exit__ without __enter__")
+        return found
 
     def _classify(self, exc: BaseException) -> int:
         if isinstance(exc, self._neutral):
@@ -203,7 +326,10 @@ class CircuitBreakerCore:
         """Admits one call (or raises ``CircuitBreakerOpenError``); returns its permit."""
         permit = self._try_admit()
         if isinstance(permit, BaseException):
-            raise permit
+            try:
+                raise permit
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
         return permit
 
     def _try_admit(self) -> int | BaseException:
@@ -212,8 +338,9 @@ class CircuitBreakerCore:
             state = self._state
             if state == CLOSED:
                 return _permit(CLOSED, self._epoch, self._now_ns() if self._slow_ns else 0)
-            # The clock is read before the lock: a Python clock must not run under it.
-            now_ns = self._now_ns() if state == OPEN else 0
+            # The clock is read before the lock (a Python clock must not run under
+            # it) and before a slot is taken (a failing clock cannot leak one).
+            now_ns = self._now_ns() if state != FORCED_OPEN else 0
             transition: Transition | None = None
             with self._lock:
                 if self._state != state:
@@ -222,11 +349,20 @@ class CircuitBreakerCore:
                     self._rejected += 1
                     retry_after_ns = self._timeout_ns
                 elif state == HALF_OPEN:
-                    if self._probes_in_flight >= self._half_open_max_calls:
+                    full = self._probes_in_flight >= self._half_open_max_calls
+                    if full and now_ns < min(self._last_probe_at_ns + self._probe_timeout_ns, _U64):
                         self._rejected += 1
                         retry_after_ns = 0
                     else:
+                        if full:
+                            # The slots are full and no probe was admitted for
+                            # `probe_timeout`: every lease has expired. A new
+                            # half-open phase starts, with this call its first
+                            # probe; the old probes' outcomes are late.
+                            self._probes_expired += self._probes_in_flight
+                            self._enter(HALF_OPEN)
                         self._probes_in_flight += 1
+                        self._last_probe_at_ns = max(self._last_probe_at_ns, now_ns)
                         retry_after_ns = -1
                 else:
                     probe_at = min(self._opened_at_ns + self._timeout_ns, _U64)
@@ -237,6 +373,7 @@ class CircuitBreakerCore:
                         # The first caller after the timeout becomes the first probe.
                         self._enter(HALF_OPEN)
                         self._probes_in_flight = 1
+                        self._last_probe_at_ns = max(self._last_probe_at_ns, now_ns)
                         self._to_half_open += 1
                         transition = (OPEN, HALF_OPEN)
                         retry_after_ns = -1
@@ -244,8 +381,7 @@ class CircuitBreakerCore:
             if retry_after_ns >= 0:
                 return _open_error(self._name, ns_to_secs(retry_after_ns))
             if transition is None:
-                start_ns = self._now_ns() if self._slow_ns else 0
-                return _permit(HALF_OPEN, epoch, start_ns)
+                return _permit(HALF_OPEN, epoch, now_ns)
             permit = _permit(HALF_OPEN, epoch, now_ns)
             try:
                 self._notify(transition)
@@ -284,13 +420,21 @@ class CircuitBreakerCore:
 
     def _record(self, permit: int, outcome: int) -> None:
         state, epoch, start_ns = permit & 3, (permit & _U64) >> 2, permit >> 64
-        if self._window_ns and outcome != NEUTRAL:
-            now_ns = self._now_ns()
-            slow = bool(self._slow_ns) and max(0, now_ns - start_ns) >= self._slow_ns
-        else:
-            # Read only when it may open the breaker (before the lock, as above).
-            now_ns = self._now_ns() if outcome == FAILURE else 0
-            slow = False
+        # Read once, before the lock, and only when needed: a failure may open
+        # the breaker; the window mode times every call. If the clock fails,
+        # the call counts as neutral, so a probe still gives its slot back.
+        now_ns = 0
+        if outcome == FAILURE or (self._window_ns and outcome != NEUTRAL):
+            try:
+                now_ns = self._now_ns()
+            except BaseException:
+                self._record(permit, NEUTRAL)
+                raise
+        slow = (
+            bool(self._slow_ns)
+            and outcome != NEUTRAL
+            and max(0, now_ns - start_ns) >= self._slow_ns
+        )
         if outcome == SUCCESS:
             next(self._succeeded)
         with self._lock:
@@ -439,6 +583,10 @@ class CircuitBreakerCore:
         return self._timeout
 
     @property
+    def probe_timeout(self) -> float:
+        return self._probe_timeout
+
+    @property
     def expected_exceptions(self) -> tuple[type[BaseException], ...]:
         return self._expected
 
@@ -458,6 +606,7 @@ class CircuitBreakerCore:
             "calls_ignored": self._ignored_calls,
             "calls_rejected": self._rejected,
             "calls_slow": self._slow,
+            "probes_expired": self._probes_expired,
             "transitions_to_open": self._to_open,
             "transitions_to_half_open": self._to_half_open,
             "transitions_to_closed": self._to_closed,

@@ -2,9 +2,12 @@
 
 ``CircuitBreaker`` subclasses the backend's ``CircuitBreakerCore``, so
 ``breaker.call(f)`` is one native call: the core admits the call, runs ``f``,
-classifies its exception and updates the state machine. This module adds what
-belongs to Python: the config, the state enum, ``call_async``, ``protect``, the
-context managers, listeners and the process-wide registry.
+classifies its exception and updates the state machine. ``with breaker:`` is
+the core's ``__enter__``/``__exit__`` (native on the Rust backend, so no
+asynchronous exception can land between taking a probe slot and the block's
+cleanup). This module adds what belongs to Python: the config, the state enum,
+``call_async``, ``protect``, ``async with``, listeners and the process-wide
+registry.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ import functools
 import inspect
 import logging
 import threading
-import weakref
 from collections.abc import Awaitable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from shared import _validation
 from shared._backend import core
+from shared.resilience._deadlines import _critical
 
 if TYPE_CHECKING:
     from shared._native import CircuitBreakerCore as _Core
@@ -81,6 +83,11 @@ class CircuitBreakerConfig:
 
     Keyword-only (beyond the document; the defaults keep its behaviour):
         half_open_max_calls: probes admitted at once while half-open.
+        probe_timeout: seconds a probe holds its slot (its lease); ``None``
+            (default) means ``timeout``. Once every slot is taken and no probe
+            was admitted for this long, a new probe is admitted and the old
+            probes' outcomes are ignored, so a probe that hangs or never
+            reports cannot hold the breaker half-open and rejecting forever.
         ignore_exceptions: exceptions that never count, even if expected.
         is_failure_result: ``f(result) -> bool``; true marks a returned value
             as a failure (the value is still returned).
@@ -99,6 +106,7 @@ class CircuitBreakerConfig:
     timeout: float
     expected_exceptions: tuple[type[BaseException], ...]
     half_open_max_calls: int
+    probe_timeout: Optional[float]
     ignore_exceptions: tuple[type[BaseException], ...]
     is_failure_result: Optional[Callable[[Any], object]]
     sliding_window: Optional[float]
@@ -115,6 +123,7 @@ class CircuitBreakerConfig:
         expected_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         *,
         half_open_max_calls: int = 1,
+        probe_timeout: float | None = None,
         ignore_exceptions: type[BaseException] | tuple[type[BaseException], ...] = (),
         is_failure_result: Callable[[Any], object] | None = None,
         sliding_window: float | None = None,
@@ -131,6 +140,9 @@ class CircuitBreakerConfig:
                 "expected_exceptions", expected_exceptions
             ),
             "half_open_max_calls": _count("half_open_max_calls", half_open_max_calls),
+            "probe_timeout": None
+            if probe_timeout is None
+            else _validation.positive_finite("probe_timeout", probe_timeout),
             "ignore_exceptions": _validation.exception_types(
                 "ignore_exceptions", ignore_exceptions
             ),
@@ -193,10 +205,23 @@ class _Listeners:
                 )
 
 
-# Permits of the `with` blocks in progress, per thread and per task: (breaker, permit).
-_PERMITS: ContextVar[tuple[tuple[object, int], ...]] = ContextVar(
-    "shared_circuit_breaker_permits", default=()
-)
+# The pure-Python core takes and gives back permits in Python code: no deadline
+# of ours may interrupt it there (it would leak a half-open probe slot).
+for _method_name in getattr(_Core, "_UNINTERRUPTIBLE", ()):
+    _method = getattr(_Core, _method_name)
+    if isinstance(_method, FunctionType):
+        _critical(_method)
+
+
+def _is_async_callable(func: object) -> bool:
+    """``async def`` functions, and partials of them or objects whose ``__call__`` is one."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    # An object whose class defines `async def __call__`.
+    return callable(func) and inspect.iscoroutinefunction(type(func).__call__)
+
 
 _DEFAULT_REGISTRY: Any = object()
 
@@ -243,6 +268,7 @@ class CircuitBreaker(_Core):
             expected_exceptions=config.expected_exceptions,
             ignore_exceptions=config.ignore_exceptions,
             half_open_max_calls=config.half_open_max_calls,
+            probe_timeout=config.probe_timeout,
             sliding_window=config.sliding_window,
             minimum_calls=config.minimum_calls,
             failure_rate_threshold=config.failure_rate_threshold,
@@ -273,6 +299,11 @@ class CircuitBreaker(_Core):
 
         Cancellation is neutral: a cancelled half-open probe gives its slot back.
         """
+        if self.config.is_failure_result is None:
+            # The `with` statement takes and gives back the permit (atomically
+            # with respect to asynchronous exceptions, see the module docstring).
+            with self:
+                return await func(*args, **kwargs)
         permit = self._admit()
         try:
             result = await func(*args, **kwargs)
@@ -283,8 +314,12 @@ class CircuitBreaker(_Core):
         return result
 
     def protect(self, func: F) -> F:
-        """Decorator: every call of ``func`` (sync or ``async def``) goes through the breaker."""
-        if inspect.iscoroutinefunction(func):
+        """Decorator: every call of ``func`` goes through the breaker.
+
+        ``async def`` functions, partials of them and objects with an
+        ``async def __call__`` get an ``async`` wrapper (``call_async``).
+        """
+        if _is_async_callable(func):
 
             @functools.wraps(func)
             async def protected_async(*args: Any, **kwargs: Any) -> Any:
@@ -300,26 +335,14 @@ class CircuitBreaker(_Core):
 
         return protected  # type: ignore[return-value]
 
-    def __enter__(self) -> CircuitBreaker:
-        permit = self._admit()
-        _PERMITS.set((*_PERMITS.get(), (self, permit)))
+    # `with breaker:` is the core's own __enter__/__exit__ (see the module docstring).
+
+    @_critical  # no deadline of ours lands between the permit and the block
+    async def __aenter__(self) -> CircuitBreaker:
+        self.__enter__()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        permit = self._take_permit()
-        if exc is None:
-            self._record_success(permit)
-        else:
-            self._record_error(permit, exc)
-
-    async def __aenter__(self) -> CircuitBreaker:
-        return self.__enter__()
-
+    @_critical
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -327,14 +350,6 @@ class CircuitBreaker(_Core):
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
-
-    def _take_permit(self) -> int:
-        entries = _PERMITS.get()
-        for i in range(len(entries) - 1, -1, -1):
-            if entries[i][0] is self:
-                _PERMITS.set(entries[:i] + entries[i + 1 :])
-                return entries[i][1]
-        raise RuntimeError(f"circuit breaker {self.name!r}: __exit__ without __enter__")
 
     def add_listener(self, listener: StateListener) -> None:
         """Calls ``listener(breaker, old_state, new_state)`` after every state change.
@@ -358,40 +373,36 @@ class CircuitBreaker(_Core):
 
 
 class CircuitBreakerRegistry:
-    """Breakers by name, so services and metrics find them (weak references).
+    """Breakers by name, so services and metrics find them.
 
-    Every ``CircuitBreaker`` registers in ``circuit_breaker_registry`` unless
-    told otherwise; a newer breaker with the same name replaces the older one.
+    The registry holds its breakers (strong references) until ``remove``:
+    ``registry.get_or_create(name, config).call(f)`` in a loop uses one
+    breaker, which opens. Every ``CircuitBreaker`` registers in
+    ``circuit_breaker_registry`` unless told otherwise (``registry=None``); a
+    newer breaker with the same name replaces the older one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._refs: dict[str, weakref.ref[CircuitBreaker]] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
 
     def register(self, breaker: CircuitBreaker) -> None:
         """Makes ``breaker`` the one found under its name."""
-        ref = weakref.ref(breaker)
         with self._lock:
-            self._refs[breaker.name] = ref
-            self._forget_dead()
+            self._breakers[breaker.name] = breaker
 
-    def _forget_dead(self) -> None:
-        # Dead entries are dropped here, under the lock, rather than by weakref
-        # callbacks: a callback can run during any allocation, even one made
-        # while this thread holds the lock.
-        dead = [name for name, ref in self._refs.items() if ref() is None]
-        for name in dead:
-            del self._refs[name]
+    def remove(self, name: str) -> CircuitBreaker | None:
+        """Forgets the breaker registered under ``name``; returns it, or ``None``."""
+        with self._lock:
+            return self._breakers.pop(name, None)
 
     def unregister(self, name: str) -> None:
-        """Forgets the breaker registered under ``name``, if any."""
-        with self._lock:
-            self._refs.pop(name, None)
+        """Forgets the breaker registered under ``name``, if any (``remove`` without a result)."""
+        self.remove(name)
 
     def get(self, name: str) -> CircuitBreaker | None:
-        """The live breaker registered under ``name``, or ``None``."""
-        ref = self._refs.get(name)
-        return None if ref is None else ref()
+        """The breaker registered under ``name``, or ``None``."""
+        return self._breakers.get(name)
 
     def get_or_create(
         self,
@@ -405,31 +416,36 @@ class CircuitBreakerRegistry:
         Raises ``ValueError`` if it exists with a different config.
         """
         with self._lock:
-            ref = self._refs.get(name)
-            breaker = None if ref is None else ref()
+            breaker = self._breakers.get(name)
             if breaker is None:
                 breaker = CircuitBreaker(name, config, clock=clock, registry=None)
-                self._refs[name] = weakref.ref(breaker)
-                self._forget_dead()
+                self._breakers[name] = breaker
                 return breaker
         if config is not None and config != breaker.config:
             raise ValueError(f"circuit breaker {name!r} exists with another config")
         return breaker
 
     def breakers(self) -> dict[str, CircuitBreaker]:
-        """A snapshot of the live breakers by name."""
+        """A snapshot of the registered breakers by name."""
         with self._lock:
-            refs = self._refs.copy()
-        return {name: b for name, ref in refs.items() if (b := ref()) is not None}
+            return self._breakers.copy()
 
     def __iter__(self) -> Iterator[CircuitBreaker]:
         return iter(self.breakers().values())
 
     def __len__(self) -> int:
-        return len(self.breakers())
+        return len(self._breakers)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name in self._breakers
+
+    def __repr__(self) -> str:
+        shown = 10
+        breakers = self.breakers()
+        states = [f"{name!r}: {b.state.value}" for name, b in list(breakers.items())[:shown]]
+        if len(breakers) > shown:
+            states.append(f"... {len(breakers) - shown} more")
+        return f"CircuitBreakerRegistry({len(breakers)} breakers: {{{', '.join(states)}}})"
 
 
 circuit_breaker_registry = CircuitBreakerRegistry()
