@@ -31,14 +31,10 @@ import json
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the benches run on 3.11+ in CI
-    import tomli as tomllib
 
 DEFAULT_THRESHOLDS = Path(__file__).with_name("thresholds.toml")
 

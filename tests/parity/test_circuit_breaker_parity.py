@@ -10,8 +10,9 @@ every error (type, name, retry_after) must be equal.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -151,7 +152,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         permits = self.admit_both()
         if permits is not None:
             self.clock.advance(seconds)
-            for core, permit in zip(self.cores, permits):
+            for core, permit in zip(self.cores, permits, strict=True):
                 self.finish(core, permit, outcome)
 
     @precondition(lambda self: len(self.held) < 4)
@@ -167,7 +168,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
     def finish_call(self, index: int, outcome: str) -> None:
         """A held call ends, possibly after the state changed under it."""
         permits = self.held.pop(index % len(self.held))
-        for core, permit in zip(self.cores, permits):
+        for core, permit in zip(self.cores, permits, strict=True):
             self.finish(core, permit, outcome)
 
     def finish(self, core: Any, permit: int, outcome: str) -> None:

@@ -11,7 +11,8 @@ import asyncio
 import itertools
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
 

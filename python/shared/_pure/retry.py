@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from shared._pure.clock import NanosecondClock, secs_to_ns, time_source
 
@@ -43,7 +44,7 @@ class RetryBudget:
         min_retries_per_second: float = 10.0,
         ttl: float = 10.0,
         *,
-        clock: Optional[NanosecondClock] = None,
+        clock: NanosecondClock | None = None,
     ) -> RetryBudget:
         self = super().__new__(cls)
         self._ratio = _finite_at_least("ratio", ratio, strict=False)
@@ -99,8 +100,8 @@ class RetryCore:
     Subclasses supply ``_retry(func, args, kwargs, exception, start_ns)``.
     """
 
-    _budget: Optional[RetryBudget]
-    _clock: Optional[NanosecondClock]
+    _budget: RetryBudget | None
+    _clock: NanosecondClock | None
     _clock_ns: Callable[[], int]
     _track_start: bool
     _plain: bool
@@ -112,8 +113,8 @@ class RetryCore:
     def __new__(
         cls,
         *,
-        budget: Optional[RetryBudget] = None,
-        clock: Optional[NanosecondClock] = None,
+        budget: RetryBudget | None = None,
+        clock: NanosecondClock | None = None,
         track_start: bool = False,
     ) -> RetryCore:
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -181,12 +182,12 @@ class RetryCore:
         return self._count(self._give_ups)
 
     @property
-    def budget(self, /) -> Optional[RetryBudget]:
+    def budget(self, /) -> RetryBudget | None:
         """The shared budget, or None."""
         return self._budget
 
     @property
-    def clock(self, /) -> Optional[NanosecondClock]:
+    def clock(self, /) -> NanosecondClock | None:
         """The clock handed in, or None for the monotonic clock."""
         return self._clock
 
