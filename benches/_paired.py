@@ -20,7 +20,8 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROUNDS = 51
 WARMUP_ROUNDS = 2
@@ -63,7 +64,7 @@ def measure(
 def median_ratio(paired: dict[str, Any], subject: str, baseline: str) -> float:
     """Median over rounds of ``subject / baseline`` (time per call, same round)."""
     times = paired["ns_per_op"]
-    return statistics.median(s / b for s, b in zip(times[subject], times[baseline]))
+    return statistics.median(s / b for s, b in zip(times[subject], times[baseline], strict=True))
 
 
 def run_paired(

@@ -13,8 +13,9 @@ import asyncio
 import random
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import aiolimiter
 import pytest

@@ -16,8 +16,8 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Iterator
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis

@@ -8,8 +8,9 @@ of the twin.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import backoff
 import pytest
@@ -30,7 +31,7 @@ def _naive_retry(func: Callable[[], int]) -> Callable[[], int]:
         for attempt in range(3):
             try:
                 return func()
-            except Exception:  # noqa: PERF203 - the naive loop is the yardstick
+            except Exception:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -22,8 +22,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,9 @@ def measure_two_vs_one(benchmark: Any, work: Work) -> float:
     )
     ratios = [
         one / two
-        for one, two in zip(paired["ns_per_op"]["one_thread"], paired["ns_per_op"]["two_threads"])
+        for one, two in zip(
+            paired["ns_per_op"]["one_thread"], paired["ns_per_op"]["two_threads"], strict=True
+        )
     ]
     assert len(ratios) == ROUNDS
     quartiles = statistics.quantiles(ratios, n=4)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import _signal
 import signal
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,9 @@ class NullContext:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         return None
 

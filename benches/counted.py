@@ -144,7 +144,7 @@ def parse_dump(path: str) -> tuple[str, int, dict[str, float]]:
         raise ValueError(f"{path}: no events or summary line")
     # Callgrind leaves out trailing zero counts.
     summary += [0.0] * (len(events) - len(summary))
-    return trigger, thread, dict(zip(events, summary))
+    return trigger, thread, dict(zip(events, summary, strict=False))
 
 
 def measuring_threads(paths: list[str]) -> dict[str, dict[str, float]]:

@@ -33,11 +33,10 @@ import argparse
 import json
 import statistics
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_THRESHOLDS = HERE / "thresholds.toml"
@@ -172,7 +171,7 @@ def timed_verdict(rule: Rule, pooled: dict[str, list[dict[str, Any]]]) -> tuple[
         times = paired["ns_per_op"]
         if rule.subject not in times or rule.baseline not in times:
             return "FAIL", f"missing member {rule.subject} or {rule.baseline} in {rule.benchmark}"
-        ratios += [s / b for s, b in zip(times[rule.subject], times[rule.baseline])]
+        ratios += [s / b for s, b in zip(times[rule.subject], times[rule.baseline], strict=True)]
         subject_ns += times[rule.subject]
         baseline_ns += times[rule.baseline]
     if not ratios or min(baseline_ns) <= 0:

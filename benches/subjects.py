@@ -23,9 +23,10 @@ import contextlib
 import importlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, Callable
+from typing import Any
 
 Loop = Callable[[int], object]
 
@@ -218,7 +219,7 @@ def _rejections(call: Callable[[Callable[[], None]], object], error: type[BaseEx
         for _ in repeat(None, n):
             try:
                 call(func)
-            except error:  # noqa: PERF203 - the rejection is what is measured
+            except error:
                 pass
             else:
                 raise AssertionError("the breaker let a call through")
@@ -239,14 +240,14 @@ def _breaker_rejection() -> dict[str, Loop]:
         for _ in repeat(None, n):
             try:
                 raise preallocated
-            except CircuitBreakerOpenError:  # noqa: PERF203
+            except CircuitBreakerOpenError:
                 preallocated.__traceback__ = None
 
     def fresh_raise(n: int) -> None:
         for _ in repeat(None, n):
             try:
                 raise CircuitBreakerOpenError("bench", 60.0)
-            except CircuitBreakerOpenError:  # noqa: PERF203
+            except CircuitBreakerOpenError:
                 pass
 
     rust = cb.rust_breaker("bench")

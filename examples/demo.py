@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import shared
 from shared.resilience import (

@@ -4,13 +4,22 @@ The whole suite runs once per backend (``make pytest`` sets ``SHARED_BACKEND``
 to ``rust``, then ``python``); this file fails the run at once if the backend
 that loaded is not the one that was asked for, so a leg can never silently
 test the wrong implementation. Parity tests import both cores directly.
+
+``make test`` runs the suite against installed packages and says which kind in
+``SHARED_TEST_INSTALL``: ``native`` (a binary wheel, or the sdist built by pip)
+or ``pure`` (the pure-Python wheel, which has no ``shared._native``). The run
+then fails unless ``shared`` was imported from the virtualenv's site-packages,
+and ``pure`` turns the fixtures that need the extension into skips.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import socket
+import sysconfig
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -20,6 +29,8 @@ import shared
 from shared import _backend
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+INSTALL_KINDS = ("native", "pure")
+TESTED_INSTALL = os.environ.get("SHARED_TEST_INSTALL", "")
 
 settings.register_profile(
     "ci",
@@ -33,13 +44,36 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "d
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"shared backend: {shared.BACKEND} ({_backend.REASON})"]
+    return [
+        f"shared backend: {shared.BACKEND} ({_backend.REASON})",
+        f"shared imported from: {shared.__file__}",
+    ]
+
+
+def _check_installed_package(kind: str) -> None:
+    """Fails the run unless ``shared`` is the package installed in site-packages."""
+    if kind not in INSTALL_KINDS:
+        raise pytest.UsageError(f"SHARED_TEST_INSTALL={kind!r} is not one of {INSTALL_KINDS}")
+    site_dirs = {Path(sysconfig.get_path(name)).resolve() for name in ("purelib", "platlib")}
+    package_dir = Path(shared.__file__).resolve().parent
+    if package_dir.parent not in site_dirs:
+        raise pytest.UsageError(
+            f"SHARED_TEST_INSTALL={kind} but shared was imported from {package_dir}, "
+            f"not from site-packages ({', '.join(sorted(map(str, site_dirs)))})"
+        )
+    native_spec = importlib.util.find_spec("shared._native")
+    if kind == "pure" and native_spec is not None:
+        raise pytest.UsageError(f"the pure wheel must not ship shared._native: {native_spec}")
+    if kind == "native" and native_spec is None:
+        raise pytest.UsageError("SHARED_TEST_INSTALL=native but shared._native is not installed")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     requested = os.environ.get("SHARED_BACKEND", "auto")
     if requested in ("rust", "python") and requested != shared.BACKEND:
         raise pytest.UsageError(f"SHARED_BACKEND={requested} but {shared.BACKEND} loaded")
+    if TESTED_INSTALL:
+        _check_installed_package(TESTED_INSTALL)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +88,8 @@ def native() -> ModuleType:
     try:
         native = importlib.import_module("shared._native")
     except ModuleNotFoundError:
+        if TESTED_INSTALL == "pure":
+            pytest.skip("the pure-Python wheel has no shared._native")
         if IN_CI:
             pytest.fail("shared._native is not built, and CI must test it")
         pytest.skip("shared._native is not built (run `make build`)")

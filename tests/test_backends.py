@@ -90,6 +90,23 @@ def test_python_backend_never_imports_native() -> None:
     assert result.stdout.splitlines()[0] == "python"
 
 
+@pytest.mark.skipif(
+    os.environ.get("SHARED_TEST_INSTALL") != "pure",
+    reason="tests the installed pure-Python wheel (SHARED_TEST_INSTALL=pure)",
+)
+def test_the_pure_wheel_runs_on_the_twin_and_says_so() -> None:
+    """Installed from the pure wheel, auto loads the twin and rust fails loudly, unaided."""
+    result = _run(_PRINT_BACKEND, None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "python",
+        "shared._native is not installed; using the pure-Python twin",
+    ]
+    result = _run("import shared", "rust")
+    assert result.returncode != 0
+    assert "shared._native is not installed" in result.stderr
+
+
 def test_unknown_backend_is_a_value_error() -> None:
     """A typo in SHARED_BACKEND is an error naming the variable, not a silent default."""
     result = _run("import shared", "cython")

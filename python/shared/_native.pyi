@@ -1,10 +1,10 @@
 # The contract of the Rust extension `shared._native` (checked by mypy.stubtest).
 # `shared._pure` implements the same names with the same signatures.
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Callable, Final, Optional, Protocol, TypeVar, final
+from typing import Any, Final, Protocol, Self, TypeVar, final
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 __all__ = [
     "ABI3",
@@ -113,7 +113,7 @@ class Backoff:
         max_delay: float = 60.0,
         exponential_base: float = 2.0,
         jitter: str = "none",
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> Backoff: ...
     def delay(self, attempt: int, previous: float = 0.0) -> float: ...
 
@@ -125,7 +125,7 @@ class RetryBudget:
         min_retries_per_second: float = 10.0,
         ttl: float = 10.0,
         *,
-        clock: Optional[_Clock] = None,
+        clock: _Clock | None = None,
     ) -> Self: ...
     def record_call(self) -> None: ...
     def try_retry(self) -> bool: ...
@@ -143,8 +143,8 @@ class RetryCore:
     def __new__(
         cls,
         *,
-        budget: Optional[RetryBudget] = None,
-        clock: Optional[_Clock] = None,
+        budget: RetryBudget | None = None,
+        clock: _Clock | None = None,
         track_start: bool = False,
     ) -> Self: ...
     def execute(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
@@ -159,9 +159,9 @@ class RetryCore:
     @property
     def give_ups(self) -> int: ...
     @property
-    def budget(self) -> Optional[RetryBudget]: ...
+    def budget(self) -> RetryBudget | None: ...
     @property
-    def clock(self) -> Optional[_Clock]: ...
+    def clock(self) -> _Clock | None: ...
 
 @disjoint_base
 class RetryingCall:

@@ -8,7 +8,8 @@ rejected where numbers are expected (``True`` is an ``int`` in Python).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # The longest duration accepted anywhere (about 31.7 years): every duration in
 # seconds converts to integer nanoseconds, and deadlines ``now + duration``

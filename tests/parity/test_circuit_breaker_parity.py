@@ -15,8 +15,9 @@ import contextvars
 import random
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -171,7 +172,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         permits = self.admit_both()
         if permits is not None:
             self.clock.advance(seconds)
-            for core, permit in zip(self.cores, permits):
+            for core, permit in zip(self.cores, permits, strict=True):
                 self.finish(core, permit, outcome)
 
     @precondition(lambda self: len(self.held) < 4)
@@ -187,7 +188,7 @@ class CircuitBreakerParity(RuleBasedStateMachine):
     def finish_call(self, index: int, outcome: str) -> None:
         """A held call ends, possibly after the state changed under it."""
         permits = self.held.pop(index % len(self.held))
-        for core, permit in zip(self.cores, permits):
+        for core, permit in zip(self.cores, permits, strict=True):
             self.finish(core, permit, outcome)
 
     def finish(self, core: Any, permit: int, outcome: str) -> None:
@@ -203,7 +204,8 @@ class CircuitBreakerParity(RuleBasedStateMachine):
         """``__enter__`` in both, each in a context of its own that the block keeps."""
         contexts = (contextvars.copy_context(), contextvars.copy_context())
         entered = [
-            capture(lambda c=c, x=x: x.run(c.__enter__) is c) for c, x in zip(self.cores, contexts)
+            capture(lambda c=c, x=x: x.run(c.__enter__) is c)
+            for c, x in zip(self.cores, contexts, strict=True)
         ]
         assert entered[0] == entered[1]
         if entered[0][0] == "returned":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -112,7 +113,7 @@ class BucketParity(RuleBasedStateMachine):
             same(
                 *(
                     outcome(lambda b=b, t=t: b.cancel_reservation(n, t))
-                    for b, t in zip(self.buckets, for_bucket)
+                    for b, t in zip(self.buckets, for_bucket, strict=True)
                 )
             )
 
@@ -189,7 +190,7 @@ class RegistryParity(RuleBasedStateMachine):
                     same(
                         *(
                             outcome(lambda h=h, r=r: h.cancel_reservation(n, r[1]))
-                            for h, r in zip(handles, raw)
+                            for h, r in zip(handles, raw, strict=True)
                         )
                     )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -91,7 +92,7 @@ def cores(native: ModuleType, pure: ModuleType) -> tuple[ModuleType, ModuleType]
 def test_limiter_arguments(cores: tuple[ModuleType, ModuleType], value: Any, method: str) -> None:
     """tokens and timeout of every limiter call: same errors on both cores."""
     native, pure = (limiters(core) for core in cores)
-    for rust_limiter, pure_limiter in zip(native, pure):
+    for rust_limiter, pure_limiter in zip(native, pure, strict=True):
         rust_call, pure_call = getattr(rust_limiter, method), getattr(pure_limiter, method)
         assert outcome(rust_call, value) == outcome(pure_call, value)
         if method == "reserve":
@@ -107,7 +108,7 @@ def test_cancel_reservation_arguments(
 ) -> None:
     """cancel_reservation with bad tokens or tickets: same errors on both cores."""
     native, pure = (limiters(core) for core in cores)
-    for rust_limiter, pure_limiter in zip(native, pure):
+    for rust_limiter, pure_limiter in zip(native, pure, strict=True):
         rust_cancel, pure_cancel = rust_limiter.cancel_reservation, pure_limiter.cancel_reservation
         rust_ticket, pure_ticket = rust_limiter.reserve(1.0)[1], pure_limiter.reserve(1.0)[1]
         assert outcome(rust_cancel, tokens, ticket) == outcome(pure_cancel, tokens, ticket)

@@ -35,6 +35,7 @@ _MEASURE = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.usefixtures("native")
 def test_a_million_keys_fit_in_100_bytes_each() -> None:
     """RSS grows by at most 100 bytes per key over 1,000,000 keys (native registry).
 

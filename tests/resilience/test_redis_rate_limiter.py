@@ -367,10 +367,13 @@ async def test_async_waiters_are_served_in_order(aclient: redis.asyncio.Redis, p
         await limiter.acquire(timeout=2.0)
         finished.append(index)
 
+    # One pooled connection per waiter, opened now: a waiter that had to connect first
+    # could reach Redis after the next one on a loaded machine.
+    await asyncio.gather(*(aclient.ping() for _ in range(3)))
     started = time.perf_counter()
     waiters = []
     for index in range(3):
-        await asyncio.sleep(0.005)  # arrive in order
+        await asyncio.sleep(0.05)  # arrive in order, well inside the 0.1 s between turns
         waiters.append(asyncio.ensure_future(waiter(index)))
     await asyncio.wait_for(asyncio.gather(*waiters), timeout=2.0)
     assert finished == [0, 1, 2]

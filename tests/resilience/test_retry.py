@@ -7,7 +7,8 @@ import dataclasses
 import inspect
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -627,16 +628,6 @@ def test_extras_are_keyword_only_and_config_is_frozen() -> None:
         dataclasses.replace(config, max_attempts=0)
     with pytest.raises(TypeError, match="config"):
         Retry("x", {"max_attempts": 3})  # type: ignore[arg-type]
-
-
-def test_note_fallback_for_python_before_3_11() -> None:
-    """On 3.9 and 3.10 the note goes to the PEP 678 ``__notes__`` list, appended in order."""
-    from shared.resilience.retry import _append_note
-
-    exc = ConnectionError("down")
-    _append_note(exc, "first")
-    _append_note(exc, "second")
-    assert exc.__notes__ == ["first", "second"]
 
 
 # --- hooks that raise, async callables, budgets under threads -------------------------

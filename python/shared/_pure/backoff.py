@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Optional
 
 __all__ = ["Backoff"]
 
@@ -58,7 +57,7 @@ class Backoff:
         max_delay: float = 60.0,
         exponential_base: float = 2.0,
         jitter: str = "none",
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> Backoff:
         # Argument types first, then values: the order in which the native class checks them.
         for value in (strategy, jitter):

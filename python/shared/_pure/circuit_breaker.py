@@ -11,9 +11,10 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source
 

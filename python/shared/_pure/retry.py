@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from shared import _validation
 from shared._pure.clock import NanosecondClock, secs_to_ns, time_source
@@ -37,7 +38,7 @@ class RetryBudget:
         min_retries_per_second: float = 10.0,
         ttl: float = 10.0,
         *,
-        clock: Optional[NanosecondClock] = None,
+        clock: NanosecondClock | None = None,
     ) -> RetryBudget:
         self = super().__new__(cls)
         # The rules both backends share (the native core calls them too).
@@ -118,8 +119,8 @@ class RetryCore:
     Subclasses supply ``_retry(func, args, kwargs, exception, start_ns)``.
     """
 
-    _budget: Optional[RetryBudget]
-    _clock: Optional[NanosecondClock]
+    _budget: RetryBudget | None
+    _clock: NanosecondClock | None
     _clock_ns: Callable[[], int]
     _track_start: bool
     _plain: bool
@@ -131,8 +132,8 @@ class RetryCore:
     def __new__(
         cls,
         *,
-        budget: Optional[RetryBudget] = None,
-        clock: Optional[NanosecondClock] = None,
+        budget: RetryBudget | None = None,
+        clock: NanosecondClock | None = None,
         track_start: bool = False,
     ) -> RetryCore:
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -200,12 +201,12 @@ class RetryCore:
         return self._count(self._give_ups)
 
     @property
-    def budget(self, /) -> Optional[RetryBudget]:
+    def budget(self, /) -> RetryBudget | None:
         """The shared budget, or None."""
         return self._budget
 
     @property
-    def clock(self, /) -> Optional[NanosecondClock]:
+    def clock(self, /) -> NanosecondClock | None:
         """The clock handed in, or None for the monotonic clock."""
         return self._clock
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from shared import _validation
 from shared._pure.clock import NanosecondClock, ns_to_secs, secs_to_ns, time_source

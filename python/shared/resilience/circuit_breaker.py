@@ -16,11 +16,11 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import FunctionType, TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
@@ -106,13 +106,13 @@ class CircuitBreakerConfig:
     timeout: float
     expected_exceptions: tuple[type[BaseException], ...]
     half_open_max_calls: int
-    probe_timeout: Optional[float]
+    probe_timeout: float | None
     ignore_exceptions: tuple[type[BaseException], ...]
-    is_failure_result: Optional[Callable[[Any], object]]
-    sliding_window: Optional[float]
+    is_failure_result: Callable[[Any], object] | None
+    sliding_window: float | None
     minimum_calls: int
     failure_rate_threshold: float
-    slow_call_duration: Optional[float]
+    slow_call_duration: float | None
     slow_call_rate_threshold: float
 
     def __init__(
@@ -199,7 +199,7 @@ class _Listeners:
         for listener in self.callbacks:
             try:
                 listener(breaker, old_state, new_state)
-            except Exception:  # noqa: PERF203 - each listener is isolated from the others
+            except Exception:
                 _log.exception(
                     "state listener %r of circuit breaker %r failed", listener, breaker.name
                 )

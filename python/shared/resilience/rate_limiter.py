@@ -15,9 +15,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
@@ -50,8 +50,8 @@ class RateLimitConfig:
     """
 
     tokens_per_second: float = 10.0
-    burst_size: Optional[float] = None  # Optional: evaluated at runtime on 3.9
-    initial_tokens: Optional[float] = None
+    burst_size: float | None = None
+    initial_tokens: float | None = None
 
     def __post_init__(self) -> None:
         rate = _validation.positive_finite(
@@ -95,10 +95,10 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
 
     __slots__ = ("_waiters",)
 
-    def __init__(self, config: RateLimitConfig, *, clock: Optional[Any] = None) -> None:
+    def __init__(self, config: RateLimitConfig, *, clock: Any | None = None) -> None:
         self._waiters = _WaitQueue()
 
-    def acquire(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Blocks until ``tokens`` are granted.
 
         The tokens are reserved at once and the caller sleeps exactly until they
@@ -109,9 +109,7 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
         """
         _acquire(self, tokens, timeout)
 
-    def acquire_async(
-        self, tokens: float = 1.0, timeout: Optional[float] = None
-    ) -> Awaitable[None]:
+    def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> Awaitable[None]:
         """Awaitable ``acquire``: waiters are served first come, first served.
 
         Only the waiter at the head of the queue sleeps (until its tokens are
@@ -158,7 +156,7 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         *,
         max_keys: int = 1_000_000,
         idle_ttl: float = 60.0,
-        clock: Optional[Any] = None,
+        clock: Any | None = None,
     ) -> RateLimiterRegistry:
         _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS)
         _validation.non_negative_finite("idle_ttl", idle_ttl)
@@ -173,7 +171,7 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         *,
         max_keys: int = 1_000_000,
         idle_ttl: float = 60.0,
-        clock: Optional[Any] = None,
+        clock: Any | None = None,
     ) -> None:
         self._waiters = _WaitQueue()
 
@@ -208,11 +206,11 @@ def _sleep_async_of(limiter: Any) -> Callable[[float], Awaitable[Any]]:
     return sleep if callable(sleep) else asyncio.sleep
 
 
-def _check_timeout(timeout: Optional[float]) -> None:
+def _check_timeout(timeout: float | None) -> None:
     _validation.timeout(timeout)
 
 
-def _acquire(limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+def _acquire(limiter: Any, tokens: float = 1.0, timeout: float | None = None) -> None:
     """Reserve, then sleep exactly the wait (shared by every limiter type).
 
     If the sleep is interrupted (KeyboardInterrupt, a timeout raised by a
@@ -290,9 +288,7 @@ def _queue_of(limiter: Any) -> tuple[_WaitQueue, Any]:
     raise TypeError("acquire_async needs a shared.resilience TokenBucket or RateLimiterRegistry")
 
 
-async def _acquire_async(
-    limiter: Any, tokens: float = 1.0, timeout: Optional[float] = None
-) -> None:
+async def _acquire_async(limiter: Any, tokens: float = 1.0, timeout: float | None = None) -> None:
     """FIFO async wait: only the head sleeps, and nothing is reserved while waiting,
     so a cancelled or timed-out waiter consumes nothing."""
     _check_timeout(timeout)
@@ -320,14 +316,14 @@ async def _acquire_async(
         queues.leave(key, waiter)
 
 
-async def _wait_for_turn(limiter: Any, waiter: _Waiter, deadline: Optional[float]) -> None:
+async def _wait_for_turn(limiter: Any, waiter: _Waiter, deadline: float | None) -> None:
     if deadline is None:
         await waiter.future
         return
     remaining = max(0.0, deadline - _now_seconds(limiter))
     try:
         await asyncio.wait_for(waiter.future, remaining)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RateLimitExceeded(limiter.retry_after(waiter.tokens)) from None
 
 
@@ -337,11 +333,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def rate_limited(
-    limiter: Union[TokenBucket, RateLimiterRegistry, RateLimitConfig, Any, None] = None,
+    limiter: TokenBucket | RateLimiterRegistry | RateLimitConfig | Any | None = None,
     *,
     tokens: float = 1.0,
-    timeout: Optional[float] = None,
-    key: Optional[Callable[..., str]] = None,
+    timeout: float | None = None,
+    key: Callable[..., str] | None = None,
 ) -> Any:
     """Rate-limits a function or coroutine function: each call first acquires ``tokens``.
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Optional, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from shared import _validation
 from shared.resilience.exceptions import RateLimiterUnavailableError, RateLimitExceeded
@@ -165,8 +165,8 @@ class _LocalBucket(Protocol):
     """The in-process ``TokenBucket`` API that the ``local`` fallback uses."""
 
     def try_acquire(self, tokens: float = 1.0) -> bool: ...
-    def acquire(self, tokens: float = 1.0, timeout: Optional[float] = None) -> Any: ...
-    async def acquire_async(self, tokens: float = 1.0, timeout: Optional[float] = None) -> Any: ...
+    def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> Any: ...
+    async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> Any: ...
     @property
     def available_tokens(self) -> float: ...
     def retry_after(self, tokens: float = 1.0) -> float: ...
@@ -248,7 +248,7 @@ def _check_command_timeout(value: Any) -> float:
     )
 
 
-def _max_wait_us(timeout: Optional[float]) -> float:
+def _max_wait_us(timeout: float | None) -> float:
     """The script's max_wait for ``acquire(timeout)``: negative means no limit."""
     if timeout is None or _validation.number("timeout", timeout) == math.inf:
         return -1.0
@@ -299,7 +299,7 @@ class _Link:
     def should_try(self) -> bool:
         return time.monotonic() >= self._retry_at
 
-    def failed(self, exc: Optional[BaseException]) -> None:
+    def failed(self, exc: BaseException | None) -> None:
         """Records an unreachable server (``exc``) or a skipped attempt (None);
         raises ``RateLimiterUnavailableError`` when failing closed."""
         if exc is not None:
@@ -315,7 +315,7 @@ class _Link:
         if self.policy == "fail_closed":
             raise self.unavailable() from exc
 
-    def unavailable(self, exc: Optional[BaseException] = None) -> RateLimiterUnavailableError:
+    def unavailable(self, exc: BaseException | None = None) -> RateLimiterUnavailableError:
         """The error naming the server and the cause (``exc``, else the last failure)."""
         wait = max(0.0, self._retry_at - time.monotonic())
         reason = f"{type(exc).__name__}: {exc}" if exc is not None else self._last_error
@@ -346,7 +346,7 @@ class _BucketBase:
     # The in-process bucket of the ``local`` policy: created on first use, or
     # None if it was never needed (a registry's handles take it from the registry).
     _fallback: Callable[[], _LocalBucket]
-    _existing_fallback: Callable[[], Optional[_LocalBucket]]
+    _existing_fallback: Callable[[], _LocalBucket | None]
 
     def _setup(self, config: RateLimitConfig, key: str, redis_key: str, link: _Link) -> None:
         self._config = config
@@ -359,7 +359,7 @@ class _BucketBase:
         self._emission_us = _US / config.tokens_per_second
         self._tolerance = repr(burst * self._emission_us)
         self._initial_debt = repr((burst - initial) * self._emission_us)
-        self._local: Optional[_LocalBucket] = None
+        self._local: _LocalBucket | None = None
         self._local_lock = threading.Lock()
         self._fallback = self._own_local_bucket
         self._existing_fallback = lambda: self._local
@@ -414,7 +414,7 @@ class _BucketBase:
                 self._local = TokenBucket(self._config)
             return self._local
 
-    def _fallback_bucket(self) -> Optional[_LocalBucket]:
+    def _fallback_bucket(self) -> _LocalBucket | None:
         """The bucket to use while Redis is unreachable; None when failing open."""
         return self._fallback() if self._link.policy == "local" else None
 
@@ -454,7 +454,7 @@ class RedisTokenBucket(_BucketBase):
         link = _Link(client, on_unavailable, reconnect_interval, is_async=False)
         self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
 
-    def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> Optional[_Reply]:
+    def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> _Reply | None:
         """One script call; None when Redis is unreachable and the policy is not fail_closed."""
         link = self._link
         if not link.should_try():
@@ -488,7 +488,7 @@ class RedisTokenBucket(_BucketBase):
             return True if local is None else local.try_acquire(tokens)
         return reply.granted
 
-    def acquire(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Waits until ``tokens`` are granted. When the wait would exceed ``timeout``
         seconds, raises ``RateLimitExceeded(retry_after)`` at once.
 
@@ -511,7 +511,7 @@ class RedisTokenBucket(_BucketBase):
                 self._refund(cost_us)
                 raise
 
-    async def acquire_async(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """``acquire`` for coroutines: the round trip runs in a worker thread, the
         wait is an ``asyncio.sleep``; a cancelled waiter gives its tokens back."""
         cost_us = self._cost_us(tokens)
@@ -597,8 +597,8 @@ class AsyncRedisTokenBucket(_BucketBase):
         mode: str,
         cost_us: float,
         max_wait_us: float = 0.0,
-        time_limit: Optional[float] = None,
-    ) -> Optional[_Reply]:
+        time_limit: float | None = None,
+    ) -> _Reply | None:
         """One script call bounded by ``time_limit`` (default ``command_timeout``);
         None when Redis is unreachable or late and the policy is not fail_closed.
 
@@ -665,7 +665,7 @@ class AsyncRedisTokenBucket(_BucketBase):
             return True if local is None else local.try_acquire(tokens)
         return reply.granted
 
-    async def acquire(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    async def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Waits until ``tokens`` are granted; raises ``RateLimitExceeded(retry_after)``
         at once when the wait would exceed ``timeout``. Waiters are served in
         the order Redis saw them; a cancelled waiter gives its tokens back."""
@@ -681,7 +681,7 @@ class AsyncRedisTokenBucket(_BucketBase):
             return
         await self._wait_reserved(reply, lambda: self._refund(cost_us))
 
-    async def acquire_async(self, tokens: float = 1.0, timeout: Optional[float] = None) -> None:
+    async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """The same as ``acquire`` (the in-process bucket's name for it)."""
         await self.acquire(tokens, timeout)
 
@@ -735,7 +735,7 @@ async def _bounded(link: _Link, call: Awaitable[_T]) -> _T:
         raise link.unavailable(late) from exc
 
 
-def _round_trip_limit(link: _Link, timeout: Optional[float]) -> float:
+def _round_trip_limit(link: _Link, timeout: float | None) -> float:
     """How long ``acquire(timeout)`` waits for Redis: ``command_timeout``, or the
     call's own ``timeout`` when that is shorter (``0`` only refuses to wait for
     tokens, not for the answer)."""
@@ -798,7 +798,7 @@ class _RegistryBase(Generic[_B]):
             **link_options,
         )
         self._configs: dict[str, RateLimitConfig] = {}
-        self._local: Optional[_LocalRegistry] = None
+        self._local: _LocalRegistry | None = None
         self._local_lock = threading.Lock()
 
     @property

@@ -21,12 +21,11 @@ import enum
 import functools
 import inspect
 import math
-import sys
 import time
 import types
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shared import _validation
 from shared._backend import core
@@ -55,7 +54,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 OnRetry = Callable[[int, BaseException, float], None]
 
 
-class BackoffStrategy(str, enum.Enum):
+# (str, Enum), not StrEnum: str() of a member stays "BackoffStrategy.LINEAR".
+class BackoffStrategy(str, enum.Enum):  # noqa: UP042
     """How the delay grows with each failed attempt (before jitter and the cap)."""
 
     EXPONENTIAL = "exponential"
@@ -66,7 +66,7 @@ class BackoffStrategy(str, enum.Enum):
     """``initial_delay``: 1s, 1s, 1s, ..."""
 
 
-class Jitter(str, enum.Enum):
+class Jitter(str, enum.Enum):  # noqa: UP042
     """How randomness is applied to a delay ``d``; ``jitter=False`` is NONE, ``True`` is EQUAL."""
 
     NONE = "none"
@@ -121,14 +121,14 @@ class RetryConfig:
     initial_delay: float
     max_delay: float
     exponential_base: float
-    jitter: Union[bool, Jitter]
+    jitter: bool | Jitter
     backoff_strategy: BackoffStrategy
     retry_on: tuple[type[BaseException], ...]
-    retry_condition: Optional[Callable[[BaseException], bool]]
-    max_total_time: Optional[float]
-    budget: Optional[RetryBudget]
-    on_retry: Optional[OnRetry]
-    seed: Optional[int]
+    retry_condition: Callable[[BaseException], bool] | None
+    max_total_time: float | None
+    budget: RetryBudget | None
+    on_retry: OnRetry | None
+    seed: int | None
 
     def __init__(
         self,
@@ -136,15 +136,15 @@ class RetryConfig:
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
         exponential_base: float = 2.0,
-        jitter: Union[bool, Jitter] = False,
-        backoff_strategy: Union[BackoffStrategy, str] = BackoffStrategy.EXPONENTIAL,
+        jitter: bool | Jitter = False,
+        backoff_strategy: BackoffStrategy | str = BackoffStrategy.EXPONENTIAL,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
-        retry_condition: Optional[Callable[[BaseException], bool]] = None,
+        retry_condition: Callable[[BaseException], bool] | None = None,
         *,
-        max_total_time: Optional[float] = None,
-        budget: Optional[RetryBudget] = None,
-        on_retry: Optional[OnRetry] = None,
-        seed: Optional[int] = None,
+        max_total_time: float | None = None,
+        budget: RetryBudget | None = None,
+        on_retry: OnRetry | None = None,
+        seed: int | None = None,
     ) -> None:
         initial = _validation.non_negative_finite("initial_delay", initial_delay)
         cap = _validation.at_least("max_delay", max_delay, initial)
@@ -219,7 +219,7 @@ class RetryBudget(_BudgetCore):
 
 # The testing switch: when a list, retries record their delays there instead of
 # sleeping. A context variable: only the thread (or task) that entered the block.
-_instant_delays: contextvars.ContextVar[Optional[list[float]]] = contextvars.ContextVar(
+_instant_delays: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "shared_instant_retries", default=None
 )
 
@@ -260,23 +260,6 @@ def _is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
-def _add_note(exc: BaseException, note: str) -> None:
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:
-        _append_note(exc, note)
-
-
-def _append_note(exc: BaseException, note: str) -> None:
-    """PEP 678's ``__notes__`` list, set by hand on 3.9 and 3.10 (as exceptiongroup does)."""
-    with contextlib.suppress(AttributeError, TypeError):  # exceptions with __slots__
-        notes = getattr(exc, "__notes__", None)
-        if isinstance(notes, list):
-            notes.append(note)
-        else:
-            exc.__notes__ = [note]  # type: ignore[attr-defined]
-
-
 class Retry(_RetryCore):
     """Runs functions with retries, as ``config`` says.
 
@@ -297,11 +280,11 @@ class Retry(_RetryCore):
     def __new__(
         cls,
         name: str,
-        config: Optional[RetryConfig] = None,
+        config: RetryConfig | None = None,
         *,
         clock: Any = None,
-        sleep: Optional[Callable[[float], object]] = None,
-        async_sleep: Optional[Callable[[float], Awaitable[object]]] = None,
+        sleep: Callable[[float], object] | None = None,
+        async_sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> Retry:
         if config is None:
             config = RetryConfig()
@@ -317,11 +300,11 @@ class Retry(_RetryCore):
     def __init__(
         self,
         name: str,
-        config: Optional[RetryConfig] = None,
+        config: RetryConfig | None = None,
         *,
         clock: Any = None,
-        sleep: Optional[Callable[[float], object]] = None,
-        async_sleep: Optional[Callable[[float], Awaitable[object]]] = None,
+        sleep: Callable[[float], object] | None = None,
+        async_sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -367,7 +350,7 @@ class Retry(_RetryCore):
     def _give_up(self, exc: BaseException, attempt: int, why: str) -> BaseException:
         self.record_give_up()
         plural = "attempt" if attempt == 1 else "attempts"
-        _add_note(exc, f"Retry {self.name!r} gave up after {attempt} {plural}: {why}")
+        exc.add_note(f"Retry {self.name!r} gave up after {attempt} {plural}: {why}")
         return exc
 
     def _next_delay(
@@ -420,7 +403,7 @@ class Retry(_RetryCore):
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
-        kwargs: Optional[dict[str, Any]],
+        kwargs: dict[str, Any] | None,
         exc: BaseException,
         start_ns: int,
     ) -> Any:
@@ -466,7 +449,7 @@ class _RetryingFunction(_RetryingCall):
     def __init__(self, retry: Retry, func: Callable[..., Any]) -> None:
         functools.update_wrapper(self, func)
 
-    def __get__(self, obj: object, objtype: Optional[type] = None) -> Any:
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
         # Decorated methods bind like functions do.
         return self if obj is None else types.MethodType(self, obj)
 
@@ -475,13 +458,13 @@ class _RetryingFunction(_RetryingCall):
 
 
 def with_retry(
-    config: Optional[RetryConfig] = None,
+    config: RetryConfig | None = None,
     /,
     *,
-    name: Optional[str] = None,
+    name: str | None = None,
     clock: Any = None,
-    sleep: Optional[Callable[[float], object]] = None,
-    async_sleep: Optional[Callable[[float], Awaitable[object]]] = None,
+    sleep: Callable[[float], object] | None = None,
+    async_sleep: Callable[[float], Awaitable[object]] | None = None,
     **options: Any,
 ) -> Callable[[F], F]:
     """Decorates a sync or async function to retry it (an object whose
