@@ -1,0 +1,393 @@
+"""Pure-Python twin of the timeout's native part (``rust/timeout.rs``).
+
+Same names and semantics: a deadline block's enter and exit, the scheduler's
+look-and-raise (``ThreadState.fire``), shields and critical sections. What
+Python code cannot do as the native part does, and what remains of it:
+
+- The scheduler's check that a block is active and its raise are several
+  bytecodes here, not one step: it takes a fresh GIL quantum first
+  (``time.sleep(0)``), so the target thread moves in between only if the OS
+  preempts the scheduler for longer than the switch interval.
+- ``DeadlineCore.__exit__`` is a Python function: on CPython 3.13 and later an
+  exception queued just before it can be delivered at its first instruction,
+  before it can take the exception back; it then leaves the ``with`` statement
+  as the private class (a subclass of ``TimeoutError``) and the block stays
+  listed. The scheduler never raises while the thread is inside this module's
+  functions, so this needs the target to reach ``__exit__`` between the
+  scheduler's look and its raise. The native part has no such instruction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+import threading
+import time
+from types import CodeType, FrameType
+from typing import Any, Callable, Optional
+
+__all__ = [
+    "FIRE_CRITICAL",
+    "FIRE_GONE",
+    "FIRE_RAISED",
+    "FIRE_SHIELDED",
+    "DeadlineCore",
+    "Guard",
+    "ThreadState",
+    "current_thread_state",
+    "deadline_clock",
+    "set_alarm_handler",
+    "set_hooks",
+    "shield_enter",
+    "shield_exit",
+]
+
+_IDLE, _ACTIVE, _FIRED = 0, 1, 2
+FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
+
+deadline_clock = time.monotonic
+
+_ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_ASYNC_EXC)
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(_ASYNC_EXC)
+
+# Code objects of this module's bookkeeping and of guarded functions: the scheduler
+# does not raise while the target's innermost frames run one of them.
+CRITICAL_CODES: set[CodeType] = set()
+
+
+class _Hooks:
+    schedule: Callable[[ThreadState, float], None]
+    check_alarm_handler: Callable[[], None]
+    getsignal: Callable[[int], object]
+    sigalrm: int
+    timeout_error: type[BaseException]
+    expired_base: type[BaseException]
+    message: Callable[[float], str]
+    validate_seconds: Callable[[object], float]
+    max_seconds: float
+
+
+_hooks: Optional[_Hooks] = None
+_alarm_handler: list[object] = []
+
+
+def set_hooks(
+    schedule: Callable[[ThreadState, float], None],
+    check_alarm_handler: Callable[[], None],
+    getsignal: Callable[[int], object],
+    sigalrm: int,
+    timeout_error: type[BaseException],
+    expired_base: type[BaseException],
+    message: Callable[[float], str],
+    validate_seconds: Callable[[object], float],
+    max_seconds: float,
+) -> None:
+    """Registers ``_deadlines``' hooks and classes (once; later calls are ignored)."""
+    global _hooks
+    if _hooks is not None:
+        return
+    hooks = _Hooks()
+    hooks.schedule = schedule
+    hooks.check_alarm_handler = check_alarm_handler
+    hooks.getsignal = getsignal
+    hooks.sigalrm = sigalrm
+    hooks.timeout_error = timeout_error
+    hooks.expired_base = expired_base
+    hooks.message = message
+    hooks.validate_seconds = validate_seconds
+    hooks.max_seconds = max_seconds
+    _hooks = hooks
+
+
+def set_alarm_handler(handler: object) -> None:
+    """Records our SIGALRM handler (compared by identity on each main-thread block)."""
+    _alarm_handler[:] = [handler]
+
+
+def _critical_code(function: Callable[..., Any]) -> Any:
+    CRITICAL_CODES.add(function.__code__)
+    return function
+
+
+class ThreadState:
+    """A thread's bookkeeping as the scheduler and the SIGALRM handler see it."""
+
+    __slots__ = (
+        "blocks",
+        "critical",
+        "ident",
+        "is_main",
+        "pending",
+        "queued",
+        "shield",
+        "signal_mode",
+        "wake_at",
+    )
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.is_main = threading.current_thread() is threading.main_thread()
+        self.critical = 0
+        self.shield = 0
+        self.queued = False
+        self.signal_mode = False
+        self.blocks: list[DeadlineCore] = []
+        self.wake_at = float("inf")
+        self.pending: Optional[DeadlineCore] = None
+
+    @_critical_code
+    def earliest_unfired(self) -> Optional[DeadlineCore]:
+        earliest = None
+        for block in self.blocks[:]:  # a copy: the thread changes it meanwhile
+            if block.state == _ACTIVE and (earliest is None or block.deadline < earliest.deadline):
+                earliest = block
+        return earliest
+
+    def fire(self, block: DeadlineCore, expiry: type[BaseException]) -> int:
+        """Queues ``expiry`` for the thread if ``block`` is active and nothing defers it."""
+        # A fresh GIL quantum: the target does not run between the look and the raise
+        # unless the OS preempts this thread for longer than the switch interval.
+        time.sleep(0)
+        if self.critical > 0:
+            return FIRE_CRITICAL
+        frame = sys._current_frames().get(self.ident)
+        if frame is not None and (
+            frame.f_code in CRITICAL_CODES
+            or (frame.f_back is not None and frame.f_back.f_code in CRITICAL_CODES)
+        ):
+            return FIRE_CRITICAL
+        if self.shield > 0:
+            return FIRE_SHIELDED
+        if block.thread is not self or block.state != _ACTIVE:
+            return FIRE_GONE
+        block.delivered = False
+        block.state = _FIRED
+        self.pending = block
+        self.queued = True
+        _set_async_exc(self.ident, expiry)
+        return FIRE_RAISED
+
+    def mark_fired(self, block: DeadlineCore) -> bool:
+        """Main thread (SIGALRM handler, which runs in it): marks ``block`` fired."""
+        if block.state != _ACTIVE:
+            return False
+        block.state = _FIRED
+        return True
+
+    def unfire(self, block: DeadlineCore) -> bool:
+        """Puts a fired block whose exception was swallowed back to active."""
+        if self.pending is block:
+            self.pending = None
+            self.queued = False
+        if block.state != _FIRED:
+            return False
+        block.state = _ACTIVE
+        return True
+
+    def reset_after_fork(self) -> None:
+        """Forgets the scheduler's pending exception (after fork: its scheduler is gone)."""
+        self.pending = None
+        self.queued = False
+        self.wake_at = float("inf")
+
+    @_critical_code
+    def take_back(self) -> Optional[DeadlineCore]:
+        """Takes back an exception queued for this (the calling) thread, not delivered."""
+        if not self.queued:
+            return None
+        self.queued = False
+        pending, self.pending = self.pending, None
+        if pending is None or pending.delivered:
+            return None
+        _clear_async_exc(self.ident, None)
+        return pending
+
+    @_critical_code
+    def rearm(self, block: DeadlineCore) -> None:
+        if block.state == _FIRED:
+            block.state = _ACTIVE
+            self.schedule(deadline_clock())
+
+    @_critical_code
+    def schedule(self, when: float) -> None:
+        assert _hooks is not None
+        self.critical += 1
+        try:
+            _hooks.schedule(self, when)
+        finally:
+            self.critical -= 1
+
+
+_local = threading.local()
+
+
+def current_thread_state() -> ThreadState:
+    """The calling thread's ``ThreadState``."""
+    try:
+        state: ThreadState = _local.state
+    except AttributeError:
+        state = _local.state = ThreadState()
+    return state
+
+
+class DeadlineCore:
+    """A deadline block: ``with DeadlineCore(seconds):`` (see ``TimeoutContext``)."""
+
+    __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
+
+    def __new__(cls, seconds: float, *args: Any, **kwargs: Any) -> DeadlineCore:
+        assert _hooks is not None
+        if type(seconds) is not float or not 0.0 < seconds <= _hooks.max_seconds:
+            seconds = _hooks.validate_seconds(seconds)
+        self = object.__new__(cls)
+        self.seconds = seconds
+        self.deadline = 0.0
+        self.state = _IDLE
+        self.fired = False
+        self.delivered = False
+        self.thread: Optional[ThreadState] = None
+        return self
+
+    def _mark_delivered(self) -> None:
+        """Called where the queued exception lands: no longer cancellable from then on."""
+        self.delivered = True
+
+    @_critical_code
+    def __enter__(self) -> DeadlineCore:
+        thread = current_thread_state()
+        thread.critical += 1
+        try:
+            if self.state != _IDLE:
+                raise RuntimeError("this timeout is already active; use one object per block")
+            self.deadline = deadline = deadline_clock() + self.seconds
+            self.fired = self.delivered = False
+            self.thread = thread
+            self.state = _ACTIVE
+            thread.blocks.append(self)
+            try:
+                if thread.is_main:
+                    _check_alarm_handler()
+                if deadline < thread.wake_at:
+                    thread.schedule(deadline)
+            except BaseException:
+                _remove(thread.blocks, self)
+                self.state = _IDLE
+                raise
+            return self
+        finally:
+            thread.critical -= 1
+
+    @_critical_code
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        thread = self.thread
+        if thread is None:
+            raise RuntimeError("__exit__ without __enter__")
+        thread.critical += 1
+        try:
+            return _exit(self, thread, exc)
+        finally:
+            thread.critical -= 1
+
+
+@_critical_code
+def _exit(block: DeadlineCore, thread: ThreadState, exc: Optional[BaseException]) -> bool:
+    taken_back = thread.take_back()
+    if block.state == _IDLE:
+        raise RuntimeError("__exit__ without __enter__")
+    _remove(thread.blocks, block)
+    state, block.state = block.state, _IDLE
+    if taken_back is not None and taken_back is not block:
+        thread.rearm(taken_back)
+    assert _hooks is not None
+    fired = False
+    timeout: Optional[BaseException] = None
+    if state == _FIRED:
+        fired = True
+        if isinstance(exc, _hooks.expired_base) and getattr(type(exc), "block", None) is block:
+            exc.__class__ = _hooks.timeout_error
+        elif taken_back is block and exc is None:
+            timeout = _hooks.timeout_error(_hooks.message(block.seconds))
+    elif exc is None and thread.shield == 0 and deadline_clock() >= block.deadline:
+        fired = True
+        timeout = _hooks.timeout_error(_hooks.message(block.seconds))
+    block.fired = fired
+    if timeout is not None:
+        raise timeout
+    return False
+
+
+@_critical_code
+def _remove(blocks: list[DeadlineCore], block: DeadlineCore) -> None:
+    for index in range(len(blocks) - 1, -1, -1):
+        if blocks[index] is block:
+            del blocks[index]
+            return
+
+
+@_critical_code
+def _check_alarm_handler() -> None:
+    assert _hooks is not None
+    current = _hooks.getsignal(_hooks.sigalrm)
+    if not _alarm_handler or _alarm_handler[0] is not current:
+        _hooks.check_alarm_handler()
+
+
+@_critical_code
+def shield_enter() -> None:
+    """Enters a shield: no deadline of the calling thread is delivered until it leaves."""
+    thread = current_thread_state()
+    thread.shield += 1
+    thread.critical += 1
+    try:
+        block = thread.take_back()
+        if block is not None and block.state == _FIRED:
+            block.state = _ACTIVE
+    finally:
+        thread.critical -= 1
+
+
+@_critical_code
+def shield_exit() -> int:
+    """Leaves a shield; returns how many the thread is still in."""
+    thread = current_thread_state()
+    if thread.shield == 0:
+        raise RuntimeError("shield left more often than entered")
+    thread.shield -= 1
+    return thread.shield
+
+
+def Guard(function: Callable[..., Any]) -> Any:  # noqa: N802 - the native class's name
+    """``critical(function)``: no deadline is delivered while the thread runs ``function``."""
+    if not callable(function):
+        raise TypeError("function must be callable")
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        thread = current_thread_state()
+        thread.critical += 1
+        try:
+            taken_back = thread.take_back()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if taken_back is not None:
+                    thread.rearm(taken_back)
+        finally:
+            thread.critical -= 1
+
+    CRITICAL_CODES.add(guarded.__code__)
+    code = getattr(function, "__code__", None)
+    if isinstance(code, CodeType):
+        CRITICAL_CODES.add(code)
+    return guarded
+
+
+def in_critical(frame: Optional[FrameType]) -> bool:
+    """Whether ``frame`` or a caller runs a critical code object (the SIGALRM handler's check)."""
+    while frame is not None:
+        if frame.f_code in CRITICAL_CODES:
+            return True
+        frame = frame.f_back
+    return False
