@@ -20,11 +20,10 @@ Python code cannot do as the native part does, and what remains of it:
 from __future__ import annotations
 
 import ctypes
-import functools
 import sys
 import threading
 import time
-from types import CodeType, FrameType
+from types import CodeType, FrameType, MethodType
 from typing import Any, Callable, Optional
 
 __all__ = [
@@ -46,7 +45,11 @@ __all__ = [
 _IDLE, _ACTIVE, _FIRED = 0, 1, 2
 FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
 
-deadline_clock = time.monotonic
+
+
+def deadline_clock() -> float:
+    """The timeline of deadlines (seconds, ``time.monotonic()``)."""
+    return time.monotonic()
 
 _ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_ASYNC_EXC)
@@ -126,7 +129,8 @@ class ThreadState:
         "wake_at",
     )
 
-    def __init__(self) -> None:
+    def __new__(cls) -> ThreadState:
+        self = object.__new__(cls)
         self.ident = threading.get_ident()
         self.is_main = threading.current_thread() is threading.main_thread()
         self.critical = 0
@@ -136,16 +140,17 @@ class ThreadState:
         self.blocks: list[DeadlineCore] = []
         self.wake_at = float("inf")
         self.pending: Optional[DeadlineCore] = None
+        return self
 
     @_critical_code
-    def earliest_unfired(self) -> Optional[DeadlineCore]:
+    def earliest_unfired(self, /) -> Optional[DeadlineCore]:
         earliest = None
         for block in self.blocks[:]:  # a copy: the thread changes it meanwhile
             if block.state == _ACTIVE and (earliest is None or block.deadline < earliest.deadline):
                 earliest = block
         return earliest
 
-    def fire(self, block: DeadlineCore, expiry: type[BaseException]) -> int:
+    def fire(self, /, block: DeadlineCore, expiry: type[BaseException]) -> int:
         """Queues ``expiry`` for the thread if ``block`` is active and nothing defers it."""
         # A fresh GIL quantum: the target does not run between the look and the raise
         # unless the OS preempts this thread for longer than the switch interval.
@@ -169,14 +174,14 @@ class ThreadState:
         _set_async_exc(self.ident, expiry)
         return FIRE_RAISED
 
-    def mark_fired(self, block: DeadlineCore) -> bool:
+    def mark_fired(self, /, block: DeadlineCore) -> bool:
         """Main thread (SIGALRM handler, which runs in it): marks ``block`` fired."""
         if block.state != _ACTIVE:
             return False
         block.state = _FIRED
         return True
 
-    def unfire(self, block: DeadlineCore) -> bool:
+    def unfire(self, /, block: DeadlineCore) -> bool:
         """Puts a fired block whose exception was swallowed back to active."""
         if self.pending is block:
             self.pending = None
@@ -186,14 +191,14 @@ class ThreadState:
         block.state = _ACTIVE
         return True
 
-    def reset_after_fork(self) -> None:
+    def reset_after_fork(self, /) -> None:
         """Forgets the scheduler's pending exception (after fork: its scheduler is gone)."""
         self.pending = None
         self.queued = False
         self.wake_at = float("inf")
 
     @_critical_code
-    def take_back(self) -> Optional[DeadlineCore]:
+    def take_back(self, /) -> Optional[DeadlineCore]:
         """Takes back an exception queued for this (the calling) thread, not delivered."""
         if not self.queued:
             return None
@@ -205,13 +210,13 @@ class ThreadState:
         return pending
 
     @_critical_code
-    def rearm(self, block: DeadlineCore) -> None:
+    def rearm(self, /, block: DeadlineCore) -> None:
         if block.state == _FIRED:
             block.state = _ACTIVE
             self.schedule(deadline_clock())
 
     @_critical_code
-    def schedule(self, when: float) -> None:
+    def schedule(self, /, when: float) -> None:
         assert _hooks is not None
         self.critical += 1
         try:
@@ -237,7 +242,7 @@ class DeadlineCore:
 
     __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
 
-    def __new__(cls, seconds: float, *args: Any, **kwargs: Any) -> DeadlineCore:
+    def __new__(cls, seconds: object, *_args: Any, **_kwargs: Any) -> DeadlineCore:
         assert _hooks is not None
         if type(seconds) is not float or not 0.0 < seconds <= _hooks.max_seconds:
             seconds = _hooks.validate_seconds(seconds)
@@ -250,12 +255,12 @@ class DeadlineCore:
         self.thread: Optional[ThreadState] = None
         return self
 
-    def _mark_delivered(self) -> None:
+    def _mark_delivered(self, /) -> None:
         """Called where the queued exception lands: no longer cancellable from then on."""
         self.delivered = True
 
     @_critical_code
-    def __enter__(self) -> DeadlineCore:
+    def __enter__(self, /) -> DeadlineCore:
         thread = current_thread_state()
         thread.critical += 1
         try:
@@ -280,7 +285,7 @@ class DeadlineCore:
             thread.critical -= 1
 
     @_critical_code
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+    def __exit__(self, /, _exc_type: Any, exc: Optional[BaseException], _traceback: Any) -> bool:
         thread = self.thread
         if thread is None:
             raise RuntimeError("__exit__ without __enter__")
@@ -358,30 +363,41 @@ def shield_exit() -> int:
     return thread.shield
 
 
-def Guard(function: Callable[..., Any]) -> Any:  # noqa: N802 - the native class's name
-    """``critical(function)``: no deadline is delivered while the thread runs ``function``."""
-    if not callable(function):
-        raise TypeError("function must be callable")
+class Guard:
+    """``Guard(function)``: no deadline is delivered while the thread runs ``function``."""
 
-    @functools.wraps(function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
+    __slots__ = ("__wrapped__",)
+
+    def __new__(cls, function: Callable[..., Any]) -> Guard:
+        if not callable(function):
+            raise TypeError("function must be callable")
+        self = object.__new__(cls)
+        self.__wrapped__ = function
+        code = getattr(function, "__code__", None)
+        if isinstance(code, CodeType):
+            CRITICAL_CODES.add(code)
+        return self
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         thread = current_thread_state()
         thread.critical += 1
         try:
             taken_back = thread.take_back()
             try:
-                return function(*args, **kwargs)
+                return self.__wrapped__(*args, **kwargs)
             finally:
                 if taken_back is not None:
                     thread.rearm(taken_back)
         finally:
             thread.critical -= 1
 
-    CRITICAL_CODES.add(guarded.__code__)
-    code = getattr(function, "__code__", None)
-    if isinstance(code, CodeType):
-        CRITICAL_CODES.add(code)
-    return guarded
+    def __get__(self, instance: object, owner: object = None, /) -> Any:
+        if instance is None:
+            return self
+        return MethodType(self, instance)
+
+
+CRITICAL_CODES.add(Guard.__call__.__code__)
 
 
 def in_critical(frame: Optional[FrameType]) -> bool:
