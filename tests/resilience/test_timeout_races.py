@@ -400,7 +400,8 @@ def test_deadline_swallowed_in_cleanup_fires_again_in_a_worker(kind: str, nested
 
     with recording_unraisable_hook() as recorded:
         events, pending = run_in_thread(in_worker)
-    assert events == SWALLOWED_THEN_REFIRED
+    # Fired again at once: in the block's own code, possibly before "block goes on".
+    assert events in (SWALLOWED_THEN_REFIRED, [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]])
     assert recorded == []
     assert pending is None
 
