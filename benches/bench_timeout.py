@@ -1,7 +1,10 @@
 """Timeout protection around a fast function, on the main thread and in a worker thread.
 
-Timeouts have no Rust core (see ``shared/resilience/_deadlines.py``), so one
-implementation, ``shared``, runs on both backends. References in the same groups:
+The ``*_paired`` benchmarks measure a subject and its do-nothing baseline in
+alternating rounds inside one benchmark and store the median of the paired
+ratios (``baseline time / subject time``) in ``extra_info["null_vs_subject"]``,
+so a VM phase change hits both sides alike; ``subject_ns`` is the subject's
+median time per block. References in the same groups:
 
 - ``bare``: the function called directly;
 - ``null_context``: the same call inside a do-nothing Python context manager,
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import _signal
 import signal
+import statistics
 import threading
+import time
 from types import TracebackType
 from typing import Any, Callable, Optional
 
 import pytest
 
-from shared.resilience import TimeoutContext, with_timeout
+from shared.resilience import TimeoutContext, shield, with_timeout
 
 SECONDS = 5.0
 
@@ -140,3 +145,87 @@ def test_timeout_worker_context_shared(benchmark: Any) -> None:
 @pytest.mark.benchmark(group="timeout worker thread")
 def test_timeout_worker_decorator_shared(benchmark: Any) -> None:
     in_worker(benchmark, decorated_fast)
+
+
+# -- paired rounds: subject and baseline back to back ------------------------------------
+
+ROUNDS = 31
+CALLS = 2000
+
+
+def _time(function: Callable[[], int]) -> float:
+    started = time.perf_counter()
+    for _ in range(CALLS):
+        function()
+    return time.perf_counter() - started
+
+
+def with_shield() -> int:
+    with shield():
+        return fast()
+
+
+def measure_paired(benchmark: Any, subject: Callable[[], int], baseline: Callable[[], int]) -> None:
+    ratios: list[float] = []
+    subject_times: list[float] = []
+
+    def paired_round() -> None:
+        if len(ratios) % 2:
+            subject_time = _time(subject)
+            baseline_time = _time(baseline)
+        else:
+            baseline_time = _time(baseline)
+            subject_time = _time(subject)
+        ratios.append(baseline_time / subject_time)
+        subject_times.append(subject_time)
+
+    _time(subject)
+    _time(baseline)
+    benchmark.pedantic(paired_round, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        null_vs_subject=statistics.median(ratios),
+        subject_ns=statistics.median(subject_times) / CALLS * 1e9,
+        rounds=ROUNDS,
+        calls_per_round=CALLS,
+    )
+
+
+def paired_in_worker(benchmark: Any, subject: Callable[[], int]) -> None:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            measure_paired(benchmark, subject, with_null_context)
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+@pytest.mark.benchmark(group="timeout paired")
+def test_timeout_paired_main_context(benchmark: Any) -> None:
+    measure_paired(benchmark, with_context, with_null_context)
+
+
+@pytest.mark.benchmark(group="timeout paired")
+def test_timeout_paired_main_decorator(benchmark: Any) -> None:
+    measure_paired(benchmark, decorated_fast, with_null_context)
+
+
+@pytest.mark.benchmark(group="timeout paired")
+def test_timeout_paired_worker_context(benchmark: Any) -> None:
+    paired_in_worker(benchmark, with_context)
+
+
+@pytest.mark.benchmark(group="timeout paired")
+def test_timeout_paired_worker_decorator(benchmark: Any) -> None:
+    paired_in_worker(benchmark, decorated_fast)
+
+
+@pytest.mark.benchmark(group="timeout paired")
+def test_timeout_paired_shield_idle(benchmark: Any) -> None:
+    measure_paired(benchmark, with_shield, with_null_context)

@@ -599,16 +599,27 @@ pub fn shield_enter(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Leaves a shield; returns how many the thread is still in.
+/// Leaves a shield; True when it was the outermost and a deadline of the thread passed.
 #[pyfunction]
-pub fn shield_exit(py: Python<'_>) -> PyResult<u32> {
+pub fn shield_exit(py: Python<'_>) -> PyResult<bool> {
     let thread = current_thread(py)?;
     let left = thread.shield.fetch_sub(1, SeqCst);
     if left == 0 {
         thread.shield.store(0, SeqCst);
         return Err(PyRuntimeError::new_err("shield left more often than entered"));
     }
-    Ok(left - 1)
+    if left > 1 {
+        return Ok(false);
+    }
+    let data = lock(&thread.data);
+    if data.blocks.is_empty() {
+        return Ok(false);
+    }
+    let now = now();
+    Ok(data
+        .blocks
+        .iter()
+        .any(|b| b.get().state.load(SeqCst) == ACTIVE && b.get().deadline() <= now))
 }
 
 /// `critical(function)`: no deadline is delivered while the thread runs `function`.

@@ -354,13 +354,16 @@ def shield_enter() -> None:
 
 
 @_critical_code
-def shield_exit() -> int:
-    """Leaves a shield; returns how many the thread is still in."""
+def shield_exit() -> bool:
+    """Leaves a shield; True when it was the outermost and a deadline of the thread passed."""
     thread = current_thread_state()
     if thread.shield == 0:
         raise RuntimeError("shield left more often than entered")
     thread.shield -= 1
-    return thread.shield
+    if thread.shield or not thread.blocks:
+        return False
+    now = deadline_clock()
+    return any(b.state == _ACTIVE and b.deadline <= now for b in thread.blocks[:])
 
 
 class Guard:

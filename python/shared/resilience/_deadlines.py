@@ -392,7 +392,7 @@ class shield:  # noqa: N801 - named as trio's and anyio's users expect
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], traceback: Any) -> None:
-        if _backend.shield_exit() == 0:
+        if _backend.shield_exit():
             _after_shield(exc)
 
     async def __aenter__(self) -> shield:
