@@ -2,7 +2,7 @@
 //! scheduler's look-and-raise, and the guard of critical sections, each one
 //! native call that runs no Python bytecode between its check and its effect.
 //!
-//! Why native: CPython delivers an exception queued with
+//! Why native: `CPython` delivers an exception queued with
 //! `PyThreadState_SetAsyncExc` at its next check of the eval breaker, and on
 //! 3.13 that can be the first instruction of a Python `__exit__` (the thread
 //! read its breaker before it waited for the GIL, so the check where the
@@ -40,6 +40,13 @@ const FIRE_RAISED: u8 = 0;
 const FIRE_CRITICAL: u8 = 1;
 const FIRE_SHIELDED: u8 = 2;
 const FIRE_GONE: u8 = 3;
+
+/// `PyThreadState_SetAsyncExc` takes the thread id as `unsigned long` in `CPython`;
+/// `pyo3-ffi` declares it `long`: the same bits.
+#[allow(clippy::cast_possible_wrap)]
+fn ffi_ident(ident: c_ulong) -> c_long {
+    ident as c_long
+}
 
 fn now() -> f64 {
     crate::clock::now_ns() as f64 / 1e9
@@ -169,7 +176,7 @@ impl Thread {
         }
         // SAFETY: the thread is attached (`py`); a NULL exception clears the one
         // queued for the thread `ident` (ours), and takes no reference.
-        unsafe { ffi::PyThreadState_SetAsyncExc(self.ident as c_long, std::ptr::null_mut()) };
+        unsafe { ffi::PyThreadState_SetAsyncExc(ffi_ident(self.ident), std::ptr::null_mut()) };
         let _ = py;
         Some(pending)
     }
@@ -240,7 +247,7 @@ impl DeadlineCore {
         let fast = seconds
             .cast_exact::<PyFloat>()
             .ok()
-            .map(|value| value.value())
+            .map(PyFloatMethods::value)
             .filter(|value| *value > 0.0 && *value <= hooks.max_seconds);
         let seconds = match fast {
             Some(value) => value,
@@ -365,10 +372,7 @@ impl DeadlineCore {
             } else if own_taken_back && exc.is_none() {
                 raise = Some(core.fresh_timeout(py)?);
             }
-        } else if exc.is_none()
-            && thread.shield.load(SeqCst) == 0
-            && now() >= core.deadline()
-        {
+        } else if exc.is_none() && thread.shield.load(SeqCst) == 0 && now() >= core.deadline() {
             // The deadline passed and nothing told the block (the thread held the GIL
             // in a long C call until just before the end): it times out here.
             fired = true;
@@ -412,8 +416,8 @@ pub struct ThreadState {
 #[pymethods]
 impl ThreadState {
     #[getter]
-    fn ident(&self) -> u64 {
-        u64::from(self.thread.ident)
+    fn ident(&self) -> c_ulong {
+        self.thread.ident
     }
 
     #[getter]
@@ -453,7 +457,10 @@ impl ThreadState {
 
     #[getter]
     fn pending(&self, py: Python<'_>) -> Option<Py<DeadlineCore>> {
-        lock(&self.thread.data).pending.as_ref().map(|b| b.clone_ref(py))
+        lock(&self.thread.data)
+            .pending
+            .as_ref()
+            .map(|b| b.clone_ref(py))
     }
 
     #[getter]
@@ -498,11 +505,12 @@ impl ThreadState {
         thread.queued.store(true, SeqCst);
         // SAFETY: the thread is attached (`block` is bound to it); `expiry` is a valid
         // exception class, to which CPython takes its own reference.
-        unsafe { ffi::PyThreadState_SetAsyncExc(thread.ident as c_long, expiry.as_ptr()) };
+        unsafe { ffi::PyThreadState_SetAsyncExc(ffi_ident(thread.ident), expiry.as_ptr()) };
         FIRE_RAISED
     }
 
     /// Main thread (SIGALRM handler, which runs in it): marks `block` fired.
+    #[allow(clippy::unused_self)] // a method: the handler calls it on the thread's state
     fn mark_fired(&self, block: &Bound<'_, DeadlineCore>) -> bool {
         block
             .get()
@@ -541,6 +549,7 @@ pub fn current_thread_state(py: Python<'_>) -> PyResult<Py<ThreadState>> {
 
 /// The shared timeline of deadlines (seconds, as `time.monotonic()`).
 #[pyfunction]
+#[must_use]
 pub fn deadline_clock() -> f64 {
     now()
 }
@@ -592,9 +601,7 @@ pub fn shield_enter(py: Python<'_>) -> PyResult<()> {
     let _critical = CriticalSection::enter(&thread);
     if let Some(block) = thread.take_back(py) {
         let core = block.get();
-        let _ = core
-            .state
-            .compare_exchange(FIRED, ACTIVE, SeqCst, SeqCst);
+        let _ = core.state.compare_exchange(FIRED, ACTIVE, SeqCst, SeqCst);
     }
     Ok(())
 }
@@ -606,7 +613,9 @@ pub fn shield_exit(py: Python<'_>) -> PyResult<bool> {
     let left = thread.shield.fetch_sub(1, SeqCst);
     if left == 0 {
         thread.shield.store(0, SeqCst);
-        return Err(PyRuntimeError::new_err("shield left more often than entered"));
+        return Err(PyRuntimeError::new_err(
+            "shield left more often than entered",
+        ));
     }
     if left > 1 {
         return Ok(false);

@@ -327,9 +327,14 @@ def test_handler_installed_after_ours_is_wrapped_at_the_next_block(
     saved = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
     saved_timer = signal.getitimer(signal.ITIMER_REAL)
     try:
-        with pytest.raises(TimeoutError), TimeoutContext(seconds=0.05):
-            signal.setitimer(signal.ITIMER_REAL, 0.01)  # the application's own alarm
-            time.sleep(LONG)  # interrupted at our deadline, with its itimer running
+
+        def sleep_through_its_alarm() -> None:
+            with TimeoutContext(seconds=0.05):
+                signal.setitimer(signal.ITIMER_REAL, 0.01)  # the application's own alarm
+                time.sleep(LONG)  # interrupted at our deadline, with its itimer running
+
+        with pytest.raises(TimeoutError):
+            sleep_through_its_alarm()
         assert fired == [signal.SIGALRM]
         assert getattr(signal.getsignal(signal.SIGALRM), "previous", None) is not None
     finally:
@@ -484,10 +489,17 @@ def test_main_thread_fallback_without_signals(monkeypatch: pytest.MonkeyPatch) -
     """Where SIGALRM can't be used, the main thread is served by the scheduler thread."""
     monkeypatch.setattr(_deadlines, "_pthread_kill", None)
     _deadlines._backend.set_alarm_handler(object())  # the next block checks again
-    try:
-        with pytest.raises(TimeoutError), TimeoutContext(seconds=0.03):
-            assert not _deadlines.current_thread_state().signal_mode
+    signal_modes: list[bool] = []
+
+    def bounded_spin() -> None:
+        with TimeoutContext(seconds=0.03):
+            signal_modes.append(_deadlines.current_thread_state().signal_mode)
             spin(LONG)
+
+    try:
+        with pytest.raises(TimeoutError):
+            bounded_spin()
+        assert signal_modes == [False]
     finally:
         monkeypatch.undo()
         _deadlines._backend.set_alarm_handler(object())

@@ -382,7 +382,10 @@ def test_deadline_swallowed_in_cleanup_fires_again_on_the_main_thread(
         events = interrupted_in_cleanup(kind, nested=nested)
     # The deadline fires again at the main thread's next check after the scheduler sends
     # SIGALRM: in the block's own code, possibly before it appends "block goes on".
-    assert events in (SWALLOWED_THEN_REFIRED, [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]])
+    assert events in (
+        SWALLOWED_THEN_REFIRED,
+        [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]],
+    )
     assert recorded == []  # our exception was not reported as unraisable
     assert handler_chains(handler_before)
     assert _deadlines._alarm_raised is None or _deadlines._alarm_raised[1].state == 0
@@ -401,7 +404,10 @@ def test_deadline_swallowed_in_cleanup_fires_again_in_a_worker(kind: str, nested
     with recording_unraisable_hook() as recorded:
         events, pending = run_in_thread(in_worker)
     # Fired again at once: in the block's own code, possibly before "block goes on".
-    assert events in (SWALLOWED_THEN_REFIRED, [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]])
+    assert events in (
+        SWALLOWED_THEN_REFIRED,
+        [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]],
+    )
     assert recorded == []
     assert pending is None
 

@@ -58,7 +58,7 @@ def test_unrepresentable_seconds_are_refused_at_construction(seconds: float) -> 
 
 def test_a_huge_deadline_leaves_the_scheduler_working() -> None:
     """Refused, it cannot reach the scheduler: later worker and main blocks still fire."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="seconds"):
         TimeoutContext(1e10)
     with TimeoutContext(threading.TIMEOUT_MAX):  # the longest accepted one works too
         pass
@@ -100,7 +100,8 @@ def test_an_error_inside_the_scheduler_does_not_stop_it(monkeypatch: pytest.Monk
     # its exit raises. Then a fresh block fires normally.
     assert in_thread(worker) == "timeout"
     assert in_thread(worker) == "timeout"
-    assert scheduler.thread is not None and scheduler.thread.is_alive()
+    assert scheduler.thread is not None
+    assert scheduler.thread.is_alive()
 
 
 # -- a worker deadline when the block ends right after a long C call ------------------------
@@ -263,26 +264,30 @@ def test_shield_with_no_passed_deadline_changes_nothing() -> None:
 
 def test_blocking_sleep_inside_a_shield_is_not_cut_short() -> None:
     started = time.monotonic()
-    with pytest.raises(TimeoutError), TimeoutContext(0.05):
-        with shield():
-            time.sleep(0.15)
+    with pytest.raises(TimeoutError), TimeoutContext(0.05), shield():
+        time.sleep(0.15)
     assert time.monotonic() - started >= 0.14
 
 
 async def test_async_shield_defers_the_timeout_cancellation() -> None:
     events: list[str] = []
-    with pytest.raises(TimeoutError):
+
+    async def shielded() -> None:
         async with TimeoutContext(0.05):
             async with shield():
                 await asyncio.sleep(0.15)
                 events.append("section finished")
             events.append("after the section")
+
+    with pytest.raises(TimeoutError):
+        await shielded()
     assert events == ["section finished"]
 
 
 async def test_async_nested_shields_and_unshielded_timeout() -> None:
     events: list[str] = []
-    with pytest.raises(TimeoutError):
+
+    async def nested() -> None:
         async with TimeoutContext(0.05):
             async with shield():
                 async with shield():
@@ -290,10 +295,16 @@ async def test_async_nested_shields_and_unshielded_timeout() -> None:
                 events.append("inner ended")
                 await asyncio.sleep(0.02)
             events.append("never")
-    assert events == ["inner ended"]
-    with pytest.raises(TimeoutError):
+
+    async def unshielded() -> None:
         async with TimeoutContext(0.02):
             await asyncio.sleep(1.0)
+
+    with pytest.raises(TimeoutError):
+        await nested()
+    assert events == ["inner ended"]
+    with pytest.raises(TimeoutError):
+        await unshielded()
 
 
 # -- critical sections --------------------------------------------------------------------

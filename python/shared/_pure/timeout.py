@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from types import CodeType, FrameType, MethodType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 __all__ = [
     "FIRE_CRITICAL",
@@ -46,10 +46,10 @@ _IDLE, _ACTIVE, _FIRED = 0, 1, 2
 FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
 
 
-
 def deadline_clock() -> float:
     """The timeline of deadlines (seconds, ``time.monotonic()``)."""
     return time.monotonic()
+
 
 _ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_ASYNC_EXC)
@@ -109,7 +109,10 @@ def set_alarm_handler(handler: object) -> None:
     _alarm_handler[:] = [handler]
 
 
-def _critical_code(function: Callable[..., Any]) -> Any:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _critical_code(function: _F) -> _F:
     CRITICAL_CODES.add(function.__code__)
     return function
 
@@ -128,6 +131,15 @@ class ThreadState:
         "signal_mode",
         "wake_at",
     )
+    ident: int
+    is_main: bool
+    critical: int
+    shield: int
+    queued: bool
+    signal_mode: bool
+    blocks: list[DeadlineCore]
+    wake_at: float
+    pending: Optional[DeadlineCore]
 
     def __new__(cls) -> ThreadState:
         self = object.__new__(cls)
@@ -137,9 +149,9 @@ class ThreadState:
         self.shield = 0
         self.queued = False
         self.signal_mode = False
-        self.blocks: list[DeadlineCore] = []
+        self.blocks = []
         self.wake_at = float("inf")
-        self.pending: Optional[DeadlineCore] = None
+        self.pending = None
         return self
 
     @_critical_code
@@ -241,6 +253,12 @@ class DeadlineCore:
     """A deadline block: ``with DeadlineCore(seconds):`` (see ``TimeoutContext``)."""
 
     __slots__ = ("deadline", "delivered", "fired", "seconds", "state", "thread")
+    seconds: float
+    deadline: float
+    state: int
+    fired: bool
+    delivered: bool
+    thread: Optional[ThreadState]
 
     def __new__(cls, seconds: object, *_args: Any, **_kwargs: Any) -> DeadlineCore:
         assert _hooks is not None
@@ -252,7 +270,7 @@ class DeadlineCore:
         self.state = _IDLE
         self.fired = False
         self.delivered = False
-        self.thread: Optional[ThreadState] = None
+        self.thread = None
         return self
 
     def _mark_delivered(self, /) -> None:
@@ -370,6 +388,7 @@ class Guard:
     """``Guard(function)``: no deadline is delivered while the thread runs ``function``."""
 
     __slots__ = ("__wrapped__",)
+    __wrapped__: Callable[..., Any]
 
     def __new__(cls, function: Callable[..., Any]) -> Guard:
         if not callable(function):

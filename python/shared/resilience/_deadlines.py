@@ -36,6 +36,7 @@ No error may stop the scheduler: it logs what it did not expect and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import importlib
 import itertools
@@ -181,11 +182,8 @@ class _Scheduler:
         while True:
             try:
                 self.run_until_error()
-            except BaseException:  # nothing may stop the scheduler
-                try:
-                    _logger.exception("timeout scheduler: unexpected error (it goes on)")
-                except BaseException:  # noqa: S110 - not even a broken logging setup
-                    pass
+            except BaseException:  # noqa: PERF203 - nothing may stop the scheduler
+                _log_unexpected()
 
     def run_until_error(self) -> None:
         heap = self.heap
@@ -240,6 +238,12 @@ class _Scheduler:
             if following is not None:
                 self.push(state, following.deadline)
         # FIRE_SHIELDED: the shield's end fires it.
+
+
+def _log_unexpected() -> None:
+    """Logs the scheduler's unexpected error; not even a broken logging setup stops it."""
+    with contextlib.suppress(BaseException):
+        _logger.exception("timeout scheduler: unexpected error (it goes on)")
 
 
 _scheduler = _Scheduler()

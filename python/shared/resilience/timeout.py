@@ -67,6 +67,7 @@ class TimeoutContext(DeadlineCore):  # type: ignore[misc]
     """
 
     __slots__ = ("_task_deadline",)
+    _task_deadline: Optional[_TaskDeadline]
 
     @property
     def expired(self) -> bool:
@@ -89,7 +90,8 @@ class TimeoutContext(DeadlineCore):  # type: ignore[misc]
         return type(self)(self.seconds)
 
     async def __aenter__(self) -> TimeoutContext:
-        if getattr(self, "_task_deadline", None) is not None and self._task_deadline.active:
+        current: Optional[_TaskDeadline] = getattr(self, "_task_deadline", None)
+        if current is not None and current.active:
             raise RuntimeError("this timeout is already active; use one object per block")
         task_deadline = _TaskDeadline(self.seconds)
         task_deadline.enter()
@@ -123,7 +125,16 @@ class _TaskDeadline:
     arrives with ours still propagates as ``CancelledError``.
     """
 
-    __slots__ = ("active", "cancelling", "deadline", "deferred", "expired", "handle", "seconds", "task")
+    __slots__ = (
+        "active",
+        "cancelling",
+        "deadline",
+        "deferred",
+        "expired",
+        "handle",
+        "seconds",
+        "task",
+    )
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -141,7 +152,7 @@ class _TaskDeadline:
             raise RuntimeError("TimeoutContext must be used inside a task")
         loop = asyncio.get_running_loop()
         self.task = task
-        self.cancelling = task.cancelling()
+        self.cancelling = cast(Any, task).cancelling()
         self.deadline = loop.time() + self.seconds
         self.handle = loop.call_at(self.deadline, self.on_deadline)
         _task_deadlines.setdefault(task, []).append(self)
@@ -161,7 +172,8 @@ class _TaskDeadline:
             self.task.cancel()
 
     def exit(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException]) -> None:
-        assert self.task is not None and self.handle is not None
+        assert self.task is not None
+        assert self.handle is not None
         self.handle.cancel()
         self.active = False
         deadlines = _task_deadlines.get(self.task)
@@ -169,7 +181,7 @@ class _TaskDeadline:
             deadlines.remove(self)
         if (
             self.expired
-            and self.task.uncancel() <= self.cancelling
+            and cast(Any, self.task).uncancel() <= self.cancelling
             and exc_type is not None
             and issubclass(exc_type, asyncio.CancelledError)
         ):
@@ -207,8 +219,13 @@ async def _exit_task_shield(
 def _is_coroutine_callable(function: Any) -> bool:
     if inspect.iscoroutinefunction(function):
         return True
-    call = getattr(type(function), "__call__", None)
-    return call is not None and not inspect.isfunction(function) and inspect.iscoroutinefunction(call)
+    if inspect.isfunction(function) or inspect.ismethod(function):
+        return False
+    # The class's __call__ (looked up as the call itself does: on the type).
+    for klass in type(function).__mro__:
+        if "__call__" in vars(klass):
+            return inspect.iscoroutinefunction(vars(klass)["__call__"])
+    return False
 
 
 def with_timeout(seconds: float, *, strategy: str = "cooperative") -> Callable[[_F], _F]:
@@ -303,9 +320,7 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
-def _run_pessimistic(
-    function: Callable[..., Any], seconds: float, args: Any, kwargs: Any
-) -> Any:
+def _run_pessimistic(function: Callable[..., Any], seconds: float, args: Any, kwargs: Any) -> Any:
     context = contextvars.copy_context()
     future = _executor().submit(context.run, function, *args, **kwargs)
     try:
