@@ -298,6 +298,11 @@ impl DeadlineCore {
         let core = slf.get();
         let thread = current_thread(py)?;
         let _critical = CriticalSection::enter(&thread);
+        // An outer block's exception queued and not delivered would land in the hooks
+        // below: taken back here, it fires again inside this block.
+        if let Some(outer) = thread.take_back(py) {
+            thread.rearm(py, &outer)?;
+        }
         if core.state.load(SeqCst) != IDLE {
             return Err(PyRuntimeError::new_err(
                 "this timeout is already active; use one object per block",

@@ -10,16 +10,21 @@ Python code cannot do as the native part does, and what remains of it:
   preempts the scheduler for longer than the switch interval.
 - ``DeadlineCore.__exit__`` is a Python function: on CPython 3.13 and later an
   exception queued just before it can be delivered at its first instruction,
-  before it can take the exception back; it then leaves the ``with`` statement
-  as the private class (a subclass of ``TimeoutError``) and the block stays
-  listed. The scheduler never raises while the thread is inside this module's
-  functions, so this needs the target to reach ``__exit__`` between the
-  scheduler's look and its raise. The native part has no such instruction.
+  before it can take the exception back (3.13 misses it at the check where
+  the thread took the GIL back and delivers it at the next one).
+  ``landed_at_exit_entry`` then does the block's bookkeeping from the
+  exception's ``__init__`` (which 3.12+ runs where it lands), so the block
+  leaves and the exception goes on as its deadline; at the first instruction
+  of a ``Guard``'s call it runs the guarded function there, so its
+  bookkeeping is not skipped. What remains: a raise delayed past the look (the
+  first point) that lands further inside this module's code, where the
+  private exception can escape. The native part has no such instruction.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dis
 import sys
 import threading
 import time
@@ -282,6 +287,9 @@ class DeadlineCore:
         thread = current_thread_state()
         thread.critical += 1
         try:
+            outer = thread.take_back()  # it would land in the hooks below
+            if outer is not None:
+                thread.rearm(outer)
             if self.state != _IDLE:
                 raise RuntimeError("this timeout is already active; use one object per block")
             self.deadline = deadline = deadline_clock() + self.seconds
@@ -420,6 +428,81 @@ class Guard:
 
 
 CRITICAL_CODES.add(Guard.__call__.__code__)
+
+
+def _first_own_instruction(code: CodeType) -> int:
+    return next(
+        instruction.offset
+        for instruction in dis.get_instructions(code)
+        if instruction.opname not in ("RESUME", "COPY_FREE_VARS", "MAKE_CELL", "NOP", "CACHE")
+    )
+
+
+_GUARD_CODE = Guard.__call__.__code__
+_GUARD_ENTRY = _first_own_instruction(_GUARD_CODE)
+
+
+_EXIT_CODE = DeadlineCore.__exit__.__code__
+# The offset of __exit__'s first instruction that runs code of ours (past RESUME).
+_EXIT_ENTRY = _first_own_instruction(_EXIT_CODE)
+
+
+def landed_at_exit_entry(
+    error: BaseException, block: DeadlineCore, frame: Optional[FrameType]
+) -> bool:
+    """Does the bookkeeping of a ``__exit__`` whose first instruction got ``error``.
+
+    CPython 3.13+ can deliver a queued exception at the first instruction of
+    ``DeadlineCore.__exit__`` (see the module docstring); 3.12+ instantiates it
+    there, so its ``__init__`` (``frame``: the frame it lands in) calls this.
+    The block that was leaving leaves, and ``error`` goes on: as the public
+    ``TimeoutError`` if it is that block's own deadline, else as the private
+    exception its own block converts.
+    """
+    if frame is None:
+        return False
+    if frame.f_code is _GUARD_CODE and frame.f_lasti < _GUARD_ENTRY:
+        return _run_guarded_late(error, frame)
+    if frame.f_code is not _EXIT_CODE or frame.f_lasti >= _EXIT_ENTRY:
+        return False
+    leaving = frame.f_locals.get("self")
+    if not isinstance(leaving, DeadlineCore) or leaving.state == _IDLE:
+        return False
+    thread = leaving.thread
+    if thread is None:
+        return False
+    thread.queued = False
+    if thread.pending is block:
+        thread.pending = None
+    _remove(thread.blocks, leaving)
+    leaving.state = _IDLE
+    leaving.fired = block is leaving
+    if block is leaving:
+        assert _hooks is not None
+        error.__class__ = _hooks.timeout_error
+    return True
+
+
+def _run_guarded_late(error: BaseException, frame: FrameType) -> bool:
+    """``error`` landed at the first instruction of a ``Guard`` call: runs the function now.
+
+    Its bookkeeping must not be skipped; the deadline then goes on from the call,
+    as if it had fired just after the function returned (its result is lost; an
+    exception it raises becomes ``error``'s context).
+    """
+    local = frame.f_locals
+    guard = local.get("self")
+    if not isinstance(guard, Guard):
+        return False
+    thread = current_thread_state()
+    thread.critical += 1
+    try:
+        guard.__wrapped__(*local.get("args", ()), **local.get("kwargs", {}))
+    except BaseException as failure:
+        error.__context__ = failure
+    finally:
+        thread.critical -= 1
+    return True
 
 
 def in_critical(frame: Optional[FrameType]) -> bool:

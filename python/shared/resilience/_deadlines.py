@@ -132,8 +132,11 @@ class _ExpiredError(TimeoutError):
 
     def __init__(self, *args: object) -> None:
         # Runs where the exception lands: from now on it is no longer cancellable.
-        self.block._mark_delivered()
-        super().__init__(*(args or (timeout_message(self.block.seconds),)))
+        block = self.block
+        block._mark_delivered()
+        super().__init__(*(args or (timeout_message(block.seconds),)))
+        if _backend is _pure_twin:
+            _pure_twin.landed_at_exit_entry(self, block, sys._getframe(1))
 
 
 # -- the scheduler ----------------------------------------------------------------------
