@@ -287,9 +287,10 @@ class DeadlineCore:
         thread = current_thread_state()
         thread.critical += 1
         try:
-            outer = thread.take_back()  # it would land in the hooks below
-            if outer is not None:
-                thread.rearm(outer)
+            if thread.queued:  # it would land in the hooks below
+                outer = thread.take_back()
+                if outer is not None:
+                    thread.rearm(outer)
             if self.state != _IDLE:
                 raise RuntimeError("this timeout is already active; use one object per block")
             self.deadline = deadline = deadline_clock() + self.seconds
@@ -324,7 +325,7 @@ class DeadlineCore:
 
 @_critical_code
 def _exit(block: DeadlineCore, thread: ThreadState, exc: Optional[BaseException]) -> bool:
-    taken_back = thread.take_back()
+    taken_back = thread.take_back() if thread.queued else None
     if block.state == _IDLE:
         raise RuntimeError("__exit__ without __enter__")
     _remove(thread.blocks, block)
