@@ -288,6 +288,11 @@ impl DeadlineCore {
         self.delivered.load(SeqCst)
     }
 
+    /// Records the outcome of a block run elsewhere (an `async with`).
+    fn _set_fired(&self, fired: bool) {
+        self.fired.store(fired, SeqCst);
+    }
+
     /// Called where the queued exception lands: from now on it is no longer cancellable.
     fn _mark_delivered(&self) {
         self.delivered.store(true, SeqCst);

@@ -336,6 +336,9 @@ def test_handler_installed_after_ours_is_wrapped_at_the_next_block(
         with pytest.raises(TimeoutError):
             sleep_through_its_alarm()
         assert fired == [signal.SIGALRM]
+        signal.alarm(1)
+        spin(1.5)
+        assert fired == [signal.SIGALRM, signal.SIGALRM]  # its own signal.alarm too
         assert getattr(signal.getsignal(signal.SIGALRM), "previous", None) is not None
     finally:
         signal.setitimer(signal.ITIMER_REAL, *saved_timer)

@@ -392,3 +392,17 @@ def test_pessimistic_refuses_coroutine_functions() -> None:
 
     with pytest.raises(ValueError, match="pessimistic"):
         with_timeout(1.0, strategy="pessimistic")(job)
+
+
+async def test_expired_reports_the_last_block_whether_async_or_sync() -> None:
+    context = TimeoutContext(0.02)
+    with pytest.raises(TimeoutError):
+        async with context:
+            await asyncio.sleep(1.0)
+    assert context.expired
+    with context:
+        pass
+    assert not context.expired
+    async with context:
+        assert not context.expired
+    assert not context.expired

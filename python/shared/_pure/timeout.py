@@ -278,6 +278,10 @@ class DeadlineCore:
         self.thread = None
         return self
 
+    def _set_fired(self, /, fired: bool) -> None:
+        """Records the outcome of a block run elsewhere (an ``async with``)."""
+        self.fired = fired
+
     def _mark_delivered(self, /) -> None:
         """Called where the queued exception lands: no longer cancellable from then on."""
         self.delivered = True

@@ -90,8 +90,7 @@ class TimeoutContext(DeadlineCore):  # type: ignore[misc]
         return type(self)(self.seconds)
 
     async def __aenter__(self) -> TimeoutContext:
-        current: Optional[_TaskDeadline] = getattr(self, "_task_deadline", None)
-        if current is not None and current.active:
+        if getattr(self, "_task_deadline", None) is not None:
             raise RuntimeError("this timeout is already active; use one object per block")
         task_deadline = _TaskDeadline(self.seconds)
         task_deadline.enter()
@@ -106,7 +105,11 @@ class TimeoutContext(DeadlineCore):  # type: ignore[misc]
     ) -> None:
         task_deadline = self._task_deadline
         assert task_deadline is not None
-        task_deadline.exit(exc_type, exc)
+        self._task_deadline = None
+        try:
+            task_deadline.exit(exc_type, exc)
+        finally:
+            self._set_fired(task_deadline.expired)
 
 
 # -- async: deadlines of tasks, and their shields ----------------------------------------
