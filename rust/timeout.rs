@@ -101,6 +101,8 @@ struct Thread {
     queued: AtomicBool,
     /// Main thread: deadlines are delivered by SIGALRM (set by `_deadlines`).
     signal_mode: AtomicBool,
+    /// False once the thread has exited: its identifier may then name another thread.
+    alive: AtomicBool,
     data: Mutex<ThreadData>,
 }
 
@@ -112,14 +114,23 @@ struct ThreadData {
     pending: Option<Py<DeadlineCore>>,
 }
 
+/// The calling thread's registration; marks its `Thread` dead when the thread exits.
+struct Registration(Arc<Thread>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.alive.store(false, SeqCst);
+    }
+}
+
 thread_local! {
-    static CURRENT: OnceCell<Arc<Thread>> = const { OnceCell::new() };
+    static CURRENT: OnceCell<Registration> = const { OnceCell::new() };
 }
 
 fn current_thread(py: Python<'_>) -> PyResult<Arc<Thread>> {
     CURRENT.with(|cell| {
-        if let Some(thread) = cell.get() {
-            return Ok(thread.clone());
+        if let Some(registration) = cell.get() {
+            return Ok(registration.0.clone());
         }
         // SAFETY: no precondition; returns the calling thread's identifier.
         let ident = unsafe { ffi::PyThread_get_thread_ident() };
@@ -135,13 +146,14 @@ fn current_thread(py: Python<'_>) -> PyResult<Arc<Thread>> {
             shield: AtomicU32::new(0),
             queued: AtomicBool::new(false),
             signal_mode: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
             data: Mutex::new(ThreadData {
                 blocks: Vec::new(),
                 wake_at: f64::INFINITY,
                 pending: None,
             }),
         });
-        let _ = cell.set(thread.clone());
+        let _ = cell.set(Registration(thread.clone()));
         Ok(thread)
     })
 }
@@ -501,6 +513,9 @@ impl ThreadState {
         }
         if thread.shield.load(SeqCst) > 0 {
             return FIRE_SHIELDED;
+        }
+        if !thread.alive.load(SeqCst) {
+            return FIRE_GONE; // exited inside a block: never raise in whoever has its id now
         }
         let core = block.get();
         let ours = lock(&core.thread)

@@ -406,3 +406,29 @@ async def test_expired_reports_the_last_block_whether_async_or_sync() -> None:
     async with context:
         assert not context.expired
     assert not context.expired
+
+
+def test_a_thread_that_exits_inside_a_block_is_never_raised_in_again() -> None:
+    """Its identifier may be reused by a new thread: the old deadline must not hit that one."""
+    suspended: list[Any] = []
+
+    def block_left_open() -> Any:
+        with TimeoutContext(0.05):
+            yield
+
+    def exits_inside_a_block() -> None:
+        generator = block_left_open()
+        next(generator)  # the block is entered, and the thread ends inside it
+        suspended.append(generator)
+
+    thread = threading.Thread(target=exits_inside_a_block)
+    thread.start()
+    thread.join()
+
+    def busy_past_the_old_deadline() -> str:
+        spin(0.2)
+        return "clean"
+
+    for _ in range(4):  # new threads often get the dead thread's identifier
+        assert in_thread(busy_past_the_old_deadline) == "clean"
+    suspended.clear()

@@ -134,6 +134,7 @@ class ThreadState:
         "queued",
         "shield",
         "signal_mode",
+        "thread",
         "wake_at",
     )
     ident: int
@@ -142,6 +143,7 @@ class ThreadState:
     shield: int
     queued: bool
     signal_mode: bool
+    thread: threading.Thread
     blocks: list[DeadlineCore]
     wake_at: float
     pending: Optional[DeadlineCore]
@@ -149,7 +151,8 @@ class ThreadState:
     def __new__(cls) -> ThreadState:
         self = object.__new__(cls)
         self.ident = threading.get_ident()
-        self.is_main = threading.current_thread() is threading.main_thread()
+        self.thread = threading.current_thread()
+        self.is_main = self.thread is threading.main_thread()
         self.critical = 0
         self.shield = 0
         self.queued = False
@@ -182,6 +185,8 @@ class ThreadState:
             return FIRE_CRITICAL
         if self.shield > 0:
             return FIRE_SHIELDED
+        if not self.thread.is_alive():
+            return FIRE_GONE  # exited inside a block: never raise in whoever has its id now
         if block.thread is not self or block.state != _ACTIVE:
             return FIRE_GONE
         block.delivered = False
