@@ -443,6 +443,11 @@ impl ThreadState {
     }
 
     #[getter]
+    fn alive(&self) -> bool {
+        self.thread.alive.load(SeqCst)
+    }
+
+    #[getter]
     fn is_main(&self) -> bool {
         self.thread.is_main
     }

@@ -196,6 +196,11 @@ class ThreadState:
         _set_async_exc(self.ident, expiry)
         return FIRE_RAISED
 
+    @property
+    def alive(self) -> bool:
+        """False once the thread has exited: its identifier may then name another thread."""
+        return self.thread.is_alive()
+
     def mark_fired(self, /, block: DeadlineCore) -> bool:
         """Main thread (SIGALRM handler, which runs in it): marks ``block`` fired."""
         if block.state != _ACTIVE:

@@ -234,8 +234,8 @@ class _Scheduler:
         outcome = state.fire(armed, expiry)
         if outcome == _backend.FIRE_CRITICAL:
             self.push(state, now + _RETRY)
-        elif outcome == _backend.FIRE_GONE:
-            self.push(state, now)
+        elif outcome == _backend.FIRE_GONE and state.alive:
+            self.push(state, now)  # the block left meanwhile: look at what is armed now
         elif outcome == _backend.FIRE_RAISED:
             following = state.earliest_unfired()
             if following is not None:
