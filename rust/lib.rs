@@ -17,6 +17,10 @@ pub mod huge_pages;
 pub mod limiter_registry;
 pub mod retry;
 pub mod slot_index;
+// Allowed `unsafe` code: `PyThreadState_SetAsyncExc` (see the module's documentation).
+#[cfg(feature = "python")]
+#[allow(unsafe_code)]
+pub mod timeout;
 pub mod token_bucket;
 
 #[cfg(feature = "python")]
@@ -35,12 +39,20 @@ mod _native {
     #[pymodule_export]
     use crate::retry::{RetryBudget, RetryCore, RetryingCall};
     #[pymodule_export]
+    use crate::timeout::{
+        current_thread_state, deadline_clock, set_alarm_handler, set_hooks, shield_enter,
+        shield_exit, DeadlineCore, Guard, ThreadState,
+    };
+    #[pymodule_export]
     use crate::token_bucket::{Reservation, TokenBucket};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::clock::init_epoch(m.py())?;
         crate::breaker_ffi::install(m)?;
+        for (name, value) in crate::timeout::FIRE_OUTCOMES {
+            m.add(name, value)?;
+        }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add(
             "BUILD_PROFILE",

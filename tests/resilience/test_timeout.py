@@ -10,7 +10,8 @@ import math
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -60,8 +61,16 @@ def alarm_untouched() -> Any:
         yield
         return
     handler_before = signal.getsignal(signal.SIGALRM)
+    timer_before = signal.getitimer(signal.ITIMER_REAL)
     yield
-    assert signal.getsignal(signal.SIGALRM) is handler_before
+    assert handler_chains(handler_before)
+    assert abs(signal.getitimer(signal.ITIMER_REAL)[0] - timer_before[0]) < 1.0
+
+
+def handler_chains(handler: Any) -> bool:
+    """The SIGALRM handler is ``handler``, or ours calling ``handler`` for foreign alarms."""
+    current = signal.getsignal(signal.SIGALRM)
+    return current is handler or getattr(current, "previous", None) is handler
 
 
 # -- the document's examples ------------------------------------------------------------
@@ -279,8 +288,10 @@ def test_main_thread_interrupts_sleep(alarm_untouched: None) -> None:
 
 
 @needs_alarm
-def test_main_thread_restores_handler_and_itimer(alarm_untouched: None) -> None:
-    """The previous SIGALRM handler and what is left of a running itimer come back."""
+def test_main_thread_chains_the_application_handler_and_leaves_its_itimer(
+    alarm_untouched: None,
+) -> None:
+    """Our handler stays installed and chains the application's; its itimer is untouched."""
     fired: list[int] = []
 
     def previous_handler(signum: int, frame: Any) -> None:
@@ -290,15 +301,46 @@ def test_main_thread_restores_handler_and_itimer(alarm_untouched: None) -> None:
     saved_timer = signal.setitimer(signal.ITIMER_REAL, 50.0)
     try:
         with TimeoutContext(seconds=1.0):
-            assert signal.getsignal(signal.SIGALRM) is not previous_handler
-        assert signal.getsignal(signal.SIGALRM) is previous_handler
+            assert handler_chains(previous_handler)
+        assert handler_chains(previous_handler)
         remaining, _ = signal.getitimer(signal.ITIMER_REAL)
         assert 49.0 < remaining <= 50.0
         with pytest.raises(TimeoutError), TimeoutContext(seconds=0.02):
             spin(LONG)
-        assert signal.getsignal(signal.SIGALRM) is previous_handler
         assert 49.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 50.0
-        assert fired == []
+        assert fired == []  # our alarms never reach the application's handler
+        signal.alarm(1)
+        spin(1.5)
+        assert fired == [signal.SIGALRM]  # its own signal.alarm does
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *saved_timer)
+        signal.signal(signal.SIGALRM, saved)
+
+
+@needs_alarm
+def test_handler_installed_after_ours_is_wrapped_at_the_next_block(
+    alarm_untouched: None,
+) -> None:
+    """An application handler installed after ours gets its alarms; ours still fires."""
+    fired: list[int] = []
+    with TimeoutContext(seconds=1.0):
+        pass  # ours is installed
+    saved = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    saved_timer = signal.getitimer(signal.ITIMER_REAL)
+    try:
+
+        def sleep_through_its_alarm() -> None:
+            with TimeoutContext(seconds=0.05):
+                signal.setitimer(signal.ITIMER_REAL, 0.01)  # the application's own alarm
+                time.sleep(LONG)  # interrupted at our deadline, with its itimer running
+
+        with pytest.raises(TimeoutError):
+            sleep_through_its_alarm()
+        assert fired == [signal.SIGALRM]
+        signal.alarm(1)
+        spin(1.5)
+        assert fired == [signal.SIGALRM, signal.SIGALRM]  # its own signal.alarm too
+        assert getattr(signal.getsignal(signal.SIGALRM), "previous", None) is not None
     finally:
         signal.setitimer(signal.ITIMER_REAL, *saved_timer)
         signal.signal(signal.SIGALRM, saved)
@@ -322,8 +364,8 @@ def test_previous_itimer_due_inside_block_fires_after_it(alarm_untouched: None) 
 
 @needs_alarm
 def test_own_exception_propagates_and_leaves_no_alarm() -> None:
-    """A block that raises before its deadline: its exception, no itimer, handler restored."""
-    handler_before, timer_before = alarm_state()
+    """A block that raises before its deadline: its exception, and nothing fires later."""
+    timer_before = signal.getitimer(signal.ITIMER_REAL)
 
     @with_timeout(0.03)
     def failing() -> None:
@@ -331,9 +373,7 @@ def test_own_exception_propagates_and_leaves_no_alarm() -> None:
 
     with pytest.raises(KeyError, match="own"):
         failing()
-    handler_after, timer_after = alarm_state()
-    assert handler_after is handler_before
-    assert abs(timer_after[0] - timer_before[0]) < 0.5
+    assert abs(signal.getitimer(signal.ITIMER_REAL)[0] - timer_before[0]) < 0.5
     spin(0.06)  # past the deadline: nothing may fire now
 
 
@@ -343,7 +383,7 @@ def test_success_leaves_no_alarm() -> None:
     handler_before = signal.getsignal(signal.SIGALRM)
     with TimeoutContext(seconds=0.02):
         pass
-    assert signal.getsignal(signal.SIGALRM) is handler_before
+    assert handler_chains(handler_before)
     spin(0.05)
 
 
@@ -451,12 +491,24 @@ def test_worker_own_exception_and_no_stale_timeout() -> None:
 
 def test_main_thread_fallback_without_signals(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where SIGALRM can't be used, the main thread is served by the scheduler thread."""
-    monkeypatch.setattr(_deadlines, "_setitimer", None)
-    handler_before = signal.getsignal(signal.SIGALRM) if HAS_ALARM else None
-    with pytest.raises(TimeoutError), TimeoutContext(seconds=0.03):
-        spin(LONG)
-    if HAS_ALARM:
-        assert signal.getsignal(signal.SIGALRM) is handler_before
+    monkeypatch.setattr(_deadlines, "_pthread_kill", None)
+    _deadlines._backend.set_alarm_handler(object())  # the next block checks again
+    signal_modes: list[bool] = []
+
+    def bounded_spin() -> None:
+        with TimeoutContext(seconds=0.03):
+            signal_modes.append(_deadlines.current_thread_state().signal_mode)
+            spin(LONG)
+
+    try:
+        with pytest.raises(TimeoutError):
+            bounded_spin()
+        assert signal_modes == [False]
+    finally:
+        monkeypatch.undo()
+        _deadlines._backend.set_alarm_handler(object())
+        with TimeoutContext(seconds=1.0):  # back to SIGALRM
+            assert _deadlines.current_thread_state().signal_mode == HAS_ALARM
 
 
 def test_swallowed_inner_timeout_outer_still_fires_in_worker() -> None:

@@ -11,8 +11,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,6 +32,12 @@ def fine_switching() -> Any:
     sys.setswitchinterval(0.0001)
     yield
     sys.setswitchinterval(previous)
+
+
+def handler_chains(handler: Any) -> bool:
+    """The SIGALRM handler is ``handler``, or ours calling ``handler`` for foreign alarms."""
+    current = signal.getsignal(signal.SIGALRM)
+    return current is handler or getattr(current, "previous", None) is handler
 
 
 def spin(seconds: float) -> None:
@@ -74,9 +80,9 @@ def blocks_at_the_edge(rounds: int) -> tuple[int, int]:
         "operation timed out after 0.002 seconds",
     }
     spin(0.03)  # a stale interruption would land here and fail the test
-    state = _deadlines._local.state
+    state = _deadlines.current_thread_state()
     assert state.blocks == []
-    assert state.armed is None
+    assert state.earliest_unfired() is None
     assert state.pending is None
     return len(timeouts), rounds - len(timeouts)
 
@@ -129,13 +135,13 @@ def test_no_stale_exception_with_several_busy_workers(fine_switching: None) -> N
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no SIGALRM here")
 def test_no_stale_alarm_after_blocks_at_the_edge_on_the_main_thread() -> None:
-    """Main thread: the same, and the handler and itimer are back as they were."""
+    """Main thread: the same; the application's handler is chained and its itimer untouched."""
     handler_before = signal.getsignal(signal.SIGALRM)
     timer_before = signal.getitimer(signal.ITIMER_REAL)
     timed_out, finished = blocks_at_the_edge(300)
     assert timed_out + finished == 300
     assert timed_out > 0
-    assert signal.getsignal(signal.SIGALRM) is handler_before
+    assert handler_chains(handler_before)
     assert abs(signal.getitimer(signal.ITIMER_REAL)[0] - timer_before[0]) < 2.0
 
 
@@ -374,10 +380,15 @@ def test_deadline_swallowed_in_cleanup_fires_again_on_the_main_thread(
     handler_before = signal.getsignal(signal.SIGALRM)
     with recording_unraisable_hook() as recorded:
         events = interrupted_in_cleanup(kind, nested=nested)
-    assert events == SWALLOWED_THEN_REFIRED
+    # The deadline fires again at the main thread's next check after the scheduler sends
+    # SIGALRM: in the block's own code, possibly before it appends "block goes on".
+    assert events in (
+        SWALLOWED_THEN_REFIRED,
+        [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]],
+    )
     assert recorded == []  # our exception was not reported as unraisable
-    assert signal.getsignal(signal.SIGALRM) is handler_before
-    assert _deadlines._local.state.alarm_raised is None  # no traceback kept alive
+    assert handler_chains(handler_before)
+    assert _deadlines._alarm_raised is None or _deadlines._alarm_raised[1].state == 0
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -388,11 +399,15 @@ def test_deadline_swallowed_in_cleanup_fires_again_in_a_worker(kind: str, nested
     def in_worker() -> tuple[list[str], Any]:
         events = interrupted_in_cleanup(kind, nested=nested)
         spin(0.03)  # a second, stale interruption would land here
-        return events, _deadlines._local.state.pending
+        return events, _deadlines.current_thread_state().pending
 
     with recording_unraisable_hook() as recorded:
         events, pending = run_in_thread(in_worker)
-    assert events == SWALLOWED_THEN_REFIRED
+    # Fired again at once: in the block's own code, possibly before "block goes on".
+    assert events in (
+        SWALLOWED_THEN_REFIRED,
+        [SWALLOWED_THEN_REFIRED[0], SWALLOWED_THEN_REFIRED[2]],
+    )
     assert recorded == []
     assert pending is None
 

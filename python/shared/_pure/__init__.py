@@ -12,6 +12,21 @@ from shared._pure.backoff import Backoff
 from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
 from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
+from shared._pure.timeout import (
+    FIRE_CRITICAL,
+    FIRE_GONE,
+    FIRE_RAISED,
+    FIRE_SHIELDED,
+    DeadlineCore,
+    Guard,
+    ThreadState,
+    current_thread_state,
+    deadline_clock,
+    set_alarm_handler,
+    set_hooks,
+    shield_enter,
+    shield_exit,
+)
 from shared._pure.token_bucket import (
     KeyedLimiter,
     RateLimiterRegistry,
@@ -22,17 +37,30 @@ from shared._pure.token_bucket import (
 __all__ = [
     "ABI3",
     "BUILD_PROFILE",
+    "FIRE_CRITICAL",
+    "FIRE_GONE",
+    "FIRE_RAISED",
+    "FIRE_SHIELDED",
     "Backoff",
     "CircuitBreakerCore",
+    "DeadlineCore",
+    "Guard",
     "KeyedLimiter",
     "RateLimiterRegistry",
     "Reservation",
     "RetryBudget",
     "RetryCore",
     "RetryingCall",
+    "ThreadState",
     "TokenBucket",
     "__version__",
+    "current_thread_state",
+    "deadline_clock",
     "monotonic_ns",
+    "set_alarm_handler",
+    "set_hooks",
+    "shield_enter",
+    "shield_exit",
 ]
 
 __version__ = "0.3.0"

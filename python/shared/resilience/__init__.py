@@ -42,7 +42,7 @@ from shared.resilience.retry import (
     RetryConfig,
     with_retry,
 )
-from shared.resilience.timeout import TimeoutContext, with_timeout
+from shared.resilience.timeout import TimeoutContext, shield, with_timeout
 
 __all__ = [
     "AsyncRedisRateLimiterRegistry",
@@ -70,6 +70,7 @@ __all__ = [
     "TokenBucket",
     "circuit_breaker_registry",
     "rate_limited",
+    "shield",
     "with_retry",
     "with_timeout",
 ]
