@@ -207,7 +207,7 @@ def test_native_with_never_leaks_a_slot_to_a_signal_handler(native: ModuleType) 
     KeyboardInterrupt would) at any moment never leaks the slot. The pure-Python
     twin is protected from this library's deadlines only (see the other test)."""
     if not hasattr(signal, "setitimer"):
-        pytest.skip("needs setitimer")
+        pytest.skip("the platform has no SIGALRM/setitimer (Windows): main-thread deadlines use it")
     core = native.CircuitBreakerCore(
         "raw",
         failure_threshold=1,
