@@ -148,7 +148,9 @@ def test_no_stale_exception_with_several_busy_workers(fine_switching: None) -> N
     assert sum(main_outcome) == 200
 
 
-@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the platform has no SIGALRM/setitimer (Windows)")
+@pytest.mark.skipif(
+    not hasattr(signal, "setitimer"), reason="the platform has no SIGALRM/setitimer (Windows)"
+)
 def test_no_stale_alarm_after_blocks_at_the_edge_on_the_main_thread() -> None:
     """Main thread: the same; the application's handler is chained and its itimer untouched."""
     handler_before = signal.getsignal(signal.SIGALRM)
@@ -385,7 +387,9 @@ SWALLOWED_THEN_REFIRED = [
 ]
 
 
-@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the platform has no SIGALRM/setitimer (Windows)")
+@pytest.mark.skipif(
+    not hasattr(signal, "setitimer"), reason="the platform has no SIGALRM/setitimer (Windows)"
+)
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("kind", CLEANUP_KINDS)
 def test_deadline_swallowed_in_cleanup_fires_again_on_the_main_thread(

@@ -19,7 +19,9 @@ from shared.resilience import TimeoutContext, TimeoutError, _deadlines, shield, 
 from shared.resilience import timeout as timeout_module
 
 HAS_ALARM = hasattr(signal, "pthread_kill") and hasattr(signal, "SIGALRM")
-needs_alarm = pytest.mark.skipif(not HAS_ALARM, reason="the platform has no SIGALRM/setitimer (Windows)")
+needs_alarm = pytest.mark.skipif(
+    not HAS_ALARM, reason="the platform has no SIGALRM/setitimer (Windows)"
+)
 
 
 def spin(seconds: float) -> None:
