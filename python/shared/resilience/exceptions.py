@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "CircuitBreakerOpenError",
+    "DuplicateRequestError",
+    "IdempotencyError",
+    "IdempotencyFailedError",
+    "IdempotencyInProgressError",
+    "IdempotencyMismatchError",
+    "IdempotencyStoreError",
     "RateLimitExceeded",
     "RateLimiterUnavailableError",
     "ResilienceError",
@@ -95,3 +101,73 @@ class RateLimiterUnavailableError(ResilienceError):
 
     def __str__(self) -> str:
         return f"rate limiter backend {self.server} is unavailable (fail_closed): {self.reason}"
+
+
+class IdempotencyError(ResilienceError):
+    """Base class of the idempotency errors; ``key`` is the idempotency key."""
+
+    def __init__(self, key: str, message: str | None = None) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message or f"idempotency key {self.key!r}"
+
+
+class DuplicateRequestError(IdempotencyError):
+    """The key was already executed (``raise_on_duplicate=True``).
+
+    Attributes:
+        key: the idempotency key.
+        cached_result: the first execution's result.
+    """
+
+    def __init__(self, key: str, cached_result: object = None) -> None:
+        super().__init__(key, f"duplicate request for idempotency key {key!r}")
+        self.cached_result = cached_result
+
+
+class IdempotencyInProgressError(IdempotencyError):
+    """Another caller is executing the key and did not finish within the wait.
+
+    Attributes:
+        retry_after: seconds until the holder's lease ends at most.
+    """
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(
+            key, f"idempotency key {key!r} is in progress; retry after {retry_after:.3f}s"
+        )
+        self.retry_after = retry_after
+
+
+class IdempotencyMismatchError(IdempotencyError):
+    """The key was used before with different arguments."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, f"idempotency key {key!r} was used with different arguments")
+
+
+class IdempotencyFailedError(IdempotencyError):
+    """The key's execution failed earlier and was kept as failed (``on_error="keep"``):
+    nothing re-executes it until someone deletes the key from the store.
+
+    Attributes:
+        error: the stored description of the first failure.
+    """
+
+    def __init__(self, key: str, error: str) -> None:
+        super().__init__(key, f"idempotency key {key!r} failed earlier and is kept: {error}")
+        self.error = error
+
+
+class IdempotencyStoreError(IdempotencyError):
+    """The store could not be reached or answered an error; nothing was executed
+    by this call unless ``executed`` is true (then its result could not be recorded).
+    """
+
+    def __init__(self, key: str, reason: str, *, executed: bool = False) -> None:
+        super().__init__(key, f"idempotency store error for key {key!r}: {reason}")
+        self.reason = reason
+        self.executed = executed
