@@ -68,6 +68,23 @@ def _check_installed_package(kind: str) -> None:
         raise pytest.UsageError("SHARED_TEST_INSTALL=native but shared._native is not installed")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Runs ``backend_independent`` tests once per install, not once per backend.
+
+    Servers, exporters and stores behave the same whichever core is loaded; they run
+    on the rust leg, and on the python leg only where there is no rust leg (the
+    pure-Python wheel, or a build without the extension).
+    """
+    if shared.BACKEND != "python" or importlib.util.find_spec("shared._native") is None:
+        return
+    kept, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("backend_independent") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     requested = os.environ.get("SHARED_BACKEND", "auto")
     if requested in ("rust", "python") and requested != shared.BACKEND:
