@@ -29,16 +29,15 @@ back together::
 Inside such a transaction a concurrent claim of the same key waits for it to
 commit or roll back (the row lock), instead of answering "in progress".
 
-Sync methods use ``pool`` (a ``psycopg_pool.ConnectionPool``), the ``_async``
-ones ``async_pool`` (an ``AsyncConnectionPool``); given ``conninfo``, the store
-creates them (the asyncio pool once per event loop). Without an asyncio pool
-the ``_async`` forms run the sync calls on the default executor.
+Sync methods use ``pool`` (a ``psycopg_pool.ConnectionPool``; given ``conninfo``
+the store creates one of autocommit connections), the ``_async`` ones
+``async_pool`` (an ``AsyncConnectionPool`` you open and close in your event
+loop: a pool belongs to one loop). Without an asyncio pool the ``_async`` forms
+run the sync calls on the default executor.
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import Any
 
 from shared import _validation
@@ -261,7 +260,6 @@ class _PostgresStore(_Operations):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.name = name or f"postgres:{self._table.replace(chr(34), '')}"
         self._conninfo = conninfo
-        self._sizes = (min_size, max_size)
         if pool is None and conninfo is not None:
             from psycopg_pool import ConnectionPool
 
@@ -279,9 +277,6 @@ class _PostgresStore(_Operations):
             self._owns_pool = False
         self._pool = pool
         self._async_pool = async_pool
-        self._loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def __repr__(self) -> str:
         return f"PostgresIdempotencyStore(table={self._table!r})"
@@ -296,8 +291,12 @@ class _PostgresStore(_Operations):
             conn.execute(self._table_sql)
 
     async def create_table_async(self) -> None:
+        """``create_table`` for asyncio code."""
+        if not self._has_async:
+            return await _durable.in_thread(self.create_table)
         async with await self._async_connection() as conn:
             await conn.execute(self._table_sql)
+        return None
 
     def on(self, conn: Any) -> PostgresTransaction:
         """The store's operations on ``conn``, inside the caller's transaction: nothing
@@ -308,12 +307,6 @@ class _PostgresStore(_Operations):
         """Closes the pools the store created (not the ones it was given)."""
         if self._owns_pool and self._pool is not None:
             self._pool.close()
-
-    async def aclose(self) -> None:
-        """Closes the asyncio pool the store created for the running loop."""
-        pool = self._loop_pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
 
     def purge_expired(self) -> int:
         """Deletes the expired rows (they are already ignored); returns how many."""
@@ -330,29 +323,12 @@ class _PostgresStore(_Operations):
         return self._pool.connection(timeout=self._timeout)
 
     async def _async_connection(self) -> Any:
-        pool = self._async_pool
-        if pool is None:
-            loop = asyncio.get_running_loop()
-            pool = self._loop_pools.get(loop)
-            if pool is None:
-                from psycopg_pool import AsyncConnectionPool
-
-                pool = AsyncConnectionPool(
-                    self._conninfo or "",
-                    kwargs={"autocommit": True},
-                    open=False,
-                    timeout=self._timeout,
-                    name=self.name,
-                    min_size=self._sizes[0],
-                    max_size=self._sizes[1],
-                )
-                await pool.open()
-                self._loop_pools[loop] = pool
-        return pool.connection(timeout=self._timeout)
+        assert self._async_pool is not None
+        return self._async_pool.connection(timeout=self._timeout)
 
     @property
     def _has_async(self) -> bool:
-        return self._async_pool is not None or self._conninfo is not None
+        return self._async_pool is not None
 
     def _sync(self, key: str, step: _Step, operation: str, executed: bool = False) -> Any:
         try:
@@ -551,16 +527,16 @@ class PostgresIdempotencyStore(_PostgresStore):
     """An idempotency store in a PostgreSQL table (psycopg 3 with a pool).
 
     Args:
-        conninfo: a libpq connection string; the store then creates its pools
-            (autocommit connections).
+        conninfo: a libpq connection string; the store then creates its sync pool
+            (autocommit connections) and closes it in ``close()``.
         pool: a ``psycopg_pool.ConnectionPool`` of your own, for the sync methods
             (autocommit connections save a round trip per call).
         async_pool: a ``psycopg_pool.AsyncConnectionPool`` for the ``_async`` ones.
         table: the table's name (default ``shared_idempotency``).
         schema: the table's schema (default: the search path's).
         codec: how results are stored (default ``JsonCodec()``).
-        min_size: the created pools' minimum size.
-        max_size: the created pools' maximum size.
+        min_size: the created pool's minimum size.
+        max_size: the created pool's maximum size.
         timeout: seconds to wait for a pooled connection.
         name: the store's name in metrics (default ``postgres:<table>``).
 
