@@ -256,7 +256,7 @@ class JsonCodec:
             return self._tagged(tag, tree)
         except StoredValueError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             raise StoredValueError(f"a stored {tag!r} value is malformed: {exc!r}") from None
 
     def _tagged(self, tag: str, tree: dict[str, Any]) -> Any:
