@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from shared.testing import ManualClock
 
 try:  # tests/conftest.py (a conftest of this directory, if any, may shadow the name)
-    from conftest import require_service
+    from conftest import IN_CI, require_service
 except ImportError:
     _spec = importlib.util.spec_from_file_location(
         "_shared_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
@@ -39,6 +39,7 @@ except ImportError:
     _root_conftest = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_root_conftest)
     require_service = _root_conftest.require_service
+    IN_CI = _root_conftest.IN_CI
 
 REDIS_PORT = 6379
 POSTGRES_PORT = 5432
