@@ -7,8 +7,9 @@ sqlite | redis | postgres, target a file, a key prefix or a table), ``key``, ``l
 ``<kind>``: the side effect, counted by the test) and ``hold`` (a winner prints its
 owner id and the process sleeps instead of completing, to be killed).
 Prints ``ready``, then one JSON line per store: its claim's state, and the owner
-or the result. One process serves every store, so a race costs 8 process starts,
-not 8 per store.
+or the result. One process serves every store, and ``processes`` > 1 forks that
+many claimants after the imports (this process has no threads to fork with), so
+a race of 8 costs one interpreter start, not 8 per store.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ def make_store(kind: str, target: str) -> Any:
     return PostgresIdempotencyStore(POSTGRES_CONNINFO, table=target, min_size=1, max_size=1)
 
 
-def main() -> None:
-    args = json.loads(sys.argv[1])
+def say(message: dict[str, Any]) -> None:
+    """One line in one write(2): forked claimants share the pipe, and a write of
+    less than PIPE_BUF bytes is never interleaved with another."""
+    os.write(1, (json.dumps(message) + "\n").encode())
+
+
+def claimant(args: dict[str, Any]) -> None:
     stores = [(kind, make_store(kind, target)) for kind, target in args["stores"]]
-    print(json.dumps({"state": "ready"}), flush=True)
+    say({"state": "ready"})
     deadline = time.monotonic() + 20
     while not os.path.exists(args["go"]):
         if time.monotonic() > deadline:
@@ -54,7 +60,7 @@ def main() -> None:
         claim = store.claim(args["key"], "fingerprint", args["lease"])
         if claim.token is None:
             answer = {"kind": kind, "state": claim.state.value, "result": claim.result}
-            print(json.dumps(answer), flush=True)
+            say(answer)
             continue
         fd = os.open(os.path.join(args["effects"], kind), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -65,9 +71,44 @@ def main() -> None:
         else:
             assert store.complete(claim.token, {"by": os.getpid()}, 60)
             answer = {"kind": kind, "state": "claimed", "result": {"by": os.getpid()}}
-        print(json.dumps(answer), flush=True)
+        say(answer)
     if hold:
         time.sleep(60)
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    processes = args.get("processes", 1)
+    if processes == 1:
+        claimant(args)
+        return
+    for kind, _ in args["stores"]:  # import once, before forking
+        if kind == "redis":
+            import redis  # noqa: F401
+        elif kind == "postgres":
+            import psycopg_pool  # noqa: F401
+    import shared.resilience.idempotency.postgres_store
+    import shared.resilience.idempotency.redis_store
+    import shared.resilience.idempotency.sqlite_store  # noqa: F401
+
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                claimant(args)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in children]
+    raise SystemExit(1 if any(codes) else 0)
 
 
 if __name__ == "__main__":

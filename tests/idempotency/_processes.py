@@ -23,8 +23,11 @@ def target_of(kind: str, store: Any) -> str:
     return str(store._table).strip('"')
 
 
-def _start(stores: Stores, key: str, lease: float, tmp: Path, hold: bool) -> Any:
+def _start(
+    stores: Stores, key: str, lease: float, tmp: Path, hold: bool, processes: int = 1
+) -> Any:
     spec = {
+        "processes": processes,
         "stores": stores,
         "key": key,
         "lease": lease,
@@ -58,23 +61,21 @@ def effects(tmp: Path, kind: str) -> list[str]:
 
 
 def race(stores: Stores, key: str, processes: int, tmp: Path) -> dict[str, list[dict[str, Any]]]:
-    """``processes`` claimants, all released at once, each claiming ``key`` on every
-    store; returns each store's answers."""
-    children = [_start(stores, key, 30.0, tmp, hold=False) for _ in range(processes)]
+    """``processes`` claimant processes (forked by one parent), all released at once,
+    each claiming ``key`` on every store; returns each store's answers."""
+    parent = _start(stores, key, 30.0, tmp, hold=False, processes=processes)
     try:
-        for child in children:
-            assert _read(child) == {"state": "ready"}
+        for _ in range(processes):
+            assert _read(parent) == {"state": "ready"}
         (tmp / "go").touch()
         answers: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in stores}
-        for child in children:
-            for _ in stores:
-                answer = _read(child)
-                answers[answer.pop("kind")].append(answer)
-        for child in children:
-            assert child.wait(BOUNDED_SECONDS) == 0
+        for _ in range(processes * len(stores)):
+            answer = _read(parent)
+            answers[answer.pop("kind")].append(answer)
+        assert parent.wait(BOUNDED_SECONDS) == 0
         return answers
     finally:
-        _reap(children)
+        _reap([parent])
 
 
 def killed_holder(stores: Stores, key: str, lease: float, tmp: Path) -> dict[str, str]:
