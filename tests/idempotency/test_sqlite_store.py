@@ -150,11 +150,14 @@ def test_threads_use_their_own_connections(path: Path) -> None:
 async def test_a_cancelled_claim_is_released(path: Path) -> None:
     """A task cancelled while its claim runs on the executor: the claim it won is
     released, not held by a token nobody has until the lease ends."""
+    landed = threading.Event()
 
     class SlowStore(SQLiteIdempotencyStore):
         def claim(self, key: str, fingerprint: str, lease: float) -> Any:
-            time.sleep(0.2)
-            return super().claim(key, fingerprint, lease)
+            time.sleep(0.5)
+            claim = super().claim(key, fingerprint, lease)
+            landed.set()
+            return claim
 
     store = SlowStore(path)
     try:
@@ -163,20 +166,19 @@ async def test_a_cancelled_claim_is_released(path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadline = time.monotonic() + 5
-        while (
-            not store._connection().execute("SELECT count(*) FROM shared_idempotency").fetchone()[0]
-        ):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)  # the claim lands...
-        while store._connection().execute("SELECT count(*) FROM shared_idempotency").fetchone()[0]:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)  # ...and is released
-        fresh = SQLiteIdempotencyStore(path)
-        assert fresh.claim("k", "", 30).state is ClaimState.CLAIMED
-        fresh.close()
+        assert not landed.is_set()  # cancelled before the claim was made
+        deadline = time.monotonic() + 10
+        while not landed.is_set() or store.exists("k") or _rows(path):
+            assert time.monotonic() < deadline, "the orphaned claim was not released"
+            await asyncio.sleep(0.01)
+        assert store.claim("k", "", 30).state is ClaimState.CLAIMED
     finally:
         store.close()
+
+
+def _rows(path: Path) -> int:
+    with sqlite3.connect(path) as probe:
+        return int(probe.execute("SELECT count(*) FROM shared_idempotency").fetchone()[0])
 
 
 @pytest.mark.parametrize(
