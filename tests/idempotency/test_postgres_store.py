@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -234,3 +235,11 @@ def test_bad_configuration_names_the_parameter(
     """Bad constructor arguments: an error naming the parameter, before any connection."""
     with pytest.raises(error, match=match):
         PostgresIdempotencyStore(**kwargs)
+
+
+def test_the_readme_shows_the_real_table_sql() -> None:
+    """The README's SQL block is exactly what table_sql() returns."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### The table (PostgreSQL)", 1)[1]
+    block = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    assert block == table_sql("shared_idempotency")
