@@ -231,3 +231,41 @@ def test_restart_between_claim_and_complete(tmp_path: Path) -> None:
     finally:
         client.close()
         _stop(server)
+
+
+async def test_a_cancelled_async_claim_is_released(prefix: str) -> None:
+    """A task cancelled while its claim is on the wire: a claim it won is released, not
+    left held by a token nobody has until its lease ends."""
+    aclient = redis.asyncio.Redis(host="127.0.0.1", port=PORT)
+    try:
+        store = RedisIdempotencyStore(aclient, key_prefix=prefix)
+        real = store._async_scripts["claim"]
+        landed = asyncio.Event()
+
+        async def slow_claim(keys: Any, args: Any) -> Any:
+            await asyncio.sleep(0.3)
+            reply = await real(keys=keys, args=args)
+            landed.set()
+            return reply
+
+        store._async_scripts["claim"] = slow_claim
+        task = asyncio.ensure_future(store.claim_async("k", "", 3600))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store._async_scripts["claim"] = real
+        assert not landed.is_set()
+        await asyncio.wait_for(landed.wait(), 10)
+        assert landed.is_set()
+        deadline = time.monotonic() + 10
+        while True:  # the orphan's claim has landed; it is released right after
+            claim = await store.claim_async("k", "", 30)
+            if claim.state is ClaimState.CLAIMED:
+                break
+            assert claim.state is ClaimState.IN_PROGRESS
+            assert claim.retry_after > 3000  # the orphan's long lease: not expired, released
+            assert time.monotonic() < deadline, "the orphaned claim was not released"
+            await asyncio.sleep(0.02)
+    finally:
+        await aclient.aclose()

@@ -23,7 +23,7 @@ import functools
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from shared import _validation
@@ -187,3 +187,35 @@ def _quiet_release(store: Any, token: OwnerToken) -> None:
         store.release(token)
     except Exception:  # best effort: the lease frees it anyway
         logger.warning("could not release the claim of a cancelled caller", exc_info=True)
+
+
+async def shielded_claim(store: Any, claim: Awaitable[Claim]) -> Claim:
+    """Awaits a native asyncio ``claim`` so that a cancelled caller never leaves a claim
+    it won held by a token nobody has: the claim runs to its end in its own task,
+    and if it was won after the caller was cancelled, it is released."""
+    task = asyncio.ensure_future(claim)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _release_orphan_async(store, done))
+        raise
+
+
+def _release_orphan_async(store: Any, done: asyncio.Future[Claim]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    token = done.result().token
+    if token is not None:
+        task = asyncio.ensure_future(_quiet_release_async(store, token))
+        _ORPHAN_RELEASES.add(task)
+        task.add_done_callback(_ORPHAN_RELEASES.discard)
+
+
+async def _quiet_release_async(store: Any, token: OwnerToken) -> None:
+    try:
+        await store.release_async(token)
+    except Exception:  # best effort: the lease frees it anyway
+        logger.warning("could not release the claim of a cancelled caller", exc_info=True)
+
+
+_ORPHAN_RELEASES: set[asyncio.Task[None]] = set()

@@ -394,12 +394,16 @@ class _PostgresStore(_Operations):
         if not self._has_async:
             return await _durable.claim_in_thread(self, key, fingerprint, lease)
         step, owner = self._claim_step(key, fingerprint, lease)
-        for _ in range(_CLAIM_ATTEMPTS):
-            rows = await self._async(key, step, "claim")
-            answer = self._claim_answer(key, fingerprint, owner, rows)
-            if answer is not None:
-                return answer
-        raise IdempotencyStoreError(key, "the claim kept racing with concurrent changes")
+
+        async def claim() -> Claim:
+            for _ in range(_CLAIM_ATTEMPTS):
+                rows = await self._async(key, step, "claim")
+                answer = self._claim_answer(key, fingerprint, owner, rows)
+                if answer is not None:
+                    return answer
+            raise IdempotencyStoreError(key, "the claim kept racing with concurrent changes")
+
+        return await _durable.shielded_claim(self, claim())
 
     async def complete_async(self, token: OwnerToken, result: Any, ttl: float) -> bool:
         if not self._has_async:

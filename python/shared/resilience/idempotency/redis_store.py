@@ -275,8 +275,13 @@ class _RedisStore:
             return await _durable.claim_in_thread(self, key, fingerprint, lease)
         owner, args, fingerprint = self._claim_args(key, fingerprint, lease)
         script = self._async_scripts["claim"]
-        reply = await self._acall(key, "claim", False, script(keys=[self._prefix + key], args=args))
-        return self._claim_answer(key, fingerprint, owner, reply)
+
+        async def claim() -> Claim:
+            keys = [self._prefix + key]
+            reply = await self._acall(key, "claim", False, script(keys=keys, args=args))
+            return self._claim_answer(key, fingerprint, owner, reply)
+
+        return await _durable.shielded_claim(self, claim())
 
     async def _owned_async(
         self, token: OwnerToken, script: str, args: list[Any], executed: bool
