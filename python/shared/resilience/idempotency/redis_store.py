@@ -5,9 +5,9 @@ Each key is one Redis string ``<key_prefix><key>`` holding the record
 (``PX``): Redis deletes an expired record itself, and its clock is the only one
 that counts.
 
-* ``claim`` is one round trip: a Lua script tries ``SET key value NX PX lease``
-  and, when the key is taken, returns what it holds and its ``PTTL`` in the same
-  atomic step;
+* ``claim`` is one round trip: a Lua script returns what the key holds and its
+  ``PTTL`` when it is taken, and otherwise takes it with ``SET key value NX PX
+  lease``, in one atomic step (a replay only reads);
 * ``complete``, ``fail``, ``release`` and ``extend`` are Lua scripts that
   compare the owner id stored in the record with the token's, in Redis, and
   act only when they match (one round trip each);
@@ -48,10 +48,13 @@ _HEAD = 1 + OWNER_HEX + 8
 _NO_OWNER = "-" * OWNER_HEX
 
 # KEYS[1] the record; ARGV[1] the new in-progress record; ARGV[2] the lease in ms.
-# Returns 1 when claimed, else {record, pttl}.
+# Returns 1 when claimed, else {record, pttl}. The key is read first, so a replay
+# (the common duplicate) only reads; a free key is taken with SET NX PX.
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local record = redis.call('GET', KEYS[1])
+if record then return {record, redis.call('PTTL', KEYS[1])} end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return 1
 """
 
 # The owner check every owner-only script starts with: ARGV[1] is 'P' .. owner.
