@@ -36,7 +36,7 @@ KINDS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
-SHORT_LEASE = 0.3  # real seconds, for the stores whose clock is the server's
+SHORT_LEASE = 0.2  # real seconds, for the stores whose clock is the server's
 
 
 @pytest.fixture(params=KINDS)

@@ -154,7 +154,7 @@ async def test_a_cancelled_claim_is_released(path: Path) -> None:
 
     class SlowStore(SQLiteIdempotencyStore):
         def claim(self, key: str, fingerprint: str, lease: float) -> Any:
-            time.sleep(0.5)
+            time.sleep(0.3)
             claim = super().claim(key, fingerprint, lease)
             landed.set()
             return claim
