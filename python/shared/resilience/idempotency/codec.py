@@ -239,7 +239,7 @@ class JsonCodec:
     def decode(self, data: bytes) -> Any:
         """The value ``encode`` was given."""
         try:
-            tree = json.loads(data)
+            tree = json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoredValueError(f"the stored result is not JSON: {exc}") from None
         return self._from_tree(tree)
