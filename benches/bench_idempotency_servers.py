@@ -22,7 +22,8 @@ hashing included), our stores at their ``claim``/``complete`` calls. It sends
 three commands per replay (``SET NX`` that fails, then ``GET`` twice) and two per
 first execution.
 
-8 asyncio tasks on one asyncio client report calls per second in
+8 asyncio tasks (one asyncio Redis client; an asyncio pool of 8 PostgreSQL
+connections) report calls per second in
 ``extra_info`` (no rule: they show what the round trips allow).
 """
 
@@ -350,3 +351,37 @@ def test_postgres_idempotency_paired(benchmark: Any, pg_store: Any) -> None:
         "shared_first_call": _loop(first_call),
     }
     run_paired(benchmark, members, ops=PG_PAIRED_CALLS)
+
+
+@needs_postgres
+@pytest.mark.benchmark(group="postgres idempotency 8 asyncio tasks")
+def test_postgres_idempotency_8_tasks(benchmark: Any, pg_store: Any) -> None:
+    """8 tasks x 25 replays on an asyncio pool of 8 connections; calls per second in
+    extra_info."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from shared.resilience.idempotency.postgres_store import PostgresIdempotencyStore
+
+    _shared_postgres(pg_store)  # the replayed key
+    loop = asyncio.new_event_loop()
+    pool = AsyncConnectionPool(
+        PG_CONNINFO, kwargs={"autocommit": True}, min_size=TASKS, max_size=TASKS, open=False
+    )
+    loop.run_until_complete(pool.open(wait=True))
+    store = PostgresIdempotencyStore(async_pool=pool, table=f"bench_idem_{RUN}")
+
+    async def task() -> None:
+        for _ in range(CALLS_PER_TASK):
+            assert (await store.claim_async("replayed", "fp", 30)).result == RESULT
+
+    async def batch() -> None:
+        await asyncio.gather(*(task() for _ in range(TASKS)))
+
+    try:
+        benchmark.pedantic(lambda: loop.run_until_complete(batch()), rounds=15, warmup_rounds=2)
+        calls = TASKS * CALLS_PER_TASK
+        benchmark.extra_info["calls_per_round"] = calls
+        benchmark.extra_info["calls_per_second"] = round(calls / benchmark.stats.stats.median)
+    finally:
+        loop.run_until_complete(pool.close())
+        loop.close()
