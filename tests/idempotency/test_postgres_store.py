@@ -243,3 +243,36 @@ def test_the_readme_shows_the_real_table_sql() -> None:
     section = readme.split("### The table (PostgreSQL)", 1)[1]
     block = section.split("```sql\n", 1)[1].split("```", 1)[0]
     assert block == table_sql("shared_idempotency")
+
+
+def test_a_dropped_connection_is_a_store_error_and_loses_nothing(table: str) -> None:
+    """The server ends the store's connections between claim and complete: complete()
+    raises a store error that says the call executed; the committed claim is intact,
+    and the owner's retry of complete() records the result."""
+    application = unique("idem_drop")
+    # One connection: each pooled connection that the server ended fails once (with a
+    # store error) before the pool replaces it.
+    store = PostgresIdempotencyStore(
+        f"{POSTGRES_CONNINFO} application_name={application}",
+        table=table,
+        min_size=1,
+        max_size=1,
+    )
+    try:
+        store.create_table()
+        token = store.claim("k", "fp", 30).token
+        with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (application,),
+            )
+        with pytest.raises(IdempotencyStoreError) as info:
+            store.complete(token, {"id": 1}, 60)
+        assert info.value.executed
+        assert info.value.key == "k"
+        assert store.claim("k", "fp", 30).state is ClaimState.IN_PROGRESS
+        assert store.complete(token, {"id": 1}, 60)
+        assert store.claim("k", "fp", 30).result == {"id": 1}
+    finally:
+        store.close()

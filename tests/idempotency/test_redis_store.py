@@ -173,13 +173,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+def _start_redis(port: int, directory: Path, aof: bool = False) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     assert binary is not None
+    persistence = (
+        ("--appendonly", "yes", "--appendfsync", "always") if aof else ("--appendonly", "no")
+    )
     process = subprocess.Popen(
         [
             *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(directory)),
+            *("--save", "", *persistence, "--dir", str(directory)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -201,14 +204,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
-def test_restart_between_claim_and_complete(tmp_path: Path) -> None:
-    """Redis down at complete(): a store error that says the call executed; Redis back
-    without persistence (no AOF, no snapshot): the claim is gone, as the README warns,
-    and the key can be claimed again."""
+def _need_redis_server() -> None:
     if shutil.which("redis-server") is None:
         if IN_CI:
             pytest.fail("redis-server is not on PATH")
         pytest.skip("redis-server is not on PATH")
+
+
+def test_restart_between_claim_and_complete(tmp_path: Path) -> None:
+    """Redis down at complete(): a store error that says the call executed; Redis back
+    without persistence (no AOF, no snapshot): the claim is gone, as the README warns,
+    and the key can be claimed again."""
+    _need_redis_server()
     port = _free_port()
     server = _start_redis(port, tmp_path)
     client = redis.Redis(
@@ -269,3 +276,29 @@ async def test_a_cancelled_async_claim_is_released(prefix: str) -> None:
             await asyncio.sleep(0.02)
     finally:
         await aclient.aclose()
+
+
+def test_with_aof_a_restart_loses_nothing(tmp_path: Path) -> None:
+    """Redis with appendonly/appendfsync always, restarted: the completed result replays,
+    the claim in progress is still in progress and its owner can still complete it."""
+    _need_redis_server()
+    port = _free_port()
+    server = _start_redis(port, tmp_path, aof=True)
+    client = redis.Redis(
+        port=port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        store = RedisIdempotencyStore(client, key_prefix="idem:")
+        done = store.claim("done", "", 30).token
+        assert store.complete(done, {"paid": "10.00"}, 3600)
+        busy = store.claim("busy", "", 30).token
+        _stop(server)
+        server = _start_redis(port, tmp_path, aof=True)
+        replay = store.claim("done", "", 30)
+        assert (replay.state, replay.result) == (ClaimState.COMPLETED, {"paid": "10.00"})
+        assert store.claim("busy", "", 30).state is ClaimState.IN_PROGRESS
+        assert store.complete(busy, "late but recorded", 3600)
+        assert store.get("busy") == "late but recorded"
+    finally:
+        client.close()
+        _stop(server)
