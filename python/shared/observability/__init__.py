@@ -27,38 +27,18 @@ _TRACING = (
 )
 __all__ += _TRACING
 if TYPE_CHECKING:
-    from shared.observability.tracing import (
-        TracingConfig as TracingConfig,
-    )
-    from shared.observability.tracing import (
-        add_span_attribute as add_span_attribute,
-    )
-    from shared.observability.tracing import (
-        add_span_event as add_span_event,
-    )
-    from shared.observability.tracing import (
-        continue_trace as continue_trace,
-    )
-    from shared.observability.tracing import (
-        extract_trace_context as extract_trace_context,
-    )
-    from shared.observability.tracing import (
-        flush_tracing as flush_tracing,
-    )
-    from shared.observability.tracing import (
-        get_tracer as get_tracer,
-    )
-    from shared.observability.tracing import (
-        propagate_trace_context as propagate_trace_context,
-    )
-    from shared.observability.tracing import (
-        setup_tracing as setup_tracing,
-    )
-    from shared.observability.tracing import (
-        shutdown_tracing as shutdown_tracing,
-    )
-    from shared.observability.tracing import (
-        trace_span as trace_span,
+    from shared.observability.tracing import (  # noqa: F401 - re-exported lazily
+        TracingConfig,
+        add_span_attribute,
+        add_span_event,
+        continue_trace,
+        extract_trace_context,
+        flush_tracing,
+        get_tracer,
+        propagate_trace_context,
+        setup_tracing,
+        shutdown_tracing,
+        trace_span,
     )
 
 
