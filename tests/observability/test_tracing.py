@@ -516,3 +516,50 @@ def test_forked_child_exports_its_own_spans_once(receiver: Receiver) -> None:
     assert spans["in_child"].trace_id != spans["before_fork"].trace_id
     time.sleep(0.1)
     assert len(receiver.named("before_fork")) == 1
+
+
+# -- two services --------------------------------------------------------------------------
+
+
+def test_traceparent_round_trip_between_two_processes(receiver: Receiver) -> None:
+    """Service A calls service B (another process) with propagate_trace_context(): one trace."""
+    import subprocess
+    import urllib.request
+    from pathlib import Path
+
+    service_b = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("service_b.py")), receiver.endpoint],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service_b.stdout is not None
+        port = int(service_b.stdout.readline())
+        _setup(receiver, service_name="prophet")
+
+        @trace_span("generate_strategy")
+        def generate_strategy(code: bytes) -> bytes:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/compile",
+                data=code,
+                headers=propagate_trace_context(),
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return bytes(response.read())
+
+        assert generate_strategy(b"buy low") == b"BUY LOW"
+        assert service_b.wait(timeout=20) == 0
+    finally:
+        service_b.kill()
+        service_b.wait()
+        if service_b.stdout is not None:
+            service_b.stdout.close()
+    flush_tracing()
+    spans = receiver.wait_for("generate_strategy", "compile_strategy")
+    caller, callee = spans["generate_strategy"], spans["compile_strategy"]
+    assert callee.trace_id == caller.trace_id
+    assert callee.parent_span_id == caller.span_id
+    assert caller.resource["service.name"] == "prophet"
+    assert callee.resource["service.name"] == "tsdl"
+    assert callee.attributes == {"service.role": "compiler"}
