@@ -68,9 +68,8 @@ def tracing_on(sample_rate: float) -> Any:
 
 
 @pytest.fixture
-def off() -> Iterator[None]:
+def off() -> None:
     tracing_off()
-    yield
 
 
 @pytest.fixture

@@ -371,8 +371,9 @@ def _trace_span(state: str) -> dict[str, Loop]:
     The state is process-wide: the group's set-up puts tracing in it (see
     ``bench_tracing``), and the members are built to check that it holds.
     """
-    import bench_tracing as bt
     from opentelemetry import trace as otel_trace
+
+    import bench_tracing as bt
 
     members: dict[str, Loop] = {"bare": calls(bt.work), "shared": calls(bt.traced_work)}
     if state == "off":
