@@ -6,6 +6,7 @@ These run on both backends: the hooks sit in the resilience layer above either c
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,11 @@ from shared.resilience import (
     with_timeout,
 )
 from shared.testing import ManualClock, instant_retries
+
+needs_alarm = pytest.mark.skipif(
+    not hasattr(signal, "SIGALRM") or not hasattr(signal, "pthread_kill"),
+    reason="no SIGALRM/pthread_kill on this platform (Windows): a sleep is not interrupted",
+)
 
 
 @pytest.fixture
@@ -180,6 +186,7 @@ async def test_async_rate_limit_waits_become_events(tracer: Any) -> None:
     ]
 
 
+@needs_alarm
 def test_timeout_in_the_main_thread_becomes_an_event(tracer: Any) -> None:
     """A timeout that interrupts a sleep (SIGALRM on the main thread) is an event."""
     with (
@@ -222,6 +229,7 @@ async def test_async_timeout_becomes_an_event(tracer: Any) -> None:
     assert _events_of(span) == [("shared.timeout", {"timeout.seconds": 0.05})]
 
 
+@needs_alarm
 def test_timeout_landing_while_the_span_lock_is_held_does_not_hang(tracer: Any) -> None:
     """A timeout that interrupts the thread inside the span's own locked code drops its event."""
     with tracer.start_as_current_span("request") as span:

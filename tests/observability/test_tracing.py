@@ -205,6 +205,22 @@ def test_grpc_exporter_builds_or_names_the_extra(monkeypatch: pytest.MonkeyPatch
         tracing_module._make_exporter(resolved)
 
 
+def test_console_and_none_exporters() -> None:
+    """console builds the SDK's console exporter; none builds no exporter at all."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    console = tracing_module._resolve(TracingConfig(exporter_type="console"), {})
+    assert isinstance(tracing_module._make_exporter(console), ConsoleSpanExporter)
+    none = tracing_module._resolve(TracingConfig(exporter_type="none"), {})
+    assert tracing_module._make_exporter(none) is None
+    setup_tracing(TracingConfig(exporter_type="none"))
+    assert tracing_module._installed is not None
+    assert tracing_module._installed.exporter is None
+    with get_tracer().start_as_current_span("kept_local") as span:
+        assert span.is_recording()
+        assert "traceparent" in propagate_trace_context()
+
+
 # -- export over OTLP/HTTP ---------------------------------------------------------------
 
 
