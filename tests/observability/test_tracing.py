@@ -79,13 +79,38 @@ def test_bad_config_value_names_the_field(field: str, value: Any, error: type) -
         TracingConfig(**{field: value})
 
 
-def test_config_is_frozen_and_normalizes_the_rate() -> None:
-    """The config is immutable; an int rate becomes a float."""
-    config = TracingConfig(service_name="prophet", sample_rate=1)
+def test_config_assignment_is_validated_as_in_the_documents_troubleshooting() -> None:
+    """config.sample_rate = 1.0 works (the document does it); bad assignments are refused."""
+    config = TracingConfig(
+        service_name="my-service", exporter_type="otlp", otlp_endpoint="http://jaeger:4318"
+    )
+    config.sample_rate = 1.0
     assert config.sample_rate == 1.0
+    config.sample_rate = 1  # an int becomes a float
     assert isinstance(config.sample_rate, float)
+    with pytest.raises(ValueError, match="sample_rate"):
+        config.sample_rate = 2.0
+    with pytest.raises(ValueError, match="exporter_type"):
+        config.exporter_type = "zipkin"
     with pytest.raises(AttributeError):
-        config.service_name = "x"  # type: ignore[misc]
+        config.sample_rat = 1.0  # type: ignore[attr-defined]
+    assert config.sample_rate == 1.0
+
+
+def test_setup_works_on_a_copy_of_the_config(receiver: Receiver) -> None:
+    """Changing the config after setup_tracing changes nothing that runs."""
+    config = TracingConfig(service_name="prophet", otlp_endpoint=receiver.endpoint, sample_rate=1.0)
+    tracer = setup_tracing(config)
+    config.sample_rate = 0.0
+    assert (
+        setup_tracing(
+            TracingConfig(service_name="prophet", otlp_endpoint=receiver.endpoint, sample_rate=1.0)
+        )
+        is tracer
+    )
+    trace_span("still_sampled")(lambda: None)()
+    flush_tracing()
+    assert len(receiver.wait_for("still_sampled")) == 1
 
 
 def _resolve(config: TracingConfig, **environ: str) -> Any:

@@ -38,6 +38,7 @@ variables itself: ``OTEL_EXPORTER_OTLP_HEADERS``, ``_TIMEOUT``,
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
@@ -118,7 +119,42 @@ def _check_rate(name: str, value: object) -> float:
     return rate
 
 
-@dataclass(frozen=True)
+def _check_exporter_type(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"exporter_type must be a str or None, got {type(value).__name__}")
+    if value not in EXPORTER_TYPES:
+        raise ValueError(f"exporter_type must be one of {', '.join(EXPORTER_TYPES)}, got {value!r}")
+    return value
+
+
+def _check_otlp_endpoint(value: object) -> str | None:
+    text = _optional_text("otlp_endpoint", value)
+    return None if text is None else _check_endpoint("otlp_endpoint", text)
+
+
+def _check_optional_rate(value: object) -> float | None:
+    return None if value is None else _check_rate("sample_rate", value)
+
+
+def _check_flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"resilience_events must be a bool, got {type(value).__name__}")
+    return value
+
+
+_FIELD_CHECKS: dict[str, Callable[[object], object]] = {
+    "service_name": functools.partial(_optional_text, "service_name"),
+    "exporter_type": _check_exporter_type,
+    "otlp_endpoint": _check_otlp_endpoint,
+    "environment": functools.partial(_optional_text, "environment"),
+    "sample_rate": _check_optional_rate,
+    "resilience_events": _check_flag,
+}
+
+
+@dataclass(slots=True)
 class TracingConfig:
     """How ``setup_tracing`` sets OpenTelemetry up.
 
@@ -126,7 +162,7 @@ class TracingConfig:
         service_name: the resource's ``service.name``.
         exporter_type: ``"otlp"`` (OTLP over HTTP/protobuf to ``otlp_endpoint``
             + ``/v1/traces``), ``"otlp_grpc"`` (OTLP over gRPC, needs
-            ``pip install shared[grpc]``), ``"console"`` (JSON lines on stdout)
+            ``pip install shared[grpc]``), ``"console"`` (JSON on stdout)
             or ``"none"`` (spans are created and propagated, never exported).
         otlp_endpoint: the collector's base URL, such as ``http://jaeger:4318``.
         environment: the resource's ``deployment.environment.name``.
@@ -139,7 +175,10 @@ class TracingConfig:
 
     Every field left ``None`` is taken from the ``OTEL_*`` environment, then
     from the default, when ``setup_tracing`` runs (see the module docstring).
-    Bad values raise ``ValueError`` or ``TypeError`` naming the field.
+    Bad values raise ``ValueError`` or ``TypeError`` naming the field, at
+    construction and at assignment: unlike the other configs this one may be
+    changed before ``setup_tracing`` (the document's troubleshooting sets
+    ``config.sample_rate = 1.0``); ``setup_tracing`` works on a copy.
     """
 
     service_name: str | None = None
@@ -149,27 +188,9 @@ class TracingConfig:
     sample_rate: float | None = None
     resilience_events: bool = field(default=True, kw_only=True)
 
-    def __post_init__(self) -> None:
-        _optional_text("service_name", self.service_name)
-        if self.exporter_type is not None:
-            if not isinstance(self.exporter_type, str):
-                raise TypeError(
-                    f"exporter_type must be a str or None, got {type(self.exporter_type).__name__}"
-                )
-            if self.exporter_type not in EXPORTER_TYPES:
-                raise ValueError(
-                    f"exporter_type must be one of {', '.join(EXPORTER_TYPES)}, "
-                    f"got {self.exporter_type!r}"
-                )
-        if _optional_text("otlp_endpoint", self.otlp_endpoint) is not None:
-            _check_endpoint("otlp_endpoint", cast(str, self.otlp_endpoint))
-        _optional_text("environment", self.environment)
-        if self.sample_rate is not None:
-            object.__setattr__(self, "sample_rate", _check_rate("sample_rate", self.sample_rate))
-        if not isinstance(self.resilience_events, bool):
-            raise TypeError(
-                f"resilience_events must be a bool, got {type(self.resilience_events).__name__}"
-            )
+    def __setattr__(self, name: str, value: object) -> None:
+        check = _FIELD_CHECKS.get(name)
+        object.__setattr__(self, name, value if check is None else check(value))
 
 
 @dataclass(frozen=True)
@@ -382,6 +403,7 @@ def setup_tracing(config: TracingConfig | None = None) -> Any:
         config = TracingConfig()
     elif not isinstance(config, TracingConfig):
         raise TypeError(f"config must be a TracingConfig, got {type(config).__name__}")
+    config = copy.copy(config)
     with _lock:
         if _installed is not None:
             if config != _installed.config:
