@@ -667,3 +667,24 @@ def test_traceparent_round_trip_between_two_processes(receiver: Receiver) -> Non
     assert caller.resource["service.name"] == "prophet"
     assert callee.resource["service.name"] == "tsdl"
     assert callee.attributes == {"service.role": "compiler"}
+
+
+def test_package_exports_and_lazy_import() -> None:
+    """Exported tracing names resolve; importing the resilience patterns loads no OpenTelemetry."""
+    import subprocess
+
+    import shared.observability as observability
+
+    for name in tracing_module.__all__:
+        if name in observability.__all__:
+            assert getattr(observability, name) is getattr(tracing_module, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        observability.no_such_name  # noqa: B018
+    code = (
+        "import sys, shared.resilience, shared.observability._events; "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert output.stdout.strip() == "[]"
