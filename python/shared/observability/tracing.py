@@ -443,10 +443,21 @@ def setup_tracing(config: TracingConfig | None = None) -> Any:
         return installed.tracer
 
 
+# Providers setup_tracing made global (OpenTelemetry sets its global provider once).
+_made_global: list[Any] = []
+
+
 def _set_global_provider(provider: Any) -> None:
     current = _trace.get_tracer_provider()
     if isinstance(current, _trace.ProxyTracerProvider):
         _trace.set_tracer_provider(provider)
+        _made_global[:] = [provider]
+    elif _made_global and current is _made_global[0]:
+        _log.info(
+            "setup_tracing after shutdown_tracing: OpenTelemetry's global tracer provider "
+            "stays the first one (it is set once per process); trace_span, get_tracer and "
+            "the resilience events use the new one"
+        )
     else:
         _log.warning(
             "OpenTelemetry's global tracer provider is already set (%r): it stays; "
