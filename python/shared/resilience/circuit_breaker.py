@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
+from shared.observability import _events
 from shared.resilience._deadlines import _critical
 
 if TYPE_CHECKING:
@@ -196,6 +197,8 @@ class _Listeners:
         # never reaches the caller of the protected function.
         old_state, new_state = _STATES[old], _STATES[new]
         _log.info("circuit breaker %r: %s -> %s", breaker.name, old, new)
+        if _events.active:
+            _events.breaker_transition(breaker.name, old, new)
         for listener in self.callbacks:
             try:
                 listener(breaker, old_state, new_state)

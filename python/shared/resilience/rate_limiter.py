@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
+from shared.observability import _events
 from shared.resilience.exceptions import RateLimitExceeded
 
 __all__ = [
@@ -219,6 +220,8 @@ def _acquire(limiter: Any, tokens: float = 1.0, timeout: float | None = None) ->
     _check_timeout(timeout)
     wait, ticket = limiter.reserve(tokens, timeout)
     if wait > 0.0:
+        if _events.active:
+            _events.rate_limit_wait(wait, tokens)
         try:
             _sleep_of(limiter)(wait)
         except BaseException:
@@ -304,6 +307,8 @@ async def _acquire_async(limiter: Any, tokens: float = 1.0, timeout: float | Non
         if timeout is not None and estimate > timeout:
             raise RateLimitExceeded(estimate)
         deadline = None if timeout is None else start + timeout
+        if _events.active:
+            _events.rate_limit_wait(estimate, tokens)
         if ahead:
             await _wait_for_turn(limiter, waiter, deadline)
         sleep = _sleep_async_of(limiter)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shared import _validation
 from shared._backend import core
+from shared.observability import _events
 from shared.resilience.exceptions import CircuitBreakerOpenError, RateLimitExceeded
 
 if TYPE_CHECKING:  # the stub types both backends' cores
@@ -397,6 +398,8 @@ class Retry(_RetryCore):
                 _chain(hook_error, exc)
                 raise
         self.record_retry()
+        if _events.active:
+            _events.retry_attempt(self.name, attempt, delay, exc)
         return delay
 
     def _retry(
