@@ -1,0 +1,204 @@
+"""The demo's plug points: one function per piece that another module provides.
+
+Each function builds its piece from what this package has today and is the
+one place to switch when the library's own module lands:
+
+- ``make_order_store``: the idempotency layer (today: one execution per key
+  in this process; then ``@idempotent`` on the SQLite, Redis or PostgreSQL
+  store).
+- ``make_user_limiters``: per-user limits (in-process registry, or the Redis
+  registry with ``--redis``).
+- ``start_health``: the probe server (today: ``shared.demo.http``; then
+  ``shared.health.HealthServer``).
+- ``start_metrics``: the Prometheus endpoint (today: ``shared.demo.http`` with
+  the demo's collector; then ``shared.observability.MetricsServer``).
+- ``setup_tracing``: spans (today: off; then ``shared.observability``).
+- ``install_shutdown``: signals (today: asyncio signal handlers; then
+  ``shared.lifecycle.GracefulShutdown``).
+- ``check_options``: refuses what needs a piece that is not here yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.config import ServiceSettings
+from shared.demo.http import Response, SmallHttpServer
+from shared.demo.store import InProcessOrderStore, OrderStore
+from shared.resilience import AsyncRedisRateLimiterRegistry, RateLimitConfig, RateLimiterRegistry
+
+if TYPE_CHECKING:
+    from shared.demo.app import DemoOptions
+
+__all__ = [
+    "Tracing",
+    "UnsupportedOptionError",
+    "check_options",
+    "install_shutdown",
+    "make_order_store",
+    "make_user_limiters",
+    "setup_tracing",
+    "start_health",
+    "start_metrics",
+]
+
+
+class UnsupportedOptionError(Exception):
+    """An option needs a part of the library this build does not have (exit 2)."""
+
+
+def check_options(options: DemoOptions) -> None:
+    """Refuses options whose exactly-once claim needs a durable idempotency store."""
+    if options.postgres_url is not None:
+        raise UnsupportedOptionError(
+            "--postgres needs the PostgreSQL idempotency store, which this build does not "
+            "have yet; run without it (in-process store) or with --redis (limiters on Redis)"
+        )
+    if options.replicas > 1:
+        raise UnsupportedOptionError(
+            f"--replicas {options.replicas} needs a durable idempotency store shared by the "
+            "processes (Redis or PostgreSQL), which this build does not have yet; "
+            "exactly-once across processes cannot be shown with the in-process store"
+        )
+
+
+def make_order_store(options: DemoOptions) -> OrderStore:
+    """The idempotency layer orders go through."""
+    return InProcessOrderStore()
+
+
+class _InProcessLimiters:
+    def __init__(self, config: RateLimitConfig) -> None:
+        self.registry = RateLimiterRegistry(config)
+        self.description = (
+            f"in-process RateLimiterRegistry ({config.tokens_per_second:g}/s, "
+            f"burst {config.burst_size:g} per user)"
+        )
+
+    async def allow(self, user: str) -> float | None:
+        limiter = self.registry.get_limiter(user)
+        if limiter.try_acquire():
+            return None
+        wait: float = limiter.retry_after()
+        return wait
+
+    async def close(self) -> None:
+        return None
+
+
+class _RedisLimiters:
+    def __init__(self, config: RateLimitConfig, client: Any, url: str) -> None:
+        self.client = client
+        # One namespace per run, so that runs (and tests) never share buckets.
+        self.prefix = f"shared-demo:{os.getpid()}:{uuid.uuid4().hex[:8]}:"
+        self.registry = AsyncRedisRateLimiterRegistry(
+            config, client, key_prefix=self.prefix, on_unavailable="local"
+        )
+        self.description = (
+            f"Redis at {url} ({config.tokens_per_second:g}/s, burst {config.burst_size:g} "
+            "per user, shared by every process; falls back to in-process limits if Redis fails)"
+        )
+
+    async def allow(self, user: str) -> float | None:
+        limiter = self.registry.get_limiter(user)
+        if await limiter.try_acquire():
+            return None
+        wait: float = await limiter.retry_after()
+        return wait
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.registry.reset_all()
+        await self.client.aclose()
+
+
+async def make_user_limiters(options: DemoOptions, config: RateLimitConfig) -> Any:
+    """Per-user limiters: on Redis with ``--redis`` (checked to answer), else in-process."""
+    if options.redis_url is None:
+        return _InProcessLimiters(config)
+    try:
+        import redis.asyncio
+    except ImportError:
+        raise UnsupportedOptionError(
+            "--redis needs the redis extra: pip install 'shared[redis]'"
+        ) from None
+    client = redis.asyncio.from_url(
+        options.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    try:
+        await asyncio.wait_for(client.ping(), 2.0)
+    except Exception as exc:
+        await client.aclose()
+        raise ConnectionError(f"Redis at {options.redis_url} does not answer: {exc}") from exc
+    return _RedisLimiters(config, client, options.redis_url)
+
+
+async def start_health(
+    settings: ServiceSettings, routes: dict[str, Callable[[], Response]], host: str
+) -> SmallHttpServer:
+    """Serves ``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``."""
+    server = SmallHttpServer(routes, host, settings.health_check_port)
+    await server.start()
+    return server
+
+
+async def start_metrics(
+    settings: ServiceSettings, scrape: Callable[[], Response], host: str
+) -> SmallHttpServer:
+    """Serves ``/metrics`` (Prometheus text format) from the demo's collector."""
+    server = SmallHttpServer({"/metrics": scrape}, host, settings.metrics_port)
+    await server.start()
+    return server
+
+
+@dataclass
+class Tracing:
+    description: str
+    trace: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
+
+    def shutdown(self) -> None:
+        return None
+
+
+def setup_tracing(settings: ServiceSettings) -> Tracing:
+    """Spans for order execution: off until the tracing module is wired in."""
+    where = settings.otlp_endpoint or "the console"
+    return Tracing(
+        f"off in this build (would export to {where}, sampling {settings.trace_sample_rate:g})"
+    )
+
+
+def install_shutdown(
+    loop: asyncio.AbstractEventLoop, on_signal: Callable[[str], None]
+) -> Callable[[], None]:
+    """Calls ``on_signal(name)`` on SIGINT or SIGTERM (a second one too: the caller
+    decides to force); returns a function that restores the previous handlers."""
+    installed: list[signal.Signals] = []
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            with contextlib.suppress(ValueError):
+                previous[sig] = signal.signal(
+                    sig,
+                    lambda signum, frame: loop.call_soon_threadsafe(
+                        on_signal, signal.Signals(signum).name
+                    ),
+                )
+
+    def uninstall() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return uninstall
