@@ -163,9 +163,8 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
     wiring.check_options(options)
     configs = _configs(options)
     settings = configs.settings
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    view = make_view(options.tui, options.duration, "shared demo: order execution", out)
+    logging.basicConfig(level=settings.log_level, handlers=[view.log_handler()], force=True)
     loop = asyncio.get_running_loop()
     stats = Stats()
     exchange = SimulatedExchange(configs.exchange, seed=options.seed)
@@ -236,7 +235,6 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
             for i in range(options.clients)
         ]
         service.started = True
-        view = make_view(options.tui, options.duration, "shared demo: order execution", out)
         view.start()
         try:
             deadline = None if options.duration is None else loop.time() + options.duration

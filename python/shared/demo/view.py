@@ -6,6 +6,7 @@ is not a terminal, or with ``--no-tui``, the demo prints one line per second.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
@@ -16,6 +17,7 @@ Snapshot = dict[str, Any]
 
 
 class View(Protocol):
+    def log_handler(self) -> logging.Handler: ...
     def start(self) -> None: ...
     def update(self, snapshot: Snapshot) -> None: ...
     def stop(self) -> None: ...
@@ -40,6 +42,11 @@ class PlainView:
         self.out = out
         self.interval = interval
         self._last = -1e9
+
+    def log_handler(self) -> logging.Handler:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        return handler
 
     def start(self) -> None:
         return None
@@ -83,6 +90,14 @@ class RichView:
         self.task = self.progress.add_task("running", total=duration or 1.0)
         self.duration = duration
         self.live = Live(console=console, auto_refresh=False, transient=False)
+
+    def log_handler(self) -> logging.Handler:
+        from rich.logging import RichHandler
+
+        # Log records print above the live table instead of tearing it.
+        handler = RichHandler(console=self.console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        return handler
 
     def start(self) -> None:
         self.live.start()
