@@ -52,6 +52,7 @@ class DemoOptions:
     seed: int = 1
     summary_json: str | None = None
     environ: Mapping[str, str] | None = None
+    configure_logging: bool = True
 
 
 @dataclass
@@ -164,7 +165,8 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
     configs = _configs(options)
     settings = configs.settings
     view = make_view(options.tui, options.duration, "shared demo: order execution", out)
-    logging.basicConfig(level=settings.log_level, handlers=[view.log_handler()], force=True)
+    if options.configure_logging:
+        logging.basicConfig(level=settings.log_level, handlers=[view.log_handler()], force=True)
     loop = asyncio.get_running_loop()
     stats = Stats()
     exchange = SimulatedExchange(configs.exchange, seed=options.seed)
