@@ -196,10 +196,25 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
     health = metrics = None
     uninstall = None
     try:
-        health = await wiring.start_health(settings, health_routes(service, ready), options.host)
-        metrics = await wiring.start_metrics(
-            settings, metrics_endpoint(DemoCollector(service, ready)), options.host
-        )
+        try:
+            health = await wiring.start_health(
+                settings, health_routes(service, ready), options.host
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve health checks on {options.host}:{settings.health_check_port} "
+                f"({exc.strerror or exc}); set HEALTH_CHECK_PORT or --health-port "
+                "(0: any free port)"
+            ) from exc
+        try:
+            metrics = await wiring.start_metrics(
+                settings, metrics_endpoint(DemoCollector(service, ready)), options.host
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {options.host}:{settings.metrics_port} "
+                f"({exc.strerror or exc}); set METRICS_PORT or --metrics-port (0: any free port)"
+            ) from exc
 
         def on_signal(name: str) -> None:
             if stopping.is_set():
