@@ -104,7 +104,9 @@ def check_summary(summary: dict[str, Any]) -> None:
 def test_headless_run_serves_probes_and_metrics_and_proves_exactly_once(tmp_path: Path) -> None:
     """--duration 3 --no-tui: probes and /metrics answer while it runs; exit 0, no duplicate."""
     summary_path = tmp_path / "summary.json"
-    demo = Demo("--duration", "3", "--summary-json", str(summary_path))
+    demo = Demo(
+        "--duration", "3", "--summary-json", str(summary_path), env={"SHUTDOWN_DRAIN_DELAY": "0.2"}
+    )
     try:
         health, metrics_url = demo.urls()
         time.sleep(0.5)
@@ -150,7 +152,7 @@ def test_sigterm_drains_then_stops_with_nothing_lost(tmp_path: Path) -> None:
     demo = Demo("--summary-json", str(summary_path), env={"SHUTDOWN_DRAIN_DELAY": "1"})
     try:
         health, _ = demo.urls()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert get(health + "/health/ready")[0] == 200
         demo.process.send_signal(signal.SIGTERM)
         demo.wait_for("SIGTERM: stopping gracefully")
@@ -169,7 +171,7 @@ async def test_in_process_run_on_this_backend() -> None:
     """The service on the backend under test: orders executed == unique keys, no duplicate."""
     out = io.StringIO()
     options = DemoOptions(
-        duration=1.5,
+        duration=1.0,
         tui=False,
         health_port=0,
         metrics_port=0,
@@ -188,7 +190,7 @@ async def test_limiters_on_redis() -> None:
     """--redis moves the per-user limiters to Redis; the run still proves exactly-once."""
     require_service("Redis", 6379)
     options = DemoOptions(
-        duration=1.5,
+        duration=1.0,
         tui=False,
         health_port=0,
         metrics_port=0,
