@@ -105,7 +105,11 @@ def test_headless_run_serves_probes_and_metrics_and_proves_exactly_once(tmp_path
     """--duration 3 --no-tui: probes and /metrics answer while it runs; exit 0, no duplicate."""
     summary_path = tmp_path / "summary.json"
     demo = Demo(
-        "--duration", "3", "--summary-json", str(summary_path), env={"SHUTDOWN_DRAIN_DELAY": "0.2"}
+        "--duration",
+        "3",
+        "--summary-json",
+        str(summary_path),
+        env={"SHUTDOWN_DRAIN_DELAY": "0.2", "RATE_LIMIT_REQUESTS_PER_SECOND": "20"},
     )
     try:
         health, metrics_url = demo.urls()
@@ -196,12 +200,18 @@ async def test_limiters_on_redis() -> None:
         metrics_port=0,
         configure_logging=False,
         redis_url="redis://127.0.0.1:6379/0",
-        environ={"SHUTDOWN_DRAIN_DELAY": "0"},
+        environ={
+            "SHUTDOWN_DRAIN_DELAY": "0",
+            "RATE_LIMIT_REQUESTS_PER_SECOND": "5",
+            "RATE_LIMIT_BURST_SIZE": "2",
+        },
     )
     summary = await run_async(options, io.StringIO())
     check_summary(summary)
-    assert summary["limiters"].startswith("Redis at redis://127.0.0.1:6379/0")
+    assert summary["limiters"].startswith("Redis at redis://127.0.0.1:6379/0 (5/s, burst 2")
     assert summary["rate_limited"] > 0
+    # 4 users, each at most its burst plus 5 orders a second, counted by Redis's clock
+    assert summary["unique_keys_executed"] <= 4 * (2 + 5 * (summary["duration_s"] + 0.5))
 
 
 @pytest.mark.backend_independent
