@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -171,8 +172,28 @@ def test_sigterm_drains_then_stops_with_nothing_lost(tmp_path: Path) -> None:
     check_summary(json.loads(summary_path.read_text()))
 
 
-async def test_in_process_run_on_this_backend() -> None:
-    """The service on the backend under test: orders executed == unique keys, no duplicate."""
+class Collector(http.server.BaseHTTPRequestHandler):
+    """A stand-in OTLP/HTTP collector: records the paths and content types it is sent."""
+
+    received: ClassVar[list[tuple[str, str, int]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append((self.path, self.headers.get("Content-Type", ""), len(body)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_in_process_run_on_this_backend_exports_traces() -> None:
+    """On the backend under test: the proof holds, and sampled spans go out over OTLP/HTTP."""
+    Collector.received.clear()
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     out = io.StringIO()
     options = DemoOptions(
         duration=1.0,
@@ -180,12 +201,25 @@ async def test_in_process_run_on_this_backend() -> None:
         health_port=0,
         metrics_port=0,
         configure_logging=False,
-        environ={"SHUTDOWN_DRAIN_DELAY": "0"},
+        environ={
+            "SHUTDOWN_DRAIN_DELAY": "0",
+            "TRACE_SAMPLE_RATE": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        },
     )
-    summary = await run_async(options, out)
+    try:
+        summary = await run_async(options, out)
+    finally:
+        server.shutdown()
+        server.server_close()
     check_summary(summary)
     assert "result: OK" in out.getvalue()
     assert "executed=" in out.getvalue()  # the plain view's log lines
+    # every execution (failed ones too) is a span, and all were sampled and exported
+    assert summary["spans"] >= summary["unique_keys_executed"]
+    assert Collector.received
+    assert {path for path, _, _ in Collector.received} == {"/v1/traces"}
+    assert all(kind == "application/x-protobuf" for _, kind, _ in Collector.received)
 
 
 @pytest.mark.backend_independent

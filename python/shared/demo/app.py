@@ -145,6 +145,7 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         "retry_give_ups",
         "client_retries",
         "keys_abandoned_unexecuted",
+        "spans",
         "in_flight_at_stop",
         "finished_after_stop",
         "cancelled_at_stop",
@@ -312,6 +313,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
         dict(exchange.executions),
         {
             "breaker_opened": opened[0],
+            "spans": tracing.spans,
             "retries": retry["retries"],
             "retry_give_ups": retry["give_ups"],
             "backend": shared.BACKEND,
