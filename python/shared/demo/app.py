@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -68,19 +69,13 @@ class _Configs:
 def _configs(options: DemoOptions) -> _Configs:
     """The environment's values where set, else defaults sized for a demo run."""
     env = options.environ
-    port_overrides = {
-        name: value
-        for name, value in (
-            ("health_check_port", options.health_port),
-            ("metrics_port", options.metrics_port),
-        )
-        if value is not None
-    }
     settings = ServiceSettings.from_env(
         env, service_name="shared-demo", shutdown_timeout=10.0, drain_delay=0.5
     )
-    if port_overrides:
-        settings = ServiceSettings(**{**settings.__dict__, **port_overrides})
+    if options.health_port is not None:  # an option wins over the environment
+        settings = dataclasses.replace(settings, health_check_port=options.health_port)
+    if options.metrics_port is not None:
+        settings = dataclasses.replace(settings, metrics_port=options.metrics_port)
     exchange = ExchangeProfile.for_duration(options.duration)
     breaker = CircuitBreakerConfig.from_env(
         env,
@@ -155,6 +150,44 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         if key in summary:
             print(f"  {key.replace('_', ' ')}: {summary[key]}", file=out)
     print(f"  result: {'OK' if summary['ok'] else 'FAILED'}", file=out, flush=True)
+
+
+async def _drain(
+    service: OrderService,
+    clients: list[asyncio.Task[None]],
+    client_stop: asyncio.Event,
+    forced: asyncio.Event,
+    settings: ServiceSettings,
+) -> None:
+    """The graceful stop, once readiness answers 503: traffic is still served for
+    the drain delay, then clients place no new orders and the orders in flight
+    finish, within the shutdown timeout (a second signal cuts both short)."""
+    stats = service.stats
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(forced.wait(), settings.drain_delay)
+    stats.stopping = True
+    stats.in_flight_at_stop = service.in_flight
+    client_stop.set()
+    all_done: asyncio.Future[Any] = asyncio.gather(*clients, return_exceptions=True)
+    force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
+    await asyncio.wait(
+        [all_done, force], timeout=settings.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+    )
+    force.cancel()
+    crashed = [
+        task.exception()
+        for task in clients
+        if task.done() and not task.cancelled() and task.exception() is not None
+    ]
+    for error in crashed:
+        _log.error("a client crashed", exc_info=error)
+    stats.client_errors = [repr(error) for error in crashed]
+    unfinished = [task for task in clients if not task.done()]
+    if unfinished:
+        stats.cancelled_at_stop = service.in_flight
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
 
 async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
@@ -265,35 +298,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
                 view.update(_snapshot(service, stats, options.users))
                 if deadline is not None and loop.time() >= deadline:
                     stopping.set()
-            # Readiness answers 503 from here; traffic still in flight is served
-            # through the drain delay, then clients place no new orders.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(forced.wait(), settings.drain_delay)
-            stats.stopping = True
-            stats.in_flight_at_stop = service.in_flight
-            client_stop.set()
-            all_done: asyncio.Future[Any] = asyncio.gather(*clients, return_exceptions=True)
-            force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
-            await asyncio.wait(
-                [all_done, force],
-                timeout=settings.shutdown_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            force.cancel()
-            crashed = [
-                task.exception()
-                for task in clients
-                if task.done() and not task.cancelled() and task.exception() is not None
-            ]
-            for error in crashed:
-                _log.error("a client crashed", exc_info=error)
-            stats.client_errors = [repr(error) for error in crashed]
-            unfinished = [task for task in clients if not task.done()]
-            if unfinished:
-                stats.cancelled_at_stop = service.in_flight
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.gather(*unfinished, return_exceptions=True)
+            await _drain(service, clients, client_stop, forced, settings)
             service.accepting = False
             view.update(_snapshot(service, stats, options.users))
         finally:
@@ -306,7 +311,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
                 await server.close()
         await limiters.close()
         await store.close()
-        tracing.shutdown()
+        await asyncio.to_thread(tracing.shutdown)
 
     retry = service.retry.statistics
     summary = stats.summary(
