@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceSettings
 from shared.demo.http import Response, SmallHttpServer
+from shared.demo.service import UserLimiters
 from shared.demo.store import InProcessOrderStore, OrderStore
 from shared.resilience import AsyncRedisRateLimiterRegistry, RateLimitConfig, RateLimiterRegistry
 
@@ -119,7 +120,7 @@ class _RedisLimiters:
         await self.client.aclose()
 
 
-async def make_user_limiters(options: DemoOptions, config: RateLimitConfig) -> Any:
+async def make_user_limiters(options: DemoOptions, config: RateLimitConfig) -> UserLimiters:
     """Per-user limiters: on Redis with ``--redis`` (checked to answer), else in-process."""
     if options.redis_url is None:
         return _InProcessLimiters(config)
