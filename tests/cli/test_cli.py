@@ -207,3 +207,15 @@ def test_demo_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         )
     assert code == 1
     assert "address already in use" in err.lower() or str(port) in err
+
+
+def test_bench_plot_without_matplotlib_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--plot without the plot extra fails (exit 1) before measuring, naming the extra."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run_main(capsys, "bench", "--plot", str(tmp_path / "x.png"))
+    assert code == 1
+    assert "pip install 'shared[plot]'" in err
+    assert out == ""
+    assert not (tmp_path / "x.png").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 from rich.console import Console
@@ -54,3 +55,13 @@ def test_plain_view_prints_at_most_once_per_interval() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     assert all("breaker=CLOSED" in line for line in lines)
+
+
+def test_without_rich_the_live_view_falls_back_to_log_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--tui without the demo extra says how to get it and prints log lines instead."""
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich raises ImportError
+    out = io.StringIO()
+    assert isinstance(make_view(True, 5.0, "t", out), PlainView)
+    assert "pip install 'shared[demo]'" in out.getvalue()
