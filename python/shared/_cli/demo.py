@@ -70,8 +70,18 @@ def add_parser(subparsers: Any) -> None:
         "--tui", dest="tui", action="store_true", help="the live view even without a terminal"
     )
     parser.add_argument("--redis", metavar="URL", help="per-user limiters on this Redis")
-    parser.add_argument("--postgres", metavar="URL", help="idempotency store on this PostgreSQL")
-    parser.add_argument("--replicas", type=_count, default=1, help="service processes (default 1)")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="idempotency store on this PostgreSQL (not in this build: exits 2)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=_count,
+        default=1,
+        help="service processes (default 1; more need a durable idempotency store, "
+        "not in this build: exits 2)",
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
