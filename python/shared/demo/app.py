@@ -21,7 +21,7 @@ from shared.demo.clients import ClientProfile, run_client
 from shared.demo.exchange import ExchangeProfile, SimulatedExchange
 from shared.demo.service import OrderService
 from shared.demo.stats import Stats
-from shared.demo.telemetry import DemoCollector, health_routes, metrics_endpoint
+from shared.demo.telemetry import DemoCollector, DemoHealth
 from shared.demo.view import make_view
 from shared.resilience import (
     CircuitBreakerConfig,
@@ -231,9 +231,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
     uninstall = None
     try:
         try:
-            health = await wiring.start_health(
-                settings, health_routes(service, ready), options.host
-            )
+            health = await wiring.start_health(settings, DemoHealth(service, ready), options.host)
         except OSError as exc:
             raise OSError(
                 f"cannot serve health checks on {options.host}:{settings.health_check_port} "
@@ -242,7 +240,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
             ) from exc
         try:
             metrics = await wiring.start_metrics(
-                settings, metrics_endpoint(DemoCollector(service, ready)), options.host
+                settings, DemoCollector(service, ready), options.host
             )
         except OSError as exc:
             raise OSError(

@@ -17,49 +17,66 @@ from shared.resilience import CircuitBreakerState
 if TYPE_CHECKING:
     from shared.demo.service import OrderService
 
-__all__ = ["DemoCollector", "health_routes", "metrics_endpoint"]
+__all__ = ["DemoCollector", "DemoHealth", "health_routes", "metrics_endpoint"]
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
     return status, "application/json", (json.dumps(body) + "\n").encode()
 
 
-def health_routes(
-    service: OrderService, ready: Callable[[], bool]
-) -> dict[str, Callable[[], Response]]:
-    """``/health/live`` never depends on the exchange; ``/health/ready`` answers 503
-    while starting or stopping; ``/health`` reports the exchange as degraded while
-    its breaker is not closed (still 200: the service answers, degraded)."""
+class DemoHealth:
+    """The demo's health, in the shape of the document's ``HealthCheck``
+    (``check``, ``liveness``, ``readiness``, plus ``startup``), answering the
+    ``HealthStatus`` values as strings: a ``HealthCheck`` subclass for
+    ``shared.health.HealthServer`` is these four methods.
 
-    def stamp() -> str:
-        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    Liveness never depends on the exchange; readiness fails while starting or
+    stopping; the overall check reports the exchange as degraded while its
+    breaker is not closed (the service still answers, degraded).
+    """
 
-    def live() -> Response:
-        return _json(200, {"status": "healthy", "timestamp": stamp()})
+    def __init__(self, service: OrderService, ready: Callable[[], bool]) -> None:
+        self.service = service
+        self.ready = ready
 
-    def readiness() -> Response:
-        ok = ready()
-        return _json(
-            200 if ok else 503, {"status": "healthy" if ok else "unhealthy", "timestamp": stamp()}
-        )
+    def exchange(self) -> str:
+        closed = self.service.breaker.state is CircuitBreakerState.CLOSED
+        return HEALTHY if closed else DEGRADED
 
-    def startup() -> Response:
-        ok = service.started
-        return _json(
-            200 if ok else 503, {"status": "healthy" if ok else "unhealthy", "timestamp": stamp()}
-        )
+    def check(self) -> str:
+        return self.exchange() if self.ready() else UNHEALTHY
 
-    def overall() -> Response:
-        exchange = "healthy" if service.breaker.state is CircuitBreakerState.CLOSED else "degraded"
-        status = exchange if ready() else "unhealthy"
-        body = {"status": status, "timestamp": stamp(), "checks": {"exchange": exchange}}
-        return _json(503 if status == "unhealthy" else 200, body)
+    def liveness(self) -> str:
+        return HEALTHY
+
+    def readiness(self) -> str:
+        return HEALTHY if self.ready() else UNHEALTHY
+
+    def startup(self) -> str:
+        return HEALTHY if self.service.started else UNHEALTHY
+
+
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+
+
+def health_routes(health: DemoHealth) -> dict[str, Callable[[], Response]]:
+    """``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``: 200 for
+    healthy and degraded, 503 for unhealthy, the document's JSON body."""
+
+    def answer(status: str, checks: dict[str, str] | None = None) -> Response:
+        body: dict[str, Any] = {
+            "status": status,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if checks is not None:
+            body["checks"] = checks
+        return _json(503 if status == UNHEALTHY else 200, body)
 
     return {
-        "/health": overall,
-        "/health/live": live,
-        "/health/ready": readiness,
-        "/health/startup": startup,
+        "/health": lambda: answer(health.check(), {"exchange": health.exchange()}),
+        "/health/live": lambda: answer(health.liveness()),
+        "/health/ready": lambda: answer(health.readiness()),
+        "/health/startup": lambda: answer(health.startup()),
     }
 
 

@@ -29,10 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.registry import Collector
+
 from shared.config import ServiceSettings
-from shared.demo.http import Response, SmallHttpServer
+from shared.demo.http import SmallHttpServer
 from shared.demo.service import UserLimiters
 from shared.demo.store import InProcessOrderStore, OrderStore
+from shared.demo.telemetry import DemoHealth, health_routes, metrics_endpoint
 from shared.resilience import AsyncRedisRateLimiterRegistry, RateLimitConfig, RateLimiterRegistry
 
 if TYPE_CHECKING:
@@ -141,20 +144,20 @@ async def make_user_limiters(options: DemoOptions, config: RateLimitConfig) -> U
     return _RedisLimiters(config, client, options.redis_url)
 
 
-async def start_health(
-    settings: ServiceSettings, routes: dict[str, Callable[[], Response]], host: str
-) -> SmallHttpServer:
-    """Serves ``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``."""
-    server = SmallHttpServer(routes, host, settings.health_check_port)
+async def start_health(settings: ServiceSettings, health: DemoHealth, host: str) -> SmallHttpServer:
+    """Serves ``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``
+    from ``health`` (the ``HealthCheck`` shape) on ``settings.health_check_port``."""
+    server = SmallHttpServer(health_routes(health), host, settings.health_check_port)
     await server.start()
     return server
 
 
 async def start_metrics(
-    settings: ServiceSettings, scrape: Callable[[], Response], host: str
+    settings: ServiceSettings, collector: Collector, host: str
 ) -> SmallHttpServer:
-    """Serves ``/metrics`` (Prometheus text format) from the demo's collector."""
-    server = SmallHttpServer({"/metrics": scrape}, host, settings.metrics_port)
+    """Serves ``/metrics`` (Prometheus text format) from ``collector``, in a
+    registry of its own, on ``settings.metrics_port``."""
+    server = SmallHttpServer({"/metrics": metrics_endpoint(collector)}, host, settings.metrics_port)
     await server.start()
     return server
 
