@@ -84,3 +84,19 @@ async def test_in_process_limiters_grant_the_burst_then_say_how_long_to_wait() -
     assert 0.0 < wait <= 0.5
     assert await limiters.allow("other") is None
     await limiters.close()
+
+
+async def test_console_tracing_prints_spans_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """OTEL_TRACES_EXPORTER=console prints each sampled span (flushed at shutdown)."""
+    tracing = setup_tracing(ServiceSettings(trace_sample_rate=1.0), console=True)
+    assert tracing.trace is not None
+
+    async def execute(order: Order) -> str:
+        return order.key
+
+    await tracing.trace(execute)(ORDER)
+    tracing.shutdown()
+    err = capsys.readouterr().err
+    assert '"name": "order.execute"' in err
+    assert '"order.key": "k"' in err
+    assert "stderr" in tracing.description

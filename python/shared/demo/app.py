@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -206,7 +207,9 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
     exchange = SimulatedExchange(configs.exchange, seed=options.seed)
     store = wiring.make_order_store(options)
     limiters = await wiring.make_user_limiters(options, configs.rate)
-    tracing = wiring.setup_tracing(settings)
+    environ = os.environ if options.environ is None else options.environ
+    console = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console"
+    tracing = wiring.setup_tracing(settings, console=console)
     service = OrderService(
         exchange,
         store,

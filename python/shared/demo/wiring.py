@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,9 +184,10 @@ class Tracing:
             self.provider.shutdown()
 
 
-def setup_tracing(settings: ServiceSettings) -> Tracing:
+def setup_tracing(settings: ServiceSettings, *, console: bool = False) -> Tracing:
     """A span per order execution, sampled at ``TRACE_SAMPLE_RATE``, exported over
-    OTLP/HTTP when an endpoint is set (else counted in process). Uses the
+    OTLP/HTTP when an endpoint is set, else printed to stderr with ``console``
+    (``OTEL_TRACES_EXPORTER=console``), else counted in process. Uses the
     OpenTelemetry SDK directly, with a provider of its own (not the global one)."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -215,6 +217,11 @@ def setup_tracing(settings: ServiceSettings) -> Tracing:
             BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=2))
         )
         description = f"OTLP/HTTP to {endpoint}, {rate}"
+    elif console:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        description = f"printed to stderr (OTEL_TRACES_EXPORTER=console), {rate}"
     else:
         description = f"spans counted in process, {rate} (OTEL_EXPORTER_OTLP_ENDPOINT exports them)"
     tracer = provider.get_tracer("shared.demo")
