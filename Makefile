@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 BIN := $(abspath $(VENV))/bin
-EXTRAS := redis,postgres,test,lint,bench
+EXTRAS := redis,postgres,grpc,demo,plot,test,lint,bench
 MATURIN := maturin==1.16.0
 # What `make test` builds the installable packages with: manylinux wheels via zig, no Docker.
 WHEEL_TOOLS := $(MATURIN) ziglang==0.17.1 auditwheel==6.8.2
@@ -17,7 +17,7 @@ export PYO3_PYTHON := $(PY)
         bench bench-ci bench-baseline bench-selftest bench-abi3 valgrind fmt clean
 
 help:
-	@echo "make demo    - build and run the demo (examples/)"
+	@echo "make demo    - build, then run the order-execution demo service for DEMO_SECONDS (python -m shared demo)"
 	@echo "make test    - lint, cargo test, and the whole suite on both backends against the"
 	@echo "               installed wheel of each of CPython $(TEST_PYTHONS), the pure wheel, the sdist"
 	@echo "make pytest  - the whole suite on both backends against the development build"
@@ -36,8 +36,11 @@ build: $(PY)
 	$(PY) -m pip install --quiet "$(MATURIN)"
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --release --extras $(EXTRAS)
 
+# The order-execution demo (python -m shared demo) for DEMO_SECONDS; DEMO_ARGS adds options
+# (e.g. DEMO_ARGS="--redis redis://127.0.0.1:6379"). examples/tour.py is the short tour.
+DEMO_SECONDS ?= 20
 demo: build
-	$(PY) examples/demo.py
+	$(PY) -m shared demo --duration $(DEMO_SECONDS) $(DEMO_ARGS)
 
 test: lint cargo-test test-installed
 

@@ -362,6 +362,33 @@ def _timeout(main_thread: bool) -> dict[str, Loop]:
     return members
 
 
+# -- tracing ---------------------------------------------------------------------------------
+
+
+def _trace_span(state: str) -> dict[str, Loop]:
+    """``@trace_span`` in one tracing state (``off``, ``sampled_out``, ``recorded``).
+
+    The state is process-wide: the group's set-up puts tracing in it (see
+    ``bench_tracing``), and the members are built to check that it holds.
+    """
+    from opentelemetry import trace as otel_trace
+
+    import bench_tracing as bt
+
+    members: dict[str, Loop] = {"bare": calls(bt.work), "shared": calls(bt.traced_work)}
+    if state == "off":
+        bt.tracing_off()
+        members["otel_noop"] = calls(bt.otel_noop_span())
+    else:
+        tracer = bt.tracing_on(0.0 if state == "sampled_out" else 1.0)
+        members["otel_noop"] = calls(bt.otel_noop_span())
+        members["otel_sdk"] = calls(bt.sdk_span(tracer))
+        with tracer.start_as_current_span("check") as span:
+            assert span.is_recording() is (state == "recorded")
+    assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+    return members
+
+
 _PEERS_400 = (("limits", 400), ("pyrate_limiter", 400))
 _BREAKER_PEERS = (("pybreaker", 400), ("circuitbreaker", 400))
 _RETRY_PEERS = (("tenacity", 200), ("stamina", 200), ("backoff", 400))
@@ -423,6 +450,28 @@ GROUPS: dict[str, Group] = {
             timed_ops=100,
             counted_ops=2000,
             in_worker_thread=True,
+        ),
+        # Last: each sets the process-wide tracing state (the recorded group leaves
+        # tracing set up with no exporter, which no group above depends on).
+        Group(
+            "trace_span_off",
+            lambda: _trace_span("off"),
+            timed_ops=100,
+            counted_ops=2000,
+            peer_counted_ops=(("otel_noop", 400),),
+        ),
+        Group(
+            "trace_span_sampled_out",
+            lambda: _trace_span("sampled_out"),
+            timed_ops=100,
+            counted_ops=1000,
+            peer_counted_ops=(("otel_noop", 400), ("otel_sdk", 400)),
+        ),
+        Group(
+            "trace_span_recorded",
+            lambda: _trace_span("recorded"),
+            timed_ops=100,
+            counted_ops=400,
         ),
     ]
 }

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 from shared import _validation
 from shared._backend import BACKEND, core
+from shared.observability import _events
 from shared.resilience.exceptions import TimeoutError
 
 __all__ = ["DeadlineCore", "critical", "shield", "timeout_message"]
@@ -116,7 +117,14 @@ _critical = critical
 
 
 def timeout_message(seconds: float) -> str:
-    """The message of a TimeoutError: it names the seconds allowed."""
+    """The message of a TimeoutError: it names the seconds allowed.
+
+    Every path that raises a timeout (SIGALRM handler, an exception delivered
+    into a worker thread, a block's exit, async, pessimistic) builds its error
+    with this message, so this is where a timeout becomes a span event.
+    """
+    if _events.active:
+        _events.timeout(seconds)
     return f"operation timed out after {seconds:g} seconds"
 
 

@@ -16,7 +16,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import FunctionType, TracebackType
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
+from shared._env import EnvReader
+from shared.observability import _events
 from shared.resilience._deadlines import _critical
 
 if TYPE_CHECKING:
@@ -168,6 +170,47 @@ class CircuitBreakerConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = "", **fields: Any
+    ) -> CircuitBreakerConfig:
+        """A config from environment variables (the document's "Environment Variables").
+
+        Reads ``CIRCUIT_BREAKER_FAILURE_THRESHOLD`` (int), ``CIRCUIT_BREAKER_TIMEOUT``
+        (seconds), and beyond the document ``CIRCUIT_BREAKER_SUCCESS_THRESHOLD`` and
+        ``CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS``, each with ``prefix`` in front
+        (``prefix="PAYMENTS_"`` reads ``PAYMENTS_CIRCUIT_BREAKER_TIMEOUT``).
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            prefix: prepended to every variable name.
+            fields: the config's fields as keywords: the values used where a
+                variable is unset or blank (and the fields no variable sets,
+                such as ``expected_exceptions``).
+
+        A value that does not parse or that the config rejects raises
+        ``shared.config.EnvConfigError`` (a ``ValueError``) naming the variable.
+        """
+        env = EnvReader(environ, prefix)
+        values = dict(fields)
+        for variable, field in _BREAKER_ENV:
+            value = (
+                env.get_float(variable, field)
+                if field == "timeout"
+                else env.get_int(variable, field)
+            )
+            if value is not None:
+                values[field] = value
+        return env.build(cls, values)
+
+
+_BREAKER_ENV = (
+    ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "failure_threshold"),
+    ("CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "success_threshold"),
+    ("CIRCUIT_BREAKER_TIMEOUT", "timeout"),
+    ("CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS", "half_open_max_calls"),
+)
+
 
 StateListener = Callable[["CircuitBreaker", CircuitBreakerState, CircuitBreakerState], object]
 
@@ -196,6 +239,8 @@ class _Listeners:
         # never reaches the caller of the protected function.
         old_state, new_state = _STATES[old], _STATES[new]
         _log.info("circuit breaker %r: %s -> %s", breaker.name, old, new)
+        if _events.active:
+            _events.breaker_transition(breaker.name, old, new)
         for listener in self.callbacks:
             try:
                 listener(breaker, old_state, new_state)

@@ -15,12 +15,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
+from shared._env import EnvReader
+from shared.observability import _events
 from shared.resilience.exceptions import RateLimitExceeded
 
 __all__ = [
@@ -63,6 +65,40 @@ class RateLimitConfig:
         object.__setattr__(self, "tokens_per_second", rate)
         object.__setattr__(self, "burst_size", burst)
         object.__setattr__(self, "initial_tokens", initial)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = "", **fields: Any
+    ) -> RateLimitConfig:
+        """A config from environment variables (the document's "Environment Variables").
+
+        Reads ``RATE_LIMIT_REQUESTS_PER_SECOND`` (``tokens_per_second``),
+        ``RATE_LIMIT_BURST_SIZE`` and, beyond the document,
+        ``RATE_LIMIT_INITIAL_TOKENS``, each with ``prefix`` in front.
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            prefix: prepended to every variable name.
+            fields: the config's fields as keywords, used where a variable is
+                unset or blank.
+
+        A value that does not parse or that the config rejects raises
+        ``shared.config.EnvConfigError`` (a ``ValueError``) naming the variable.
+        """
+        env = EnvReader(environ, prefix)
+        values = dict(fields)
+        for variable, field in _RATE_LIMIT_ENV:
+            value = env.get_float(variable, field)
+            if value is not None:
+                values[field] = value
+        return env.build(cls, values)
+
+
+_RATE_LIMIT_ENV = (
+    ("RATE_LIMIT_REQUESTS_PER_SECOND", "tokens_per_second"),
+    ("RATE_LIMIT_BURST_SIZE", "burst_size"),
+    ("RATE_LIMIT_INITIAL_TOKENS", "initial_tokens"),
+)
 
 
 _DEFAULT_CONFIG = RateLimitConfig()
@@ -219,6 +255,8 @@ def _acquire(limiter: Any, tokens: float = 1.0, timeout: float | None = None) ->
     _check_timeout(timeout)
     wait, ticket = limiter.reserve(tokens, timeout)
     if wait > 0.0:
+        if _events.active:
+            _events.rate_limit_wait(wait, tokens)
         try:
             _sleep_of(limiter)(wait)
         except BaseException:
@@ -304,6 +342,8 @@ async def _acquire_async(limiter: Any, tokens: float = 1.0, timeout: float | Non
         if timeout is not None and estimate > timeout:
             raise RateLimitExceeded(estimate)
         deadline = None if timeout is None else start + timeout
+        if _events.active:
+            _events.rate_limit_wait(estimate, tokens)
         if ahead:
             await _wait_for_turn(limiter, waiter, deadline)
         sleep = _sleep_async_of(limiter)

@@ -23,12 +23,14 @@ import inspect
 import math
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shared import _validation
 from shared._backend import core
+from shared._env import EnvConfigError, EnvReader
+from shared.observability import _events
 from shared.resilience.exceptions import CircuitBreakerOpenError, RateLimitExceeded
 
 if TYPE_CHECKING:  # the stub types both backends' cores
@@ -184,12 +186,77 @@ class RetryConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = "", **fields: Any
+    ) -> RetryConfig:
+        """A config from environment variables (beyond the document, in its style).
+
+        Reads ``RETRY_MAX_ATTEMPTS`` (int), ``RETRY_INITIAL_DELAY``,
+        ``RETRY_MAX_DELAY``, ``RETRY_MAX_TOTAL_TIME`` (seconds),
+        ``RETRY_EXPONENTIAL_BASE``, ``RETRY_BACKOFF_STRATEGY`` (exponential,
+        linear, constant) and ``RETRY_JITTER`` (true/false or none, equal,
+        full, decorrelated), each with ``prefix`` in front.
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            prefix: prepended to every variable name.
+            fields: the config's fields as keywords, used where a variable is
+                unset or blank (and the fields no variable sets: ``retry_on``,
+                ``budget``, ...).
+
+        A value that does not parse or that the config rejects raises
+        ``shared.config.EnvConfigError`` (a ``ValueError``) naming the variable.
+        """
+        env = EnvReader(environ, prefix)
+        values = dict(fields)
+        value: Any
+        for variable, field in _RETRY_ENV:
+            if field == "max_attempts":
+                value = env.get_int(variable, field)
+            elif field == "backoff_strategy":
+                value = env.get_choice(variable, tuple(s.value for s in BackoffStrategy), field)
+            elif field == "jitter":
+                value = _jitter_from_env(env, variable)
+            else:
+                value = env.get_float(variable, field)
+            if value is not None:
+                values[field] = value
+        return env.build(cls, values)
+
     @property
     def jitter_mode(self) -> Jitter:
         """``jitter`` as a ``Jitter`` member (``True`` is EQUAL, ``False`` is NONE)."""
         if isinstance(self.jitter, Jitter):
             return self.jitter
         return Jitter.EQUAL if self.jitter else Jitter.NONE
+
+
+_RETRY_ENV = (
+    ("RETRY_MAX_ATTEMPTS", "max_attempts"),
+    ("RETRY_INITIAL_DELAY", "initial_delay"),
+    ("RETRY_MAX_DELAY", "max_delay"),
+    ("RETRY_EXPONENTIAL_BASE", "exponential_base"),
+    ("RETRY_BACKOFF_STRATEGY", "backoff_strategy"),
+    ("RETRY_JITTER", "jitter"),
+    ("RETRY_MAX_TOTAL_TIME", "max_total_time"),
+)
+
+
+def _jitter_from_env(env: EnvReader, name: str) -> bool | Jitter | None:
+    found = env.raw(name)
+    if found is None:
+        return None
+    variable, text = found
+    env.sources["jitter"] = found
+    by_name = {mode.value: mode for mode in Jitter}
+    if text.lower() in by_name:
+        return by_name[text.lower()]
+    try:
+        return env.get_bool(name)
+    except EnvConfigError:
+        choices = "true, false, " + ", ".join(by_name)
+        raise EnvConfigError(variable, text, f"must be one of {choices}") from None
 
 
 class RetryBudget(_BudgetCore):
@@ -397,6 +464,8 @@ class Retry(_RetryCore):
                 _chain(hook_error, exc)
                 raise
         self.record_retry()
+        if _events.active:
+            _events.retry_attempt(self.name, attempt, delay, exc)
         return delay
 
     def _retry(

@@ -1,6 +1,6 @@
 """A runnable tour of shared on the Rust backend: breaker, limiter, retry, timeout.
 
-`make demo` runs it. It simulates a flaky upstream (no network): the retry
+`python examples/tour.py` runs it. It simulates a flaky upstream (no network): the retry
 absorbs transient errors, the breaker opens when the upstream goes down and
 closes again after it recovers, the rate limiter sheds excess load, and a
 timeout stops a call that hangs. Each part prints what happened and what one
