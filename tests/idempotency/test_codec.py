@@ -269,3 +269,21 @@ def test_custom_codec() -> None:
         CustomCodec(1, pickle.loads)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="name"):
         CustomCodec(pickle.dumps, pickle.loads, name="")
+
+
+def test_a_class_a_replay_cannot_find_is_refused_at_encode() -> None:
+    """A dataclass or Enum defined in a function is refused when stored (not when the
+    replay fails to find it), unless registered."""
+
+    @dataclasses.dataclass
+    class Local:
+        x: int
+
+    class LocalSide(enum.Enum):
+        A = "a"
+
+    for value in (Local(1), LocalSide.A):
+        with pytest.raises(ResultNotStorableError, match="register it"):
+            JsonCodec().encode(value)
+    codec = JsonCodec(types=[Local, LocalSide])
+    assert codec.decode(codec.encode([Local(1), LocalSide.A])) == [Local(1), LocalSide.A]

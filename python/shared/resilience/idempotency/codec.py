@@ -17,7 +17,9 @@ Enum and dataclass values are stored with their class's qualified name and
 decoded only into a class that is an ``Enum`` or a dataclass and that is either
 registered (``JsonCodec(types=[...])``) or defined in a module the process has
 already imported: reading the store never imports a module and never calls
-anything but the class's own constructor.
+anything but the class's own constructor. ``encode`` refuses a class that a
+replay could not find that way (one defined inside a function, say), so a
+result is never stored that cannot be read back.
 
 Anything else (a custom class, a dict with non-``str`` keys, a cycle) raises
 ``ResultNotStorableError`` naming the type and where it was found, at
@@ -156,6 +158,7 @@ class JsonCodec:
         if cls is Decimal:
             return {_TAG: "decimal", "v": str(value)}
         if isinstance(value, enum.Enum):
+            self._check_resolvable(cls, path)
             member = self._to_tree(value.value, f"{path}.value", active)
             return {_TAG: "enum", "c": _qualname(cls), "v": member}
         if cls in (list, tuple, set, frozenset, dict) or dataclasses.is_dataclass(value):
@@ -202,11 +205,24 @@ class JsonCodec:
                 out[key] = self._to_tree(item, f"{path}[{key!r}]", active)
             return {_TAG: "dict", "v": out} if _TAG in out else out
         # a dataclass instance
+        self._check_resolvable(cls, path)
         fields = {
             field.name: self._to_tree(getattr(value, field.name), f"{path}.{field.name}", active)
             for field in dataclasses.fields(value)
         }
         return {_TAG: "dataclass", "c": _qualname(cls), "v": fields}
+
+    def _check_resolvable(self, cls: type, path: str) -> None:
+        """A class a replay can find again by its name (else it could be stored and
+        never read back)."""
+        name = _qualname(cls)
+        if self._types.get(name) is not cls and _find_imported(name) is not cls:
+            raise ResultNotStorableError(
+                name,
+                path,
+                "a replay cannot find its class by name (defined in a function?); "
+                "register it with JsonCodec(types=[...])",
+            )
 
     @staticmethod
     def _datetime(value: dt.datetime, path: str) -> dict[str, Any]:
