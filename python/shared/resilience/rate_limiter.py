@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
@@ -196,6 +196,18 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         on_full: str = "evict",
     ) -> None:
         self._waiters = _WaitQueue()
+
+    if TYPE_CHECKING:  # the core's methods, typed for users (no wrapper at run time)
+
+        def try_acquire(self, key: str, tokens: float = 1.0) -> bool:
+            """Takes ``tokens`` from ``key``'s bucket if they are there now; never waits."""
+
+        def decision_counts(self) -> tuple[int, int]:
+            """``(granted, rejected)`` over all keys since the registry was created."""
+
+        @property
+        def on_full(self) -> str:
+            """``"evict"`` or ``"reject"``: what a full registry does with a new key."""
 
     def acquire(self, key: str, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Blocks until ``tokens`` of ``key``'s bucket are granted (see ``TokenBucket.acquire``)."""
