@@ -15,15 +15,18 @@
 //!
 //! One lock guards the table; every critical section is a lookup and a few
 //! integer operations, never user code. It is a spin lock whose release is a
-//! plain store (`std::sync::Mutex` releases with an atomic swap: on a hot key
-//! that second atomic operation was about a fifth of a one-call decision).
+//! plain store, where `std::sync::Mutex` releases with an atomic swap (that
+//! second atomic operation was the largest cost of a one-call decision on a
+//! hot key after the clock read).
 //! Builds with the GIL never contend for it (every caller holds the GIL for
 //! the whole critical section); on free-threaded builds a waiter spins
-//! briefly, then yields its CPU until the holder is done (`Registry::lock`). Nothing under the lock is O(keys):
-//! slots live in segments that double in size and never move (a new segment
-//! is allocated, the old ones stay), the index grows incrementally (see
-//! `slot_index.rs`), and keys with the default configuration are kept in an
-//! intrusive doubly linked list, most recently used first.
+//! briefly, then yields its CPU until the holder is done (`Registry::lock`).
+//!
+//! Nothing under the lock is O(keys): slots live in segments that double in
+//! size and never move (a new segment is allocated, the old ones stay), the
+//! index grows incrementally and its old buckets are freed after the lock is
+//! released (see `slot_index.rs`), and keys with the default configuration
+//! are kept in an intrusive doubly linked list, most recently used first.
 //!
 //! The registry is bounded by `max_keys`. When full, by default (`Evict`) the
 //! least recently used key is forgotten: its bucket has had the longest to
@@ -662,7 +665,11 @@ impl<C, H> Registry<C, H> {
     pub fn get(&self, key: &str, hash: u64, now: u64) -> Result<Location, Full> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
-        Ok(table.location(slot))
+        let location = table.location(slot);
+        let retired = table.index.take_retired();
+        drop(table);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(location)
     }
 
     /// Runs `op` on the key's limits and TAT at `location` if that slot still
@@ -714,7 +721,11 @@ impl<C, H> Registry<C, H> {
         let mut guard = self.lock();
         let table = &mut guard.table;
         let slot = self.find_or_insert(table, key, hash, now)?;
-        Ok(Self::run_op(table, slot, op))
+        let result = Self::run_op(table, slot, op);
+        let retired = table.index.take_retired();
+        drop(guard);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(result)
     }
 
     /// Runs `op` on the key's limits and TAT: at `location` if it still holds
@@ -743,6 +754,9 @@ impl<C, H> Registry<C, H> {
         };
         let generation = table.slots[slot].generation;
         let result = Self::run_op(table, slot, op);
+        let retired = table.index.take_retired();
+        drop(guard);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
         Ok((result, Location { slot, generation }))
     }
 
@@ -757,12 +771,16 @@ impl<C, H> Registry<C, H> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
         let config = table.slots[slot].config;
-        Ok(read(
+        let result = read(
             &table.configs[config as usize]
                 .as_ref()
                 .expect("a slot's configuration exists")
                 .payload,
-        ))
+        );
+        let retired = table.index.take_retired();
+        drop(table);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(result)
     }
 
     /// Gives the key its own configuration and a fresh bucket; such keys are
@@ -782,8 +800,10 @@ impl<C, H> Registry<C, H> {
         let old_payload = table.take_config(old);
         table.slots[slot].tat = limits.initial_tat(now);
         let location = table.location(slot);
+        let retired = table.index.take_retired();
         drop(table);
         drop(old_payload);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
         Ok(location)
     }
 

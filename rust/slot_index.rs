@@ -82,6 +82,9 @@ pub struct SlotIndex {
     buckets: Vec<u64>,
     /// Non-empty only while growing.
     old: Old,
+    /// The old index once every bucket has moved, for the caller to free
+    /// (`take_retired`): freeing megabytes of pages is best done unlocked.
+    retired: Option<Vec<u64>>,
     len: usize,
 }
 
@@ -150,6 +153,12 @@ impl SlotIndex {
     #[must_use]
     pub fn capacity_bytes(&self) -> usize {
         (self.buckets.capacity() + self.old.buckets.capacity()) * std::mem::size_of::<u64>()
+    }
+
+    /// The old index, empty, once growing is done (to free outside any lock).
+    #[inline]
+    pub fn take_retired(&mut self) -> Option<Vec<u64>> {
+        self.retired.take()
     }
 
     /// Whether the index is still moving buckets out of a smaller one.
@@ -226,7 +235,7 @@ impl SlotIndex {
             left -= 1;
         }
         if old.moved == size && size > 0 {
-            self.old = Old::default();
+            self.retired = Some(std::mem::take(&mut self.old).buckets);
         }
     }
 
@@ -303,9 +312,16 @@ mod tests {
     fn grows_incrementally_with_spread_hashes() {
         let mut index = SlotIndex::default();
         let mut model = HashMap::new();
+        let mut retired = 0;
         for slot in 0..100_000u32 {
             let hash32 = slot.wrapping_mul(2_654_435_761);
             index.insert(hash32, slot);
+            if let Some(old) = index.take_retired() {
+                // Handed over once every bucket has moved: empty, half the size.
+                assert!(old.iter().all(|&b| b == EMPTY));
+                assert!(!index.is_growing());
+                retired += 1;
+            }
             model.insert(slot, hash32);
             if slot % 7 == 3 {
                 let gone = slot - 3;
@@ -318,6 +334,7 @@ mod tests {
         }
         check_all(&index, &model);
         assert_eq!(index.len(), model.len());
+        assert!(retired >= 10);
     }
 
     #[test]
