@@ -1791,6 +1791,22 @@ mod tests {
     }
 
     #[test]
+    fn growing_never_moves_a_slot() {
+        let r = registry(100_000, 0);
+        let address =
+            |r: &Registry<()>, slot: u32| std::ptr::from_ref(&r.lock().table.slots[slot]) as usize;
+        assert!(r.get("first", h("first"), 0).is_ok());
+        let first = address(&r, 0);
+        for i in 0..50_000 {
+            let key = format!("k{i}");
+            assert!(r.get(&key, h(&key), 0).is_ok());
+        }
+        // Segments are added, never reallocated: slot 0 stays where it was.
+        assert_eq!(address(&r, 0), first);
+        assert!(r.lock().table.slots.segments.len() > 5);
+    }
+
+    #[test]
     fn segments_place_every_slot_once() {
         let mut seen = std::collections::HashSet::new();
         for slot in 0..100_000u32 {
