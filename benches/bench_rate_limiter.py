@@ -217,6 +217,46 @@ def test_registry_1m_keys_x1000_rust(
     assert benchmark(_registry_batch(registry, many_keys)) == BATCH
 
 
+# -- registry, one call per decision: registry.try_acquire(key) ---------------------
+
+
+def _one_call_batch(decide: Callable[[str], Any], keys: list[str]) -> Callable[[], int]:
+    chunks = [keys[i : i + BATCH] for i in range(0, len(keys), BATCH)]
+    state = {"next": 0}
+
+    def run() -> int:
+        chunk = chunks[state["next"] % len(chunks)]
+        state["next"] += 1
+        granted = 0
+        for key in chunk:
+            granted += decide(key) is not False
+        return granted
+
+    return run
+
+
+@pytest.mark.benchmark(group="registry one call x1000")
+def test_registry_one_call_hot_key_x1000_rust(benchmark: Any, native: ModuleType) -> None:
+    registry = native.RateLimiterRegistry(ALLOWED)
+    assert benchmark(_one_call_batch(registry.try_acquire, ["user_1"] * BATCH)) == BATCH
+
+
+@pytest.mark.benchmark(group="registry one call x1000")
+def test_registry_one_call_hot_key_x1000_python(benchmark: Any, pure: ModuleType) -> None:
+    registry = pure.RateLimiterRegistry(ALLOWED)
+    assert benchmark(_one_call_batch(registry.try_acquire, ["user_1"] * BATCH)) == BATCH
+
+
+@pytest.mark.benchmark(group="registry one call x1000")
+def test_registry_one_call_hot_key_x1000_floodgate(benchmark: Any) -> None:
+    from datetime import timedelta
+
+    from floodgate import FixedMapping
+
+    mapping: Any = FixedMapping(10**9, timedelta(hours=1))
+    assert benchmark(_one_call_batch(mapping.trigger, ["user_1"] * BATCH)) == BATCH
+
+
 # -- async acquire (aiolimiter has no non-blocking acquire) ----------------------------
 
 

@@ -188,6 +188,103 @@ def _registry() -> dict[str, Loop]:
     }
 
 
+def _walk(keys: list[str], decide: Callable[[str], Any], offset: int) -> Loop:
+    """``n`` decisions on the next ``n`` keys of ``keys`` (wrapping), one cursor per
+    loop, starting at ``offset``: loops that start apart never find the keys (or
+    their strings) in the cache because another loop just visited them."""
+    cursor = [offset]
+
+    def run(n: int) -> int:
+        start = cursor[0]
+        if start + n > len(keys):
+            start = 0
+        cursor[0] = start + n
+        granted = 0
+        for key in keys[start : start + n]:
+            granted += decide(key) is not False
+        return granted
+
+    return run
+
+
+def _registry_one_call() -> dict[str, Loop]:
+    """One call per decision (``registry.try_acquire(key)``) against the two-call
+    path, a bare bucket, and floodgate-rs's keyed limiter over 1,000,000 keys."""
+    from datetime import timedelta
+
+    from floodgate import FixedMapping
+
+    import bench_rate_limiter as rl
+
+    native = _native()
+    bucket_try_acquire = native.TokenBucket(rl.ALLOWED).try_acquire
+    hot = native.RateLimiterRegistry(rl.ALLOWED)
+    hot_python = _pure().RateLimiterRegistry(rl.ALLOWED)
+    many = native.RateLimiterRegistry(rl.ALLOWED, max_keys=MANY_KEYS)
+    # Never refuses, never clears itself during a run (one-hour windows).
+    mapping: Any = FixedMapping(10**9, timedelta(hours=1))
+    keys = many_keys()
+    # Created in one random order, visited in another: memory is visited at random.
+    for key in random.Random(0).sample(keys, len(keys)):
+        many.try_acquire(key)
+        mapping.trigger(key)
+    assert len(many) == MANY_KEYS
+    shuffled = random.Random(1).sample(keys, len(keys))
+    get_limiter = many.get_limiter
+
+    def bare_try_acquire(n: int) -> int:
+        granted = 0
+        for _ in repeat(None, n):
+            granted += bucket_try_acquire()
+        return granted
+
+    def one_call(registry: Any) -> Loop:
+        try_acquire = registry.try_acquire
+
+        def run(n: int) -> int:
+            key = "user_1"
+            granted = 0
+            for _ in repeat(None, n):
+                granted += try_acquire(key)
+            return granted
+
+        return run
+
+    def two_calls(n: int) -> int:
+        get = hot.get_limiter
+        key = "user_1"
+        granted = 0
+        for _ in repeat(None, n):
+            granted += get(key).try_acquire()
+        return granted
+
+    two_call_cursor = [MANY_KEYS // 3]
+
+    def keys_1m_two_calls(n: int) -> int:
+        start = two_call_cursor[0]
+        if start + n > MANY_KEYS:
+            start = 0
+        two_call_cursor[0] = start + n
+        granted = 0
+        for key in shuffled[start : start + n]:
+            granted += get_limiter(key).try_acquire()
+        return granted
+
+    members = {
+        "try_acquire_rust": bare_try_acquire,
+        "one_call_hot_rust": one_call(hot),
+        "one_call_hot_python": one_call(hot_python),
+        "two_call_hot_rust": two_calls,
+        "keys_1m_one_call_rust": _walk(shuffled, many.try_acquire, 0),
+        "keys_1m_two_call_rust": keys_1m_two_calls,
+        "keys_1m_floodgate": _walk(shuffled, mapping.trigger, 2 * MANY_KEYS // 3),
+    }
+    for name, run in members.items():
+        if run(10) != 10:
+            raise AssertionError(f"{name}: every decision should be granted")
+    return members
+
+
 # -- circuit breaker ------------------------------------------------------------------
 
 
@@ -415,6 +512,7 @@ GROUPS: dict[str, Group] = {
             peer_counted_ops=_PEERS_400,
         ),
         Group("registry", _registry, timed_ops=1000, counted_ops=4000),
+        Group("registry_one_call", _registry_one_call, timed_ops=1000, counted_ops=4000),
         Group(
             "breaker_call",
             _breaker_call,

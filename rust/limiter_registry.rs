@@ -1,28 +1,44 @@
 //! Per-key token buckets: one GCRA state per key in a compact table.
 //!
 //! Memory is the constraint (a million keys in well under 100 bytes each), so
-//! no Python object is kept per key: a key is a slot of 48 bytes (its hash,
-//! its text inline when short, its TAT, its configuration and a generation)
-//! in one `Vec`, found through a compact index (`slot_index.rs`). `get_limiter`
-//! hands out a small handle holding the slot number and generation; a handle
-//! whose slot was evicted or reused finds (or recreates) its key again.
-//! Handing out a handle allocates nothing in the common cases: a hot key's
-//! handle is cached, and on a build with the GIL the last handle given out
-//! is re-pointed to the next key once nobody holds it (reference count 1).
-//! The slot table and the index are advised for huge pages (`huge_pages.rs`):
-//! over a million keys each lookup would otherwise also miss the TLB.
+//! no Python object is kept per key: a key is a slot of 56 bytes (its hash,
+//! its text inline when short, its TAT, its configuration, a generation and
+//! its two links in the recency list), found through a compact index
+//! (`slot_index.rs`). `get_limiter` hands out a small handle holding the slot
+//! number and generation; a handle whose slot was evicted or reused finds (or
+//! recreates) its key again. Handing out a handle allocates nothing in the
+//! common cases: a hot key's handle is cached, and on a build with the GIL the
+//! last handle given out is re-pointed to the next key once nobody holds it
+//! (reference count 1). The slot segments and the index are advised for huge
+//! pages (`huge_pages.rs`): over a million keys each lookup would otherwise
+//! also miss the TLB.
 //!
-//! One mutex guards the table; every critical section is a lookup and a few
-//! integer operations, never user code. The registry is bounded by
-//! `max_keys`: when full, keys that have been full for `idle_ttl` are evicted
-//! (forgetting a full bucket loses nothing). Keys given their own
-//! configuration by `set` are never evicted. If nothing can be evicted, a new
-//! key is refused with the time until one can.
+//! One lock guards the table; every critical section is a lookup and a few
+//! integer operations, never user code. It is a spin lock whose release is a
+//! plain store, where `std::sync::Mutex` releases with an atomic swap (that
+//! second atomic operation was the largest cost of a one-call decision on a
+//! hot key after the clock read).
+//! Builds with the GIL never contend for it (every caller holds the GIL for
+//! the whole critical section); on free-threaded builds a waiter spins
+//! briefly, then yields its CPU until the holder is done (`Registry::lock`).
+//!
+//! Nothing under the lock is O(keys): slots live in segments that double in
+//! size and never move (a new segment is allocated, the old ones stay), the
+//! index grows incrementally and its old buckets are freed after the lock is
+//! released (see `slot_index.rs`), and keys with the default configuration
+//! are kept in an intrusive doubly linked list, most recently used first.
+//!
+//! The registry is bounded by `max_keys`. When full, by default (`Evict`) the
+//! least recently used key is forgotten: its bucket has had the longest to
+//! refill, so forgetting it grants the least. With `Reject`, only keys whose
+//! bucket has been full for `idle_ttl` are evicted (forgetting a full bucket
+//! loses nothing) and a new key is refused with the time until one can be.
+//! Keys given their own configuration by `set` are never evicted.
 
 use crate::slot_index::{fold, SlotIndex};
 use crate::token_bucket::Limits;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Key bytes stored inline (most keys are short ids); longer ones go to the heap.
 const INLINE: usize = 22;
@@ -60,6 +76,9 @@ impl Key {
 /// Configuration 0 is the registry's default; others were given by `set`.
 const DEFAULT_CONFIG: u32 = 0;
 
+/// No slot (the end of the recency list).
+const NIL: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct Slot {
     hash: u64,
@@ -68,6 +87,9 @@ struct Slot {
     config: u32,
     /// Bumped whenever the slot is vacated, so stale handles notice.
     generation: u32,
+    /// The recency list (keys with the default configuration only).
+    newer: u32,
+    older: u32,
 }
 
 /// Where a key lives: its slot and the slot's generation when it was found.
@@ -100,20 +122,138 @@ pub struct Full {
     pub retry_after_ns: u64,
 }
 
+/// What a full registry does with a new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Forget the least recently used key (of the default configuration).
+    Evict,
+    /// Forget keys idle for `idle_ttl`; if there are none, refuse the new key.
+    Reject,
+}
+
+/// Decisions over all keys, counted under the table's lock (no atomic needed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Decisions {
+    pub granted: u64,
+    pub rejected: u64,
+}
+
+impl Decisions {
+    /// Counts one decision; returns it.
+    #[inline]
+    pub fn count(&mut self, granted: bool) -> bool {
+        if granted {
+            self.granted += 1;
+        } else {
+            self.rejected += 1;
+        }
+        granted
+    }
+}
+
 /// A key's configuration: its limits and a payload (the Python config object).
 struct Config<C> {
     limits: Limits,
     payload: C,
 }
 
+/// Slots in segments that never move: segment 0 holds `FIRST_SEGMENT` slots
+/// and segment k > 0 holds `FIRST_SEGMENT << (k - 1)`, so slot numbers below
+/// `FIRST_SEGMENT << k` lie in segments 0..=k and growing allocates one new
+/// segment (its pages are written only as slots are added).
+const FIRST_SEGMENT: u32 = 64;
+const FIRST_SEGMENT_BITS: u32 = FIRST_SEGMENT.trailing_zeros();
+
+#[derive(Default)]
+struct Slots {
+    segments: Vec<Vec<Slot>>,
+    len: u32,
+}
+
+impl Slots {
+    #[inline]
+    fn place(slot: u32) -> (usize, usize) {
+        let high = slot >> FIRST_SEGMENT_BITS;
+        if high == 0 {
+            (0, slot as usize)
+        } else {
+            let segment = 32 - high.leading_zeros();
+            let base = FIRST_SEGMENT << (segment - 1);
+            (segment as usize, (slot - base) as usize)
+        }
+    }
+
+    #[inline]
+    fn get(&self, slot: u32) -> Option<&Slot> {
+        let (segment, offset) = Self::place(slot);
+        self.segments.get(segment)?.get(offset)
+    }
+
+    #[inline]
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Slot> {
+        let (segment, offset) = Self::place(slot);
+        self.segments.get_mut(segment)?.get_mut(offset)
+    }
+
+    /// Appends a slot; its number.
+    fn push(&mut self, slot: Slot) -> u32 {
+        let number = self.len;
+        let (segment, _) = Self::place(number);
+        if segment == self.segments.len() {
+            let size = if segment == 0 {
+                FIRST_SEGMENT
+            } else {
+                FIRST_SEGMENT << (segment - 1)
+            };
+            let fresh = Vec::with_capacity(size as usize);
+            crate::huge_pages::advise(&fresh);
+            self.segments.push(fresh);
+        }
+        self.segments[segment].push(slot);
+        self.len += 1;
+        number
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.segments.iter_mut().flatten()
+    }
+
+    /// Bytes reserved for slots (including the unused end of the last segment).
+    fn capacity_bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|segment| segment.capacity() * std::mem::size_of::<Slot>())
+            .sum()
+    }
+}
+
+impl std::ops::Index<u32> for Slots {
+    type Output = Slot;
+    #[inline]
+    fn index(&self, slot: u32) -> &Slot {
+        self.get(slot).expect("a slot in the table")
+    }
+}
+
+impl std::ops::IndexMut<u32> for Slots {
+    #[inline]
+    fn index_mut(&mut self, slot: u32) -> &mut Slot {
+        self.get_mut(slot).expect("a slot in the table")
+    }
+}
+
 struct Table<C> {
     index: SlotIndex,
-    slots: Vec<Slot>,
+    slots: Slots,
     vacant: Vec<u32>,
+    /// The recency list: most and least recently used keys of the default configuration.
+    newest: u32,
+    oldest: u32,
     configs: Vec<Option<Config<C>>>,
     vacant_configs: Vec<u32>,
     /// When full, no key becomes evictable before this instant (skips rescans).
     no_eviction_before: u64,
+    decisions: Decisions,
     /// Keys removed before their bucket refilled, with their TAT: recreated
     /// within that time, a key starts from it, so removing a key in use never
     /// refills it (for handles still held, or a new `get`).
@@ -147,16 +287,17 @@ impl<C, H> std::ops::DerefMut for Locked<C, H> {
 /// Per-key buckets, bounded by `max_keys`; `extra` is state of the caller's
 /// that is read and written under the same lock as the table (see `find_with`).
 pub struct Registry<C, H = ()> {
-    table: Mutex<Locked<C, H>>,
+    table: SpinMutex<Locked<C, H>>,
     max_keys: usize,
     idle_ns: u64,
+    on_full: OnFull,
 }
 
 impl<C> Table<C> {
     fn find(&self, key: &str, hash: u64) -> Option<u32> {
         let slots = &self.slots;
         self.index.find(fold(hash), |i| {
-            let slot = &slots[i as usize];
+            let slot = &slots[i];
             slot.hash == hash && slot.key.is(key)
         })
     }
@@ -164,7 +305,7 @@ impl<C> Table<C> {
     fn location(&self, slot: u32) -> Location {
         Location {
             slot,
-            generation: self.slots[slot as usize].generation,
+            generation: self.slots[slot].generation,
         }
     }
 
@@ -173,6 +314,49 @@ impl<C> Table<C> {
             .as_ref()
             .expect("a slot's configuration exists")
             .limits
+    }
+
+    /// Takes `slot` out of the recency list (it must be in it).
+    fn unlink(&mut self, slot: u32) {
+        let (newer, older) = {
+            let s = &self.slots[slot];
+            (s.newer, s.older)
+        };
+        if newer == NIL {
+            self.newest = older;
+        } else {
+            self.slots[newer].older = older;
+        }
+        if older == NIL {
+            self.oldest = newer;
+        } else {
+            self.slots[older].newer = newer;
+        }
+    }
+
+    /// Puts `slot` (not in the recency list) at its front.
+    fn push_newest(&mut self, slot: u32) {
+        let previous = self.newest;
+        {
+            let s = &mut self.slots[slot];
+            s.newer = NIL;
+            s.older = previous;
+        }
+        if previous == NIL {
+            self.oldest = slot;
+        } else {
+            self.slots[previous].newer = slot;
+        }
+        self.newest = slot;
+    }
+
+    /// Marks `slot` as just used (keys with their own configuration are not listed).
+    #[inline]
+    fn touch(&mut self, slot: u32) {
+        if slot != self.newest && self.slots[slot].config == DEFAULT_CONFIG {
+            self.unlink(slot);
+            self.push_newest(slot);
+        }
     }
 
     fn add_config(&mut self, config: Config<C>) -> u32 {
@@ -198,12 +382,27 @@ impl<C> Table<C> {
             .map(|config| config.payload)
     }
 
+    /// Gives `slot` the configuration `config` (the recency list follows).
+    fn set_config(&mut self, slot: u32, config: u32) -> u32 {
+        let old = self.slots[slot].config;
+        if old == DEFAULT_CONFIG && config != DEFAULT_CONFIG {
+            self.unlink(slot);
+        } else if old != DEFAULT_CONFIG && config == DEFAULT_CONFIG {
+            self.push_newest(slot);
+        }
+        self.slots[slot].config = config;
+        old
+    }
+
     #[must_use]
     fn vacate(&mut self, slot: u32) -> Option<C> {
-        let hash = self.slots[slot as usize].hash;
+        let hash = self.slots[slot].hash;
         self.index.remove(fold(hash), slot);
+        if self.slots[slot].config == DEFAULT_CONFIG {
+            self.unlink(slot);
+        }
         let config = {
-            let s = &mut self.slots[slot as usize];
+            let s = &mut self.slots[slot];
             s.key = Key::Vacant;
             s.generation = s.generation.wrapping_add(1);
             std::mem::replace(&mut s.config, DEFAULT_CONFIG)
@@ -212,8 +411,9 @@ impl<C> Table<C> {
         self.take_config(config)
     }
 
-    fn insert(&mut self, key: &str, hash: u64, config: u32, now: u64) -> u32 {
-        let mut tat = self.limits(config).initial_tat(now);
+    /// Adds a key with the default configuration (listed as the newest).
+    fn insert(&mut self, key: &str, hash: u64, now: u64) -> u32 {
+        let mut tat = self.limits(DEFAULT_CONFIG).initial_tat(now);
         if !self.removed.is_empty() {
             if let Some(carried) = self.removed.remove(key) {
                 // Removed before it refilled: its tokens stay spent.
@@ -221,25 +421,24 @@ impl<C> Table<C> {
             }
         }
         let slot = if let Some(slot) = self.vacant.pop() {
-            let s = &mut self.slots[slot as usize];
+            let s = &mut self.slots[slot];
             s.hash = hash;
             s.key = Key::new(key);
             s.tat = tat;
-            s.config = config;
+            s.config = DEFAULT_CONFIG;
             slot
         } else {
-            if self.slots.len() == self.slots.capacity() {
-                self.grow_slots();
-            }
             self.slots.push(Slot {
                 hash,
                 key: Key::new(key),
                 tat,
-                config,
+                config: DEFAULT_CONFIG,
                 generation: 0,
-            });
-            (self.slots.len() - 1) as u32
+                newer: NIL,
+                older: NIL,
+            })
         };
+        self.push_newest(slot);
         self.index.insert(fold(hash), slot);
         slot
     }
@@ -256,18 +455,25 @@ impl<C> Table<C> {
         }
     }
 
-    /// Doubles the slot table and advises it for huge pages. The pages moved
-    /// by `realloc` keep their size; the new half gets huge ones. (Moving the
-    /// slots into a fresh allocation instead would leave freed tables behind
-    /// in the heap: about 18 bytes of RSS per key over a million keys.)
-    fn grow_slots(&mut self) {
-        self.slots.reserve_exact(self.slots.capacity().max(64));
-        crate::huge_pages::advise(&self.slots);
+    /// Evicts the least recently used key of the default configuration;
+    /// when there is none (every key has its own), as `evict_idle`.
+    fn evict_oldest(&mut self, now: u64, idle_ns: u64) -> Result<(), Full> {
+        if self.oldest == NIL {
+            return self.evict_idle(now, idle_ns);
+        }
+        // Only keys with the default configuration are listed: no payload.
+        let _ = self.vacate(self.oldest);
+        Ok(())
     }
 
-    /// Evicts every key that has been full for `idle_ns` and uses the default
-    /// configuration; when none can go, the time until one can.
+    /// Evicts keys that have been full for `idle_ns` and use the default
+    /// configuration: the least recently used one if it is (no scan), else
+    /// every such key; when none can go, the time until one can.
     fn evict_idle(&mut self, now: u64, idle_ns: u64) -> Result<(), Full> {
+        if self.oldest != NIL && Limits::idle(self.slots[self.oldest].tat, now, idle_ns) {
+            let _ = self.vacate(self.oldest);
+            return Ok(());
+        }
         if now < self.no_eviction_before {
             return Err(Full {
                 retry_after_ns: self.no_eviction_before - now,
@@ -275,13 +481,12 @@ impl<C> Table<C> {
         }
         let mut evicted = false;
         let mut soonest = u64::MAX;
-        for slot in 0..self.slots.len() as u32 {
-            let s = &self.slots[slot as usize];
+        for slot in 0..self.slots.len {
+            let s = &self.slots[slot];
             if matches!(s.key, Key::Vacant) || s.config != DEFAULT_CONFIG {
                 continue;
             }
             if Limits::idle(s.tat, now, idle_ns) {
-                // Only keys with the default configuration are evicted: no payload.
                 let _ = self.vacate(slot);
                 evicted = true;
             } else {
@@ -315,30 +520,64 @@ impl<C, H> Registry<C, H> {
         extra: H,
     ) -> Self {
         Self {
-            table: Mutex::new(Locked {
+            table: SpinMutex::new(Locked {
                 extra,
                 table: Table {
                     index: SlotIndex::default(),
-                    slots: Vec::new(),
+                    slots: Slots::default(),
                     vacant: Vec::new(),
+                    newest: NIL,
+                    oldest: NIL,
                     configs: vec![Some(Config {
                         limits: default,
                         payload,
                     })],
                     vacant_configs: Vec::new(),
                     no_eviction_before: 0,
+                    decisions: Decisions::default(),
                     removed: HashMap::new(),
                     purge_removed_above: REMOVED_PURGE_MIN,
                 },
             }),
             max_keys,
             idle_ns,
+            on_full: OnFull::Evict,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Locked<C, H>> {
-        // The table is consistent after every statement that can panic.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What the registry does when full (default: `OnFull::Evict`).
+    #[must_use]
+    pub fn on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+
+    /// Takes the table's lock. A panic under it leaves the table consistent
+    /// (it is after every statement that can panic), and releases the lock.
+    #[inline]
+    fn lock(&self) -> SpinMutexGuard<'_, Locked<C, H>> {
+        if let Some(guard) = self.table.try_lock() {
+            return guard;
+        }
+        self.lock_contended()
+    }
+
+    #[cold]
+    fn lock_contended(&self) -> SpinMutexGuard<'_, Locked<C, H>> {
+        const SPINS: u32 = 100;
+        let mut spins = 0;
+        loop {
+            if let Some(guard) = self.table.try_lock() {
+                return guard;
+            }
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                // The holder may have been preempted: let it run.
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Reads the payload of the default configuration.
@@ -362,6 +601,11 @@ impl<C, H> Registry<C, H> {
         self.idle_ns
     }
 
+    #[must_use]
+    pub fn full_policy(&self) -> OnFull {
+        self.on_full
+    }
+
     fn find_or_insert(
         &self,
         table: &mut Table<C>,
@@ -370,12 +614,16 @@ impl<C, H> Registry<C, H> {
         now: u64,
     ) -> Result<u32, Full> {
         if let Some(slot) = table.find(key, hash) {
+            table.touch(slot);
             return Ok(slot);
         }
         if table.len() >= self.max_keys {
-            table.evict_idle(now, self.idle_ns)?;
+            match self.on_full {
+                OnFull::Evict => table.evict_oldest(now, self.idle_ns)?,
+                OnFull::Reject => table.evict_idle(now, self.idle_ns)?,
+            }
         }
-        Ok(table.insert(key, hash, DEFAULT_CONFIG, now))
+        Ok(table.insert(key, hash, now))
     }
 
     /// The key's location, if it is held.
@@ -386,6 +634,7 @@ impl<C, H> Registry<C, H> {
 
     /// Runs `then` on the key's location (if it is held) and the `extra`
     /// state, under one lock. `then` must not call back into the registry.
+    /// Finding a key counts as using it (see `OnFull::Evict`).
     pub fn find_with<R>(
         &self,
         key: &str,
@@ -394,23 +643,17 @@ impl<C, H> Registry<C, H> {
     ) -> R {
         let mut guard = self.lock();
         let locked = &mut *guard;
-        let location = locked
-            .table
-            .find(key, hash)
-            .map(|slot| locked.table.location(slot));
+        let location = locked.table.find(key, hash).map(|slot| {
+            locked.table.touch(slot);
+            locked.table.location(slot)
+        });
         then(location, &mut locked.extra)
     }
 
     /// Runs `read` on the `extra` state, unless the lock is held (for the
     /// collector, which may run while it is).
     pub fn try_with_extra<R>(&self, read: impl FnOnce(&H) -> R) -> Option<R> {
-        match self.table.try_lock() {
-            Ok(guard) => Some(read(&guard.extra)),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                Some(read(&poisoned.into_inner().extra))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.table.try_lock().map(|guard| read(&guard.extra))
     }
 
     /// Runs `write` on the `extra` state under the lock.
@@ -422,12 +665,16 @@ impl<C, H> Registry<C, H> {
     pub fn get(&self, key: &str, hash: u64, now: u64) -> Result<Location, Full> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
-        Ok(table.location(slot))
+        let location = table.location(slot);
+        let retired = table.index.take_retired();
+        drop(table);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(location)
     }
 
     /// Runs `op` on the key's limits and TAT at `location` if that slot still
     /// holds the key (hash `hash`); otherwise gives `op` back.
-    pub fn with_bucket_at<R, F: FnOnce(&Limits, &mut u64) -> R>(
+    pub fn with_bucket_at<R, F: FnOnce(&Limits, &mut u64, &mut Decisions) -> R>(
         &self,
         location: Location,
         hash: u64,
@@ -435,18 +682,50 @@ impl<C, H> Registry<C, H> {
     ) -> Result<R, F> {
         let mut guard = self.lock();
         let table = &mut guard.table;
-        match table.slots.get_mut(location.slot as usize) {
-            // A slot's generation changes whenever it is vacated, so a matching
-            // generation (and hash) means the slot still holds this key.
-            Some(s) if s.generation == location.generation && s.hash == hash => {
-                let limits = &table.configs[s.config as usize]
-                    .as_ref()
-                    .expect("a slot's configuration exists")
-                    .limits;
-                Ok(op(limits, &mut s.tat))
-            }
-            _ => Err(op),
+        // A slot's generation changes whenever it is vacated, so a matching
+        // generation (and hash) means the slot still holds this key.
+        let valid = table
+            .slots
+            .get(location.slot)
+            .is_some_and(|s| s.generation == location.generation && s.hash == hash);
+        if !valid {
+            return Err(op);
         }
+        table.touch(location.slot);
+        Ok(Self::run_op(table, location.slot, op))
+    }
+
+    #[inline]
+    fn run_op<R>(
+        table: &mut Table<C>,
+        slot: u32,
+        op: impl FnOnce(&Limits, &mut u64, &mut Decisions) -> R,
+    ) -> R {
+        let s = &mut table.slots[slot];
+        let limits = &table.configs[s.config as usize]
+            .as_ref()
+            .expect("a slot's configuration exists")
+            .limits;
+        op(limits, &mut s.tat, &mut table.decisions)
+    }
+
+    /// Runs `op` on the key's limits and TAT, finding or creating the key:
+    /// one lookup and one decision under one lock.
+    pub fn with_key<R>(
+        &self,
+        key: &str,
+        hash: u64,
+        now: u64,
+        op: impl FnOnce(&Limits, &mut u64, &mut Decisions) -> R,
+    ) -> Result<R, Full> {
+        let mut guard = self.lock();
+        let table = &mut guard.table;
+        let slot = self.find_or_insert(table, key, hash, now)?;
+        let result = Self::run_op(table, slot, op);
+        let retired = table.index.take_retired();
+        drop(guard);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(result)
     }
 
     /// Runs `op` on the key's limits and TAT: at `location` if it still holds
@@ -457,7 +736,7 @@ impl<C, H> Registry<C, H> {
         key: &str,
         hash: u64,
         now: u64,
-        op: impl FnOnce(&Limits, &mut u64) -> R,
+        op: impl FnOnce(&Limits, &mut u64, &mut Decisions) -> R,
     ) -> Result<(R, Location), Full> {
         let mut guard = self.lock();
         let table = &mut guard.table;
@@ -465,20 +744,19 @@ impl<C, H> Registry<C, H> {
         // generation (and hash) means the slot still holds this key.
         let valid = table
             .slots
-            .get(location.slot as usize)
+            .get(location.slot)
             .is_some_and(|s| s.generation == location.generation && s.hash == hash);
         let slot = if valid {
+            table.touch(location.slot);
             location.slot
         } else {
             self.find_or_insert(table, key, hash, now)?
         };
-        let s = &mut table.slots[slot as usize];
-        let generation = s.generation;
-        let limits = &table.configs[s.config as usize]
-            .as_ref()
-            .expect("a slot's configuration exists")
-            .limits;
-        let result = op(limits, &mut s.tat);
+        let generation = table.slots[slot].generation;
+        let result = Self::run_op(table, slot, op);
+        let retired = table.index.take_retired();
+        drop(guard);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
         Ok((result, Location { slot, generation }))
     }
 
@@ -492,13 +770,17 @@ impl<C, H> Registry<C, H> {
     ) -> Result<R, Full> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
-        let config = table.slots[slot as usize].config;
-        Ok(read(
+        let config = table.slots[slot].config;
+        let result = read(
             &table.configs[config as usize]
                 .as_ref()
                 .expect("a slot's configuration exists")
                 .payload,
-        ))
+        );
+        let retired = table.index.take_retired();
+        drop(table);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
+        Ok(result)
     }
 
     /// Gives the key its own configuration and a fresh bucket; such keys are
@@ -514,12 +796,14 @@ impl<C, H> Registry<C, H> {
         let mut table = self.lock();
         let slot = self.find_or_insert(&mut table, key, hash, now)?;
         let config = table.add_config(Config { limits, payload });
-        let old = std::mem::replace(&mut table.slots[slot as usize].config, config);
+        let old = table.set_config(slot, config);
         let old_payload = table.take_config(old);
-        table.slots[slot as usize].tat = limits.initial_tat(now);
+        table.slots[slot].tat = limits.initial_tat(now);
         let location = table.location(slot);
+        let retired = table.index.take_retired();
         drop(table);
         drop(old_payload);
+        drop(retired); // outside the lock (see `SlotIndex::take_retired`)
         Ok(location)
     }
 
@@ -531,7 +815,7 @@ impl<C, H> Registry<C, H> {
         let Some(slot) = table.find(key, hash) else {
             return false;
         };
-        let tat = table.slots[slot as usize].tat;
+        let tat = table.slots[slot].tat;
         let payload = table.vacate(slot);
         if tat > now {
             table.remember_removed(key, tat, now);
@@ -548,15 +832,22 @@ impl<C, H> Registry<C, H> {
         table.removed.clear();
         // Refilled buckets may become evictable sooner than the cached bound.
         table.no_eviction_before = 0;
-        for slot in &mut table.slots {
+        let configs = &table.configs;
+        for slot in table.slots.iter_mut() {
             if !matches!(slot.key, Key::Vacant) {
-                let limits = &table.configs[slot.config as usize]
+                let limits = &configs[slot.config as usize]
                     .as_ref()
                     .expect("a slot's configuration exists")
                     .limits;
                 slot.tat = limits.initial_tat(now);
             }
         }
+    }
+
+    /// Decisions counted so far (see `Decisions`).
+    #[must_use]
+    pub fn decisions(&self) -> Decisions {
+        self.lock().decisions
     }
 
     #[must_use]
@@ -573,6 +864,37 @@ impl<C, H> Registry<C, H> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The keys of the default configuration, least recently used first
+    /// (the order in which a full registry evicts them).
+    pub fn eviction_order(&self, mut visit: impl FnMut(&str)) {
+        let table = self.lock();
+        let mut slot = table.oldest;
+        let mut text = String::new();
+        while slot != NIL {
+            let s = &table.slots[slot];
+            text.clear();
+            match &s.key {
+                Key::Inline { len, bytes } => text.push_str(
+                    std::str::from_utf8(&bytes[..usize::from(*len)]).expect("keys are text"),
+                ),
+                Key::Heap(stored) => text.push_str(stored),
+                Key::Vacant => {}
+            }
+            visit(&text);
+            slot = s.newer;
+        }
+    }
+
+    /// Bytes of native memory the table reserves (slots, index, free lists;
+    /// not the text of keys longer than 22 bytes).
+    #[must_use]
+    pub fn table_bytes(&self) -> usize {
+        let table = self.lock();
+        table.slots.capacity_bytes()
+            + table.index.capacity_bytes()
+            + table.vacant.capacity() * std::mem::size_of::<u32>()
+    }
 }
 
 #[cfg(feature = "python")]
@@ -580,7 +902,7 @@ pub use binding::{KeyedLimiter, RateLimiterRegistry};
 
 #[cfg(feature = "python")]
 mod binding {
-    use super::{Full, Location, Registry};
+    use super::{Decisions, Full, Location, OnFull, Registry};
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use crate::token_bucket::{
         cancel_error, invalid_value_error, number_arg, rate_limit_exceeded, read_limits, ticket_of,
@@ -589,6 +911,7 @@ mod binding {
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
+    use pyo3::pyclass::CompareOp;
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{PyFloat, PyList, PyString};
     use pyo3::PyTraverseError;
@@ -628,6 +951,17 @@ mod binding {
         reuse_spare: bool,
     }
 
+    /// The result of a decision: a `bool`, or the error of a bad `tokens`.
+    fn decided(
+        py: Python<'_>,
+        result: Result<bool, crate::token_bucket::InvalidValue>,
+    ) -> PyResult<bool> {
+        result.map_err(|error| match error.tokens {
+            Some((tokens, burst)) => tokens_error(py, tokens, burst),
+            None => invalid_value_error(error),
+        })
+    }
+
     /// What `get_limiter` found under the lock.
     enum Found {
         /// The key is not held yet.
@@ -656,15 +990,26 @@ mod binding {
 
     /// The key's text and hash (Python's own `str` hash, cached in the string).
     /// A str that is not valid text (a lone surrogate) gets the shared `ValueError`.
+    /// Inlined: returned through memory, the pair cost a store-forwarding stall.
+    #[inline]
     fn key_parts<'a>(key: &'a Bound<'_, PyString>) -> PyResult<(&'a str, u64)> {
-        if let Ok(text) = key.to_str() {
-            return Ok((text, key.hash()? as u64));
+        match key.to_str() {
+            Ok(text) => Ok((text, key.hash()? as u64)),
+            Err(_) => Err(invalid_key(key)),
         }
-        key.py()
-            .import("shared._validation")?
-            .getattr("key")?
-            .call1((key,))?;
-        Err(PyValueError::new_err("key must be valid text"))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn invalid_key(key: &Bound<'_, PyString>) -> PyErr {
+        let checked = key
+            .py()
+            .import("shared._validation")
+            .and_then(|validation| validation.getattr("key")?.call1((key,)));
+        match checked {
+            Err(error) => error,
+            Ok(_) => PyValueError::new_err("key must be valid text"),
+        }
     }
 
     /// The key as a `str`, or a `TypeError` that names the parameter (`PyO3`
@@ -688,14 +1033,15 @@ mod binding {
         /// rules both backends share (construction is no hot path).
         #[new]
         #[pyo3(
-            signature = (default_config, *, max_keys = None, idle_ttl = None, clock = None),
-            text_signature = "(default_config, *, max_keys=1000000, idle_ttl=60.0, clock=None)"
+            signature = (default_config, *, max_keys = None, idle_ttl = None, clock = None, on_full = None),
+            text_signature = "(default_config, *, max_keys=1000000, idle_ttl=60.0, clock=None, on_full='evict')"
         )]
         fn new(
             default_config: &Bound<'_, PyAny>,
             max_keys: Option<&Bound<'_, PyAny>>,
             idle_ttl: Option<&Bound<'_, PyAny>>,
             clock: Option<&Bound<'_, PyAny>>,
+            on_full: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
             let py = default_config.py();
             let limits = read_limits(default_config)?;
@@ -714,6 +1060,18 @@ mod binding {
                     .extract()?,
                 _ => 60.0,
             };
+            let on_full = match on_full {
+                Some(value) if !value.is_none() => {
+                    let policy: String =
+                        validation.getattr("on_full")?.call1((value,))?.extract()?;
+                    if policy == "reject" {
+                        OnFull::Reject
+                    } else {
+                        OnFull::Evict
+                    }
+                }
+                _ => OnFull::Evict,
+            };
             Ok(Self {
                 core: Registry::with_extra(
                     limits,
@@ -724,11 +1082,70 @@ mod binding {
                         hot: (0..HANDLE_CACHE).map(|_| (u64::MAX, None)).collect(),
                         spare: None,
                     },
-                ),
+                )
+                .on_full(on_full),
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
                 reuse_spare: gil_enabled(default_config.py())?,
             })
+        }
+
+        /// Takes `tokens` from `key`'s bucket if they are there now: one
+        /// lookup and one decision, as `get_limiter(key).try_acquire(tokens)`.
+        #[pyo3(signature = (key, tokens = None), text_signature = "($self, /, key, tokens=1.0)")]
+        fn try_acquire(
+            &self,
+            py: Python<'_>,
+            key: Bound<'_, PyAny>,
+            tokens: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<bool> {
+            let tokens = tokens_arg(tokens)?;
+            let key = key_str(key)?;
+            let (text, hash) = key_parts(&key)?;
+            let now = self.clock.now_ns(py)?;
+            let result = self
+                .core
+                .with_key(text, hash, now, |limits, tat, decisions| {
+                    let cost = limits.cost_ns(tokens)?;
+                    Ok(decisions.count(
+                        limits
+                            .grant(*tat, now, cost)
+                            .map(|next| *tat = next)
+                            .is_some(),
+                    ))
+                })
+                .map_err(|full| full_error(py, full))?;
+            decided(py, result)
+        }
+
+        /// `(granted, rejected)`: decisions over all keys since creation
+        /// (`try_acquire`, and reservations granted or refused), counted
+        /// under the table's lock as they are made.
+        fn decision_counts(&self) -> (u64, u64) {
+            let Decisions { granted, rejected } = self.core.decisions();
+            (granted, rejected)
+        }
+
+        /// What a full registry does with a new key: `"evict"` or `"reject"`.
+        #[getter]
+        fn on_full(&self) -> &'static str {
+            match self.core.full_policy() {
+                OnFull::Evict => "evict",
+                OnFull::Reject => "reject",
+            }
+        }
+
+        /// The keys of the default configuration, least recently used first
+        /// (the order in which a full registry evicts them).
+        fn _eviction_order(&self) -> Vec<String> {
+            let mut keys = Vec::new();
+            self.core.eviction_order(|key| keys.push(key.to_owned()));
+            keys
+        }
+
+        /// Bytes of native memory the table reserves (slots and index).
+        fn _table_bytes(&self) -> usize {
+            self.core.table_bytes()
         }
 
         /// The key's limiter (a handle; the bucket lives in the registry).
@@ -986,13 +1403,15 @@ mod binding {
         fn with_bucket<R>(
             &self,
             py: Python<'_>,
-            op: impl FnOnce(&Limits, &mut u64, u64) -> Result<R, InvalidValue>,
+            op: impl FnOnce(&Limits, &mut u64, u64, &mut Decisions) -> Result<R, InvalidValue>,
         ) -> PyResult<R> {
             let registry = self.registry.get();
             let now = registry.clock.now_ns(py)?;
             let hash = self.hash.load(Ordering::Relaxed);
             let cached = Location::unpack(self.location.load(Ordering::Relaxed));
-            let op = |limits: &Limits, tat: &mut u64| op(limits, tat, now);
+            let op = |limits: &Limits, tat: &mut u64, decisions: &mut Decisions| {
+                op(limits, tat, now, decisions)
+            };
             let result = match registry.core.with_bucket_at(cached, hash, op) {
                 Ok(result) => result,
                 Err(op) => {
@@ -1038,12 +1457,14 @@ mod binding {
         #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
         fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
             let tokens = tokens_arg(tokens)?;
-            self.with_bucket(py, |limits, tat, now| {
+            self.with_bucket(py, |limits, tat, now, decisions| {
                 let cost = limits.cost_ns(tokens)?;
-                Ok(limits
-                    .grant(*tat, now, cost)
-                    .map(|next| *tat = next)
-                    .is_some())
+                Ok(decisions.count(
+                    limits
+                        .grant(*tat, now, cost)
+                        .map(|next| *tat = next)
+                        .is_some(),
+                ))
             })
         }
 
@@ -1060,14 +1481,16 @@ mod binding {
         ) -> PyResult<(f64, Reservation)> {
             let tokens = tokens_arg(tokens)?;
             let max_wait = timeout_arg(timeout)?;
-            let outcome = self.with_bucket(py, |limits, tat, now| {
+            let outcome = self.with_bucket(py, |limits, tat, now, decisions| {
                 let cost = limits.cost_ns(tokens)?;
-                Ok(limits
+                let outcome = limits
                     .reserve(*tat, now, cost, max_wait)
                     .map(|(next, wait_ns)| {
                         *tat = next;
                         (wait_ns, next, cost)
-                    }))
+                    });
+                decisions.count(outcome.is_ok());
+                Ok(outcome)
             })?;
             match outcome {
                 Ok((wait_ns, tat, cost)) => Ok((
@@ -1088,9 +1511,9 @@ mod binding {
         ) -> PyResult<bool> {
             let reservation = ticket_of(ticket)?.get();
             let tokens = number_arg(tokens, "tokens")?;
-            let cost = self.with_bucket(py, |limits, _, _| limits.cost_ns(tokens))?;
+            let cost = self.with_bucket(py, |limits, _, _, _| limits.cost_ns(tokens))?;
             let tat = cancel_error(py, reservation, self.owner(), cost, tokens)?;
-            self.with_bucket(py, |limits, current, _| {
+            self.with_bucket(py, |limits, current, _, _| {
                 Ok(Limits::cancel(*current, tat, limits.cost_ns(tokens)?)
                     .map(|previous| *current = previous)
                     .is_some())
@@ -1101,7 +1524,7 @@ mod binding {
         #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
         fn retry_after(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
             let tokens = tokens_arg(tokens)?;
-            self.with_bucket(py, |limits, tat, now| {
+            self.with_bucket(py, |limits, tat, now, _| {
                 Ok(ns_to_secs(limits.wait_ns(
                     *tat,
                     now,
@@ -1113,12 +1536,12 @@ mod binding {
         /// Tokens in the key's bucket now.
         #[getter]
         fn available_tokens(&self, py: Python<'_>) -> PyResult<f64> {
-            self.with_bucket(py, |limits, tat, now| Ok(limits.available(*tat, now)))
+            self.with_bucket(py, |limits, tat, now, _| Ok(limits.available(*tat, now)))
         }
 
         /// The key's bucket back to its configured initial tokens.
         fn reset(&self, py: Python<'_>) -> PyResult<()> {
-            self.with_bucket(py, |limits, tat, now| {
+            self.with_bucket(py, |limits, tat, now, _| {
                 *tat = limits.initial_tat(now);
                 Ok(())
             })
@@ -1186,6 +1609,34 @@ mod binding {
             visit.call(&self.registry)
         }
 
+        /// Handles of one key of one registry are equal (they share one bucket).
+        fn __richcmp__(
+            &self,
+            other: &Bound<'_, PyAny>,
+            op: CompareOp,
+            py: Python<'_>,
+        ) -> PyResult<Py<PyAny>> {
+            let Ok(other) = other.cast::<KeyedLimiter>() else {
+                return Ok(py.NotImplemented());
+            };
+            let other = other.get();
+            let same = self.registry.is(&other.registry)
+                && self.hash.load(Ordering::Relaxed) == other.hash.load(Ordering::Relaxed)
+                && self.key_of(py)?.to_str()? == other.key_of(py)?.to_str()?;
+            match op {
+                CompareOp::Eq => Ok(same.into_pyobject(py)?.to_owned().into_any().unbind()),
+                CompareOp::Ne => Ok((!same).into_pyobject(py)?.to_owned().into_any().unbind()),
+                _ => Ok(py.NotImplemented()),
+            }
+        }
+
+        fn __hash__(&self) -> u64 {
+            let registry = self.registry.as_ptr() as u64;
+            (self.hash.load(Ordering::Relaxed) ^ registry.rotate_left(29))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> 1
+        }
+
         fn __repr__(&self, py: Python<'_>) -> String {
             format!(
                 "KeyedLimiter(key={})",
@@ -1217,7 +1668,7 @@ mod tests {
 
     fn take(r: &Registry<()>, key: &str, now: u64) -> bool {
         let loc = r.get(key, h(key), now).unwrap();
-        r.with_bucket(loc, key, h(key), now, |limits, tat| {
+        r.with_bucket(loc, key, h(key), now, |limits, tat, _| {
             limits
                 .grant(*tat, now, limits.interval_ns)
                 .map(|next| *tat = next)
@@ -1238,9 +1689,19 @@ mod tests {
         assert_eq!(r.len(), 2);
     }
 
+    fn rejecting(max_keys: usize, idle_ns: u64) -> Registry<()> {
+        registry(max_keys, idle_ns).on_full(OnFull::Reject)
+    }
+
+    fn order(r: &Registry<()>) -> Vec<String> {
+        let mut keys = Vec::new();
+        r.eviction_order(|key| keys.push(key.to_owned()));
+        keys
+    }
+
     #[test]
-    fn full_registry_evicts_idle_keys_only() {
-        let r = registry(2, SEC);
+    fn rejecting_registry_evicts_idle_keys_only() {
+        let r = rejecting(2, SEC);
         assert!(take(&r, "a", 0));
         assert!(take(&r, "b", 0));
         // Neither is full again (and idle) before 1 s + 1 s.
@@ -1256,9 +1717,112 @@ mod tests {
                 retry_after_ns: SEC - 1
             })
         );
+        // The least recently used key is idle: it goes, without a scan.
         assert!(r.get("c", h("c"), 2 * SEC).is_ok());
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.len(), 2);
         assert!(r.contains("c", h("c")) && !r.contains("a", h("a")));
+    }
+
+    #[test]
+    fn rejecting_registry_scans_when_the_oldest_is_busy() {
+        let r = rejecting(3, SEC);
+        assert!(take(&r, "a", 0) && take(&r, "a", 0)); // empty until 2 s, idle at 3 s
+        assert!(take(&r, "b", 0));
+        assert!(take(&r, "c", 0));
+        // At 2.5 s "a" (the oldest) is not idle; "b" and "c" are: both go.
+        let now = 2 * SEC + SEC / 2;
+        assert!(r.get("d", h("d"), now).is_ok());
+        assert_eq!(order(&r), ["a", "d"]);
+    }
+
+    #[test]
+    fn full_registry_evicts_the_least_recently_used_key() {
+        let r = registry(3, SEC);
+        for key in ["a", "b", "c"] {
+            assert!(take(&r, key, 0));
+        }
+        assert!(take(&r, "a", 0)); // "b" is now the least recently used
+        assert_eq!(order(&r), ["b", "c", "a"]);
+        assert!(r.get("d", h("d"), 0).is_ok());
+        assert_eq!(order(&r), ["c", "a", "d"]);
+        assert!(r.find("c", h("c")).is_some()); // finding is using
+        assert!(r.get("e", h("e"), 0).is_ok());
+        assert_eq!(order(&r), ["d", "c", "e"]);
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn keys_with_their_own_configuration_are_not_listed() {
+        let r = registry(2, 0);
+        let own = Limits::new(5.0, 5.0, 5.0).unwrap();
+        r.set("p", h("p"), own, (), 0).unwrap();
+        assert!(take(&r, "a", 0));
+        assert!(r.get("b", h("b"), 0).is_ok()); // evicts "a", never "p"
+        assert_eq!(order(&r), ["b"]);
+        assert!(r.contains("p", h("p")));
+        assert!(r.remove("p", h("p"), 0));
+        assert!(r.get("c", h("c"), 0).is_ok());
+        assert_eq!(order(&r), ["b", "c"]);
+    }
+
+    #[test]
+    fn grows_across_segments_and_evicts_in_order() {
+        let r = registry(5_000, 0);
+        let keys: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            assert!(r.get(key, h(key), 0).is_ok());
+        }
+        for key in &keys {
+            let loc = r.find(key, h(key)).unwrap();
+            assert_eq!(r.get(key, h(key), 0), Ok(loc));
+        }
+        // Every lookup above touched its key in creation order, so the
+        // next 5,000 new keys evict them in that order.
+        for (i, key) in keys.iter().enumerate() {
+            let fresh = format!("n{i}");
+            assert!(r.get(&fresh, h(&fresh), 0).is_ok());
+            assert!(!r.contains(key, h(key)));
+            if i + 1 < keys.len() {
+                assert!(r.contains(&keys[i + 1], h(&keys[i + 1])));
+            }
+        }
+        assert_eq!(r.len(), 5_000);
+        assert!(r.table_bytes() >= 5_000 * 56);
+    }
+
+    #[test]
+    fn growing_never_moves_a_slot() {
+        let r = registry(100_000, 0);
+        let address =
+            |r: &Registry<()>, slot: u32| std::ptr::from_ref(&r.lock().table.slots[slot]) as usize;
+        assert!(r.get("first", h("first"), 0).is_ok());
+        let first = address(&r, 0);
+        for i in 0..50_000 {
+            let key = format!("k{i}");
+            assert!(r.get(&key, h(&key), 0).is_ok());
+        }
+        // Segments are added, never reallocated: slot 0 stays where it was.
+        assert_eq!(address(&r, 0), first);
+        assert!(r.lock().table.slots.segments.len() > 5);
+    }
+
+    #[test]
+    fn segments_place_every_slot_once() {
+        let mut seen = std::collections::HashSet::new();
+        for slot in 0..100_000u32 {
+            let (segment, offset) = Slots::place(slot);
+            let size = if segment == 0 {
+                64
+            } else {
+                64 << (segment - 1)
+            };
+            assert!(offset < size);
+            assert!(seen.insert((segment, offset)));
+        }
+        assert_eq!(Slots::place(64), (1, 0));
+        assert_eq!(Slots::place(128), (2, 0));
+        assert_eq!(Slots::place(255), (2, 127));
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
     }
 
     #[test]
@@ -1268,7 +1832,7 @@ mod tests {
         let b = r.get("b", h("b"), 0).unwrap(); // evicts "a", reuses its slot
         assert_eq!(a.slot, b.slot);
         assert_ne!(a.generation, b.generation);
-        let ((), moved) = r.with_bucket(a, "a", h("a"), 0, |_, _| ()).unwrap();
+        let ((), moved) = r.with_bucket(a, "a", h("a"), 0, |_, _, _| ()).unwrap();
         assert_ne!(moved, a);
         assert!(r.contains("a", h("a")) && !r.contains("b", h("b")));
     }

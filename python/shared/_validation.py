@@ -202,3 +202,15 @@ def optional_callable(name: str, value: Any) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
     return value  # type: ignore[no-any-return]
+
+
+ON_FULL_POLICIES = ("evict", "reject")
+
+
+def on_full(value: Any) -> str:
+    """What a full ``RateLimiterRegistry`` does: ``"evict"`` or ``"reject"``."""
+    if not isinstance(value, str):
+        raise TypeError(f"on_full must be a str, got {type(value).__name__}")
+    if value not in ON_FULL_POLICIES:
+        raise ValueError(f"on_full must be 'evict' or 'reject', got {value!r}")
+    return value

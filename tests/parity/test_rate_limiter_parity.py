@@ -143,11 +143,14 @@ class RegistryParity(RuleBasedStateMachine):
         config=configs,
         max_keys=st.integers(1, 4),
         idle_ttl=st.sampled_from([0.0, 0.5, 3.0]),
+        on_full=st.sampled_from(["evict", "reject"]),
     )
-    def create(self, config: RateLimitConfig, max_keys: int, idle_ttl: float) -> None:
+    def create(self, config: RateLimitConfig, max_keys: int, idle_ttl: float, on_full: str) -> None:
         self.clock = ManualClock()
         self.registries = [
-            m.RateLimiterRegistry(config, max_keys=max_keys, idle_ttl=idle_ttl, clock=self.clock)
+            m.RateLimiterRegistry(
+                config, max_keys=max_keys, idle_ttl=idle_ttl, clock=self.clock, on_full=on_full
+            )
             for m in (self.native, self.pure)
         ]
         # Handles kept across steps, to check that stale ones behave the same.
@@ -172,6 +175,10 @@ class RegistryParity(RuleBasedStateMachine):
         handles = self.limiters(key, fresh)
         if handles:
             same(*(outcome(lambda h=h: h.try_acquire(n)) for h in handles))
+
+    @rule(key=st.one_of(keys, st.sampled_from([5, None, b"a"])), n=tokens)
+    def try_acquire_one_call(self, key: Any, n: float) -> None:
+        same(*(outcome(lambda r=r: r.try_acquire(key, n)) for r in self.registries))
 
     @rule(key=keys, n=tokens, timeout=timeouts, cancel=st.booleans())
     def reserve(self, key: str, n: float, timeout: float | None, cancel: bool) -> None:
@@ -226,6 +233,9 @@ class RegistryParity(RuleBasedStateMachine):
             assert len(native) == len(pure)
             for key in [*KEYS, 5, None]:
                 assert (key in native) == (key in pure)
+            # The same keys in the same recency order: evictions agree.
+            assert native._eviction_order() == pure._eviction_order()
+            assert native.decision_counts() == pure.decision_counts()
 
 
 def test_token_bucket_parity(cores: tuple[ModuleType, ModuleType]) -> None:
@@ -240,3 +250,45 @@ def test_registry_parity(cores: tuple[ModuleType, ModuleType]) -> None:
     RegistryParity.native, RegistryParity.pure = cores
     RegistryParity.TestCase.settings = settings(max_examples=60, stateful_step_count=40)
     RegistryParity.TestCase().runTest()
+
+
+def test_registry_eviction_step_by_step(cores: tuple[ModuleType, ModuleType]) -> None:
+    """One ManualClock, both cores, a scripted sequence: every result, the
+    recency order and the decision counts agree at each step, in both modes."""
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=2.0)
+    steps: list[Callable[[Any], Any] | float] = [
+        lambda r: r.try_acquire("a"),
+        lambda r: r.try_acquire("b"),
+        lambda r: r.try_acquire("c", 2),
+        lambda r: r.get_limiter("a").try_acquire(),
+        lambda r: r.try_acquire("d"),  # full: evicts "b" / refuses
+        2.5,  # seconds on the clock
+        lambda r: r.try_acquire("e"),  # an idle key can go now
+        lambda r: r.set_limiter("a", config) is not None,
+        lambda r: r.try_acquire("f"),
+        lambda r: r.remove_limiter("a"),
+        lambda r: r.try_acquire("g", 3),
+        lambda r: r.get_limiter("c").reserve(1.0, 0.0)[0],
+        lambda r: r.get_limiter("c").reserve(5.0, 0.0),
+        lambda r: r.get_limiter("c").reserve(2.0, 0.0),
+        0.25,
+        lambda r: r.try_acquire("h"),
+    ]
+    for on_full in ("evict", "reject"):
+        clock = ManualClock()
+        registries = [
+            m.RateLimiterRegistry(config, max_keys=3, idle_ttl=1.0, clock=clock, on_full=on_full)
+            for m in cores
+        ]
+        native, pure = registries
+        for number, step in enumerate(steps):
+            if isinstance(step, float):
+                clock.advance(step)
+                continue
+            same(*(outcome(lambda r=r, step=step: step(r)) for r in registries))
+            assert native._eviction_order() == pure._eviction_order(), (on_full, number)
+            assert native.decision_counts() == pure.decision_counts(), (on_full, number)
+            assert len(native) == len(pure), (on_full, number)
+        granted, rejected = native.decision_counts()
+        assert granted > 0
+        assert rejected > 0

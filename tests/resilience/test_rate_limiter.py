@@ -498,13 +498,15 @@ def test_registry_limiters_of_one_key_share_one_bucket() -> None:
 
 
 def test_registry_evicts_idle_keys_and_stays_bounded() -> None:
-    """A full registry evicts keys whose bucket has been full for idle_ttl, never more keys."""
+    """With on_full="reject", a full registry evicts keys whose bucket has been
+    full for idle_ttl, never more keys."""
     clock = ManualClock()
     registry = RateLimiterRegistry(
         RateLimitConfig(tokens_per_second=10.0, burst_size=1),
         max_keys=10,
         idle_ttl=1.0,
         clock=clock,
+        on_full="reject",
     )
     for i in range(100):
         retry_after = 0.0
@@ -521,10 +523,15 @@ def test_registry_evicts_idle_keys_and_stays_bounded() -> None:
 
 
 def test_registry_full_of_active_keys_refuses_new_ones() -> None:
-    """When no key can be evicted, a new key raises RateLimitExceeded with the wait."""
+    """With on_full="reject", when no key can be evicted, a new key raises
+    RateLimitExceeded with the wait."""
     clock = ManualClock()
     registry = RateLimiterRegistry(
-        RateLimitConfig(tokens_per_second=1.0, burst_size=1), max_keys=2, idle_ttl=0.0, clock=clock
+        RateLimitConfig(tokens_per_second=1.0, burst_size=1),
+        max_keys=2,
+        idle_ttl=0.0,
+        clock=clock,
+        on_full="reject",
     )
     assert registry.get_limiter("a").try_acquire()
     assert registry.get_limiter("b").try_acquire()

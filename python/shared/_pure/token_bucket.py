@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -279,6 +280,8 @@ class RateLimiterRegistry:
         "_default",
         "_default_config",
         "_entries",
+        "_evict",
+        "_granted",
         "_idle_ns",
         "_idle_ttl",
         "_lock",
@@ -286,12 +289,19 @@ class RateLimiterRegistry:
         "_no_eviction_before",
         "_now",
         "_purge_above",
+        "_recent",
+        "_rejected",
         "_removed",
     )
     _clock: NanosecondClock | None
     _default: _Limits
     _default_config: Any
     _entries: dict[str, _Entry]
+    # Keys of the default configuration, least recently used first.
+    _recent: OrderedDict[str, None]
+    _evict: bool
+    _granted: int
+    _rejected: int
     _idle_ns: int
     _idle_ttl: float
     _lock: threading.Lock
@@ -308,6 +318,7 @@ class RateLimiterRegistry:
         max_keys: Any = 1000000,
         idle_ttl: Any = 60.0,
         clock: NanosecondClock | None = None,
+        on_full: Any = "evict",
     ) -> RateLimiterRegistry:
         self = object.__new__(cls)
         self._default = _Limits(default_config)
@@ -328,20 +339,42 @@ class RateLimiterRegistry:
         self._now = time_source(clock)
         self._clock = clock
         self._lock = threading.Lock()
+        self._evict = on_full is None or _validation.on_full(on_full) == "evict"
         self._entries = {}
+        self._recent = OrderedDict()
+        self._granted = 0
+        self._rejected = 0
         self._no_eviction_before = 0
         self._removed = {}
         self._purge_above = _REMOVED_PURGE_MIN
         return self
 
+    def _forget(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        if not entry.pinned:
+            del self._recent[key]
+
+    def _evict_oldest(self, now: int) -> None:
+        """Forgets the least recently used key of the default configuration."""
+        if not self._recent:
+            self._evict_idle(now)
+            return
+        self._forget(next(iter(self._recent)))
+
     def _evict_idle(self, now: int) -> None:
+        """The oldest key if it is idle (no scan), else every idle key; or refuses."""
+        idle_ns = self._idle_ns
+        if self._recent:
+            oldest = next(iter(self._recent))
+            if _sat(self._entries[oldest].tat + idle_ns) <= now:
+                self._forget(oldest)
+                return
         if now < self._no_eviction_before:
             raise _rate_limit_exceeded(ns_to_secs(self._no_eviction_before - now), _FULL_MESSAGE)
-        idle_ns = self._idle_ns
-        evictable = [k for k, e in self._entries.items() if not e.pinned]
+        evictable = list(self._recent)
         idle = [k for k in evictable if _sat(self._entries[k].tat + idle_ns) <= now]
         for key in idle:
-            del self._entries[key]
+            self._forget(key)
         if idle:
             return
         soonest = min((_sat(self._entries[k].tat + idle_ns) for k in evictable), default=_U64_MAX)
@@ -350,17 +383,26 @@ class RateLimiterRegistry:
         raise _rate_limit_exceeded(ns_to_secs(retry_after_ns), _FULL_MESSAGE)
 
     def _entry(self, key: str, now: int) -> _Entry:
-        """The key's entry, created with the default configuration if needed (lock held)."""
+        """The key's entry, created with the default configuration if needed (lock held).
+
+        Finding a key counts as using it: it becomes the most recently used.
+        """
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= self._max_keys:
-                self._evict_idle(now)
+                if self._evict:
+                    self._evict_oldest(now)
+                else:
+                    self._evict_idle(now)
             tat = self._default.initial_tat(now)
             carried = self._removed.pop(key, None) if self._removed else None
             if carried is not None and carried > tat:
                 tat = carried  # removed before it refilled: its tokens stay spent
             entry = _Entry(self._default, self._default_config, tat, False)
             self._entries[key] = entry
+            self._recent[key] = None
+        elif not entry.pinned:
+            self._recent.move_to_end(key)
         return entry
 
     def _with_entry(self, key: str, op: Callable[[_Entry, int], _R]) -> _R:
@@ -380,6 +422,8 @@ class RateLimiterRegistry:
         _validation.key(key)
 
         def give(entry: _Entry, now: int) -> None:
+            if not entry.pinned:
+                del self._recent[key]
             entry.limits, entry.config, entry.pinned = limits, config, True
             entry.tat = limits.initial_tat(now)
 
@@ -399,6 +443,8 @@ class RateLimiterRegistry:
             entry = self._entries.pop(key, None)
             if entry is None:
                 return False
+            if not entry.pinned:
+                del self._recent[key]
             if entry.tat > now:
                 self._remember_removed(key, entry.tat, now)
             return True
@@ -419,6 +465,33 @@ class RateLimiterRegistry:
             self._no_eviction_before = 0
             for entry in self._entries.values():
                 entry.tat = entry.limits.initial_tat(now)
+
+    def try_acquire(self, /, key: str, tokens: float = 1.0) -> bool:
+        """Takes ``tokens`` from ``key``'s bucket if they are there now (one call)."""
+        value = _tokens_value(tokens)
+        _validation.key(key)
+        now = self._now()
+        with self._lock:
+            entry = self._entry(key, now)
+            following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
+            if following is None:
+                self._rejected += 1
+                return False
+            entry.tat = following
+            self._granted += 1
+            return True
+
+    def decision_counts(self, /) -> tuple[int, int]:
+        """``(granted, rejected)`` over all keys since creation."""
+        return self._granted, self._rejected
+
+    @property
+    def on_full(self) -> str:
+        return "evict" if self._evict else "reject"
+
+    def _eviction_order(self, /) -> list[str]:
+        with self._lock:
+            return list(self._recent)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -481,11 +554,14 @@ class KeyedLimiter:
         def take(entry: _Entry, now: int) -> bool:
             following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
             if following is None:
+                registry._rejected += 1
                 return False
             entry.tat = following
+            registry._granted += 1
             return True
 
-        return self._registry._with_entry(self._key, take)
+        registry = self._registry
+        return registry._with_entry(self._key, take)
 
     def reserve(
         self, /, tokens: float = 1.0, timeout: float | None = None
@@ -497,8 +573,15 @@ class KeyedLimiter:
 
         def reserve(entry: _Entry, now: int) -> tuple[float, Reservation]:
             cost = entry.limits.cost_ns(value)
-            entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
+            try:
+                entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
+            except BaseException:
+                registry._rejected += 1
+                raise
+            registry._granted += 1
             return ns_to_secs(wait_ns), Reservation._new(owner, entry.tat, cost, value)
+
+        registry = self._registry
 
         return self._registry._with_entry(self._key, reserve)
 
@@ -578,6 +661,14 @@ class KeyedLimiter:
     @property
     def clock(self) -> NanosecondClock | None:
         return self._registry._clock
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyedLimiter):
+            return NotImplemented
+        return self._registry is other._registry and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash((id(self._registry), self._key))
 
     def __repr__(self) -> str:
         return f"KeyedLimiter(key={self._key!r})"

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import _validation
 from shared._backend import core
@@ -163,16 +163,30 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
 
     Args:
         default_config: the configuration of keys without their own.
-        max_keys: keyword-only; at most this many keys (default 1,000,000, about
-            65 MB when full). When full, keys whose bucket has been full for
-            ``idle_ttl`` seconds are evicted (a full bucket forgets nothing);
-            if none can be, a new key raises ``RateLimitExceeded``.
-        idle_ttl: keyword-only; seconds a bucket must have been full before its
-            key may be evicted (default 60).
+        max_keys: keyword-only; at most this many keys (default 1,000,000,
+            about 75 MB when full).
+        idle_ttl: keyword-only; with ``on_full="reject"``, seconds a bucket
+            must have been full before its key may be evicted (default 60).
         clock: keyword-only; as for ``TokenBucket``.
+        on_full: keyword-only; what a full registry does with a new key.
+            ``"evict"`` (the default) forgets the least recently used key: its
+            bucket has had the longest to refill, so forgetting it grants the
+            least, and a new key is never refused. ``"reject"`` evicts only
+            keys whose bucket has been full for ``idle_ttl`` (a full bucket
+            forgets nothing) and otherwise raises ``RateLimitExceeded`` for the
+            new key, with the time until one can be evicted.
+
+    ``try_acquire(key, tokens)``, ``acquire(key, tokens, timeout)`` and
+    ``acquire_async(key, tokens, timeout)`` look the key up and decide in one
+    call, with the semantics of ``get_limiter(key).try_acquire(tokens)`` and
+    so on. Every lookup (these, ``get_limiter`` and a handle's calls) counts
+    as a use of the key for eviction. ``decision_counts()`` is ``(granted,
+    rejected)`` over all keys: ``try_acquire`` outcomes (an async waiter's
+    retries included) and reservations made or refused (``acquire``).
 
     ``get_limiter(key)`` returns a light handle with the ``TokenBucket`` API;
-    handles of one key share one bucket, even when created concurrently. Keys
+    handles of one key share one bucket, even when created concurrently, and
+    compare and hash equal. Keys
     given their own configuration by ``set_limiter`` are never evicted. A key
     is a ``str`` of valid text (a lone surrogate such as ``'\\ud800'`` raises
     ``ValueError``; ``in`` answers False for it).
@@ -193,11 +207,18 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         max_keys: int = 1_000_000,
         idle_ttl: float = 60.0,
         clock: Any | None = None,
+        on_full: str = "evict",
     ) -> RateLimiterRegistry:
         _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS)
         _validation.non_negative_finite("idle_ttl", idle_ttl)
+        _validation.on_full(on_full)
         registry: RateLimiterRegistry = super().__new__(
-            cls, default_config, max_keys=max_keys, idle_ttl=idle_ttl, clock=clock
+            cls,
+            default_config,
+            max_keys=max_keys,
+            idle_ttl=idle_ttl,
+            clock=clock,
+            on_full=on_full,
         )
         return registry
 
@@ -208,8 +229,31 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         max_keys: int = 1_000_000,
         idle_ttl: float = 60.0,
         clock: Any | None = None,
+        on_full: str = "evict",
     ) -> None:
         self._waiters = _WaitQueue()
+
+    if TYPE_CHECKING:  # the core's methods, typed for users (no wrapper at run time)
+
+        def try_acquire(self, key: str, tokens: float = 1.0) -> bool:
+            """Takes ``tokens`` from ``key``'s bucket if they are there now; never waits."""
+
+        def decision_counts(self) -> tuple[int, int]:
+            """``(granted, rejected)`` over all keys since the registry was created."""
+
+        @property
+        def on_full(self) -> str:
+            """``"evict"`` or ``"reject"``: what a full registry does with a new key."""
+
+    def acquire(self, key: str, tokens: float = 1.0, timeout: float | None = None) -> None:
+        """Blocks until ``tokens`` of ``key``'s bucket are granted (see ``TokenBucket.acquire``)."""
+        _acquire(self.get_limiter(key), tokens, timeout)
+
+    def acquire_async(
+        self, key: str, tokens: float = 1.0, timeout: float | None = None
+    ) -> Awaitable[None]:
+        """Awaitable ``acquire`` of ``key``'s bucket (see ``TokenBucket.acquire_async``)."""
+        return _acquire_async(self.get_limiter(key), tokens, timeout)
 
     def len(self) -> int:
         """The number of keys held (also ``len(registry)``)."""
