@@ -584,7 +584,7 @@ mod binding {
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use crate::token_bucket::{
         cancel_error, invalid_value_error, number_arg, rate_limit_exceeded, read_limits, ticket_of,
-        timeout_arg, tokens_error, InvalidValue, Limits, Reservation,
+        timeout_arg, tokens_error, Decisions, InvalidValue, Limits, Reservation,
     };
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::gc::PyVisit;
@@ -626,6 +626,8 @@ mod binding {
         /// Whether the spare handle may be re-pointed: only where a reference
         /// count of 1 proves that nobody else holds it (a build with the GIL).
         reuse_spare: bool,
+        /// The decisions of every key together (one series per registry in metrics).
+        decisions: Decisions,
     }
 
     /// What `get_limiter` found under the lock.
@@ -728,7 +730,14 @@ mod binding {
                 clock: Clock::from_py(clock)?,
                 idle_ttl,
                 reuse_spare: gil_enabled(default_config.py())?,
+                decisions: Decisions::default(),
             })
+        }
+
+        /// Monotonic decision counters of all keys together, for metrics (as
+        /// `TokenBucket.counters`; never cleared by `reset_all()`).
+        fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+            self.decisions.to_dict(py)
         }
 
         /// The key's limiter (a handle; the bucket lives in the registry).
@@ -1038,13 +1047,14 @@ mod binding {
         #[pyo3(signature = (tokens = None), text_signature = "($self, /, tokens=1.0)")]
         fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
             let tokens = tokens_arg(tokens)?;
-            self.with_bucket(py, |limits, tat, now| {
+            let granted = self.with_bucket(py, |limits, tat, now| {
                 let cost = limits.cost_ns(tokens)?;
                 Ok(limits
                     .grant(*tat, now, cost)
                     .map(|next| *tat = next)
                     .is_some())
-            })
+            })?;
+            Ok(self.registry.get().decisions.decided(granted))
         }
 
         /// Reserves `tokens`: `(seconds to wait, ticket)` (see `TokenBucket.reserve`).
@@ -1069,12 +1079,19 @@ mod binding {
                         (wait_ns, next, cost)
                     }))
             })?;
+            let decisions = &self.registry.get().decisions;
             match outcome {
-                Ok((wait_ns, tat, cost)) => Ok((
-                    ns_to_secs(wait_ns),
-                    Reservation::new(self.owner(), tat, cost, tokens),
-                )),
-                Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
+                Ok((wait_ns, tat, cost)) => {
+                    decisions.reserved(wait_ns);
+                    Ok((
+                        ns_to_secs(wait_ns),
+                        Reservation::new(self.owner(), tat, cost, tokens),
+                    ))
+                }
+                Err(too_long) => {
+                    decisions.refused();
+                    Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None))
+                }
             }
         }
 

@@ -171,10 +171,29 @@ class _Limits:
         return float(credit) / float(self.interval_ns)
 
 
+class _Decisions:
+    """A limiter's decisions for metrics; changed only under the limiter's lock."""
+
+    __slots__ = ("granted", "rejected", "waited_ns")
+
+    def __init__(self) -> None:
+        self.granted = 0
+        self.rejected = 0
+        self.waited_ns = 0
+
+    def reserved(self, wait_ns: int) -> None:
+        self.granted += 1
+        self.waited_ns += wait_ns
+
+    def to_dict(self) -> dict[str, int]:
+        return {"granted": self.granted, "rejected": self.rejected, "waited_ns": self.waited_ns}
+
+
 class TokenBucket:
     """The core of ``shared.resilience.TokenBucket`` (twin of the native class)."""
 
-    __slots__ = ("_clock", "_config", "_limits", "_lock", "_now", "_tat")
+    __slots__ = ("_clock", "_config", "_decisions", "_limits", "_lock", "_now", "_tat")
+    _decisions: _Decisions
     _clock: NanosecondClock | None
     _config: Any
     _limits: _Limits
@@ -190,6 +209,7 @@ class TokenBucket:
         self._config = config
         self._lock = threading.Lock()
         self._tat = self._limits.initial_tat(self._now())
+        self._decisions = _Decisions()
         return self
 
     def try_acquire(self, /, tokens: float = 1.0) -> bool:
@@ -200,8 +220,10 @@ class TokenBucket:
         with self._lock:
             following = limits.grant(self._tat, now, cost)
             if following is None:
+                self._decisions.rejected += 1
                 return False
             self._tat = following
+            self._decisions.granted += 1
             return True
 
     def reserve(
@@ -217,7 +239,12 @@ class TokenBucket:
         max_wait = _checked_timeout(timeout)
         now = self._now()
         with self._lock:
-            self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
+            try:
+                self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
+            except Exception:  # the only error: the wait would exceed the timeout
+                self._decisions.rejected += 1
+                raise
+            self._decisions.reserved(wait_ns)
             return ns_to_secs(wait_ns), Reservation._new(self, self._tat, cost, value)
 
     def cancel_reservation(self, /, tokens: float, ticket: Reservation) -> bool:
@@ -252,6 +279,13 @@ class TokenBucket:
         with self._lock:
             self._tat = self._limits.initial_tat(now)
 
+    def counters(self, /) -> dict[str, int]:
+        """Monotonic decision counters for metrics (never cleared by ``reset()``):
+        ``granted`` and ``rejected`` decisions of ``try_acquire`` and ``reserve``
+        (so of ``acquire``), and ``waited_ns`` handed out by granted reservations."""
+        with self._lock:
+            return self._decisions.to_dict()
+
     @property
     def config(self) -> Any:
         return self._config
@@ -276,6 +310,7 @@ class RateLimiterRegistry:
 
     __slots__ = (
         "_clock",
+        "_decisions",
         "_default",
         "_default_config",
         "_entries",
@@ -289,6 +324,7 @@ class RateLimiterRegistry:
         "_removed",
     )
     _clock: NanosecondClock | None
+    _decisions: _Decisions
     _default: _Limits
     _default_config: Any
     _entries: dict[str, _Entry]
@@ -328,6 +364,7 @@ class RateLimiterRegistry:
         self._now = time_source(clock)
         self._clock = clock
         self._lock = threading.Lock()
+        self._decisions = _Decisions()
         self._entries = {}
         self._no_eviction_before = 0
         self._removed = {}
@@ -367,6 +404,12 @@ class RateLimiterRegistry:
         now = self._now()
         with self._lock:
             return op(self._entry(key, now), now)
+
+    def counters(self, /) -> dict[str, int]:
+        """Monotonic decision counters of all keys together, for metrics (as
+        ``TokenBucket.counters``; never cleared by ``reset_all()``)."""
+        with self._lock:
+            return self._decisions.to_dict()
 
     def get_limiter(self, /, key: str) -> KeyedLimiter:
         """The key's limiter (a handle; the bucket lives in the registry)."""
@@ -478,11 +521,15 @@ class KeyedLimiter:
 
         value = _tokens_value(tokens)
 
+        decisions = self._registry._decisions
+
         def take(entry: _Entry, now: int) -> bool:
             following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
             if following is None:
+                decisions.rejected += 1
                 return False
             entry.tat = following
+            decisions.granted += 1
             return True
 
         return self._registry._with_entry(self._key, take)
@@ -495,9 +542,16 @@ class KeyedLimiter:
         max_wait = _checked_timeout(timeout)
         owner = self._owner()
 
+        decisions = self._registry._decisions
+
         def reserve(entry: _Entry, now: int) -> tuple[float, Reservation]:
             cost = entry.limits.cost_ns(value)
-            entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
+            try:
+                entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
+            except Exception:  # the only error: the wait would exceed the timeout
+                decisions.rejected += 1
+                raise
+            decisions.reserved(wait_ns)
             return ns_to_secs(wait_ns), Reservation._new(owner, entry.tat, cost, value)
 
         return self._registry._with_entry(self._key, reserve)
