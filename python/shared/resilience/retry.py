@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from shared import _validation
+from shared import _instances, _validation
 from shared._backend import core
 from shared.resilience.exceptions import CircuitBreakerOpenError, RateLimitExceeded
 
@@ -315,6 +315,7 @@ class Retry(_RetryCore):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.name = name
+        _instances.retries.add(self)
         self.config = config = config or RetryConfig()
         self._sleep = _validation.optional_callable("sleep", sleep) or time.sleep
         self._async_sleep = (
