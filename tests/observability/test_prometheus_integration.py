@@ -164,7 +164,36 @@ def test_prometheus_scrapes_every_family(prometheus: str) -> None:
     # One series per registry: no key ever became a label value.
     assert len(_query(prometheus, f'{decisions}{{limiter="users"}}')) == 2
 
-    assert float(_query(prometheus, "shared_timeouts_fired_total")[0]["value"][1]) >= 1  # type: ignore[index]
+    fired = _query(prometheus, "shared_timeouts_fired_total")[0]["value"]
+    assert float(fired[1]) >= 1  # type: ignore[index]
     assert _values(
         prometheus, 'shared_idempotency_requests_total{store="orders-store"}', "outcome"
     ) == {"executed": 7.0, "replayed": 3.0, "in_progress": 1.0, "mismatch": 2.0, "errors": 0.0}
+
+
+def _grafana_to_promql(expression: str) -> str:
+    """The dashboard's Grafana variables replaced as Grafana would."""
+    for variable, value in (
+        ("$__rate_interval", "1m"),
+        ("$__range", "5m"),
+        ("$job", ".*"),
+        ("$instance", ".*"),
+    ):
+        expression = expression.replace(variable, value)
+    return expression
+
+
+def test_dashboard_queries_run_on_prometheus(prometheus: str) -> None:
+    """Every dashboard query is valid PromQL that Prometheus evaluates."""
+    from test_ops_files import dashboard_expressions
+
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            _query(prometheus, "up")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "Prometheus did not start in time"
+            time.sleep(0.2)
+    for expression in dashboard_expressions():
+        _query(prometheus, _grafana_to_promql(expression))  # asserts status success
