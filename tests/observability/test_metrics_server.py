@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -361,3 +362,13 @@ def test_promtool_check_metrics_is_clean(server: MetricsServer) -> None:
     assert result.stdout.strip() == b"", result
     assert result.stderr.strip() == b"", result
     del keep
+
+
+def test_start_and_stop_leave_no_thread_behind(app_registry: CollectorRegistry) -> None:
+    """Each background server's threads (loop, scrape renderer) end with stop()."""
+    before = set(threading.enumerate())
+    for _ in range(3):
+        server = MetricsServer("127.0.0.1", 0, registry=app_registry).start_in_background()
+        assert get(server)[0] == 200
+        server.stop()
+    assert set(threading.enumerate()) <= before

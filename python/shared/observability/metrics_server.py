@@ -234,6 +234,7 @@ class MetricsServer:
                 finally:
                     loop.run_until_complete(self.stop_async())
                     loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.run_until_complete(loop.shutdown_default_executor())
                     loop.close()
 
             thread = threading.Thread(target=run, name="shared-metrics-server", daemon=True)
