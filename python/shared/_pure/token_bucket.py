@@ -53,6 +53,10 @@ def _checked_timeout(timeout: Any) -> int | None:
     return None if seconds is None else secs_to_ns(seconds)
 
 
+# The default of ``tokens``: a call that leaves it out is recognised by identity.
+_ONE_TOKEN = 1.0
+
+
 def _tokens_value(tokens: Any) -> float:
     """A ``tokens`` argument as a float (None: one token, as the native core reads it)."""
     if type(tokens) is float:
@@ -226,10 +230,11 @@ class TokenBucket:
         self._granted = self._rejected = self._waited_ns = 0
         return self
 
-    def try_acquire(self, /, tokens: float = 1.0) -> bool:
+    def try_acquire(self, /, tokens: float = _ONE_TOKEN) -> bool:
         """Takes ``tokens`` if they are there now; never waits."""
         limits = self._limits
-        cost = limits.cost_ns(_tokens_value(tokens))
+        # The default argument (the common call) skips the argument checks.
+        cost = limits.interval_ns if tokens is _ONE_TOKEN else limits.cost_ns(_tokens_value(tokens))
         now = self._now()
         with self._lock:
             following = limits.grant(self._tat, now, cost)
