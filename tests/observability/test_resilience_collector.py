@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -303,3 +304,60 @@ def test_nothing_is_read_until_a_scrape(monkeypatch: pytest.MonkeyPatch) -> None
     scrape(registry)
     assert "collector-lazy" in reads
     unregister_resilience_metrics(registry)
+
+
+def test_scrapes_during_concurrent_calls_and_churn(registry: CollectorRegistry) -> None:
+    """Scrapes while threads call and create/drop instances: no error, counters never go back."""
+    breaker = CircuitBreaker("collector-busy", registry=None)
+    bucket = TokenBucket(RateLimitConfig(1e6), name="collector-busy")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            while not stop.is_set():
+                breaker.call(lambda: None)
+                bucket.try_acquire()
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                CircuitBreaker("collector-churn", registry=None).call(lambda: None)
+                TokenBucket(RateLimitConfig(10), name="collector-churn").try_acquire()
+                Retry("collector-churn").execute(lambda: None)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=call), threading.Thread(target=churn)]
+    for thread in threads:
+        thread.start()
+    previous = (0.0, 0.0)
+    try:
+        for _ in range(30):
+            samples = scrape(registry)
+            current = (
+                value(
+                    samples,
+                    "shared_circuit_breaker_calls_total",
+                    breaker="collector-busy",
+                    outcome="success",
+                ),
+                value(
+                    samples,
+                    "shared_rate_limiter_decisions_total",
+                    limiter="collector-busy",
+                    decision="granted",
+                ),
+            )
+            assert current[0] >= previous[0]
+            assert current[1] >= previous[1]
+            previous = current
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not errors
+    assert previous[0] > 0
+    assert previous[1] > 0
