@@ -361,3 +361,36 @@ def test_scrapes_during_concurrent_calls_and_churn(registry: CollectorRegistry) 
     assert not errors
     assert previous[0] > 0
     assert previous[1] > 0
+
+
+def test_redis_local_fallback_is_labelled(registry: CollectorRegistry) -> None:
+    """The in-process limiters a Redis limiter falls back to count under their own label."""
+    import socket
+
+    import redis
+    import redis.backoff
+    import redis.retry
+
+    from shared.resilience import RedisRateLimiterRegistry, RedisTokenBucket
+    from shared.resilience.redis_rate_limiter import LOCAL_FALLBACK_NAME
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_connect_timeout=0.5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
+    config = RateLimitConfig(tokens_per_second=1e-6, burst_size=2)
+    bucket = RedisTokenBucket(config, client, "user-7", on_unavailable="local")
+    users = RedisRateLimiterRegistry(config, client, on_unavailable="local")
+    assert [bucket.try_acquire() for _ in range(3)] == [True, True, False]
+    assert users.get_limiter("user-8").try_acquire()
+    samples = scrape(registry)
+    decisions = "shared_rate_limiter_decisions_total"
+    assert value(samples, decisions, limiter=LOCAL_FALLBACK_NAME, decision="granted") == 3
+    assert value(samples, decisions, limiter=LOCAL_FALLBACK_NAME, decision="rejected") == 1
+    assert "user-" not in generate_latest(registry).decode()
+    client.close()

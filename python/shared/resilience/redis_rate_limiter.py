@@ -54,6 +54,10 @@ POLICIES = ("fail_closed", "fail_open", "local")
 
 logger = logging.getLogger(__name__)
 
+# The ``limiter`` label of the in-process limiters the ``local`` policy falls back
+# to while Redis is unreachable (their decisions are in the metrics under it).
+LOCAL_FALLBACK_NAME = "redis_local_fallback"
+
 # KEYS[1]: the bucket. ARGV: mode ("acquire" | "peek" | "refund"), then in
 # microseconds: tolerance (burst_size / rate), cost (tokens / rate), the debt of
 # a bucket that does not exist yet ((burst_size - initial_tokens) / rate), and
@@ -411,7 +415,7 @@ class _BucketBase:
     def _own_local_bucket(self) -> _LocalBucket:
         with self._local_lock:
             if self._local is None:
-                self._local = TokenBucket(self._config)
+                self._local = TokenBucket(self._config, name=LOCAL_FALLBACK_NAME)
             return self._local
 
     def _fallback_bucket(self) -> _LocalBucket | None:
@@ -854,7 +858,9 @@ class _RegistryBase(Generic[_B]):
     def _local_registry(self) -> _LocalRegistry:
         with self._local_lock:
             if self._local is None:
-                local: _LocalRegistry = RateLimiterRegistry(self._default_config)
+                local: _LocalRegistry = RateLimiterRegistry(
+                    self._default_config, name=LOCAL_FALLBACK_NAME
+                )
                 for key, config in self._configs.items():
                     local.set_limiter(key, config)
                 self._local = local
