@@ -16,7 +16,14 @@ import threading
 import weakref
 from typing import Any, Generic, TypeVar
 
-__all__ = ["WeakInstances", "breakers", "rate_limiter_registries", "retries", "token_buckets"]
+__all__ = [
+    "WeakInstances",
+    "breakers",
+    "rate_limiter_registries",
+    "redis_limiters",
+    "retries",
+    "token_buckets",
+]
 
 T = TypeVar("T")
 
@@ -74,5 +81,7 @@ token_buckets: WeakInstances[Any] = WeakInstances()
 """Every ``TokenBucket`` alive."""
 rate_limiter_registries: WeakInstances[Any] = WeakInstances()
 """Every ``RateLimiterRegistry`` alive."""
+redis_limiters: WeakInstances[Any] = WeakInstances()
+"""Every Redis-backed bucket and registry alive (not the handles a registry gives out)."""
 retries: WeakInstances[Any] = WeakInstances()
 """Every ``Retry`` alive (``@with_retry`` makes one per decorated function)."""

@@ -337,6 +337,16 @@ class ResilienceCollector:
             decision_sums.add((name, "rejected"), counters["rejected"])
             wait_sums.add((name,), counters["waited_ns"] / 1e9)
             (key_sums if is_registry else available_sums).add((name,), size)
+        for limiter in _instances.redis_limiters.snapshot():
+            try:
+                name = limiter.name
+                counters = limiter.counters()  # no round trip: counted in this process
+            except Exception:
+                _log.debug("skipping a Redis limiter in metrics", exc_info=True)
+                continue
+            decision_sums.add((name, "granted"), counters["granted"])
+            decision_sums.add((name, "rejected"), counters["rejected"])
+            wait_sums.add((name,), counters["waited_ns"] / 1e9)
         _add_all(decisions, decision_sums)
         _add_all(waited, wait_sums)
         _add_all(available, available_sums)
