@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
+import pickle
 import threading
 import time
 from types import ModuleType
@@ -381,3 +383,15 @@ def test_retry_counters_parity(native: ModuleType, pure: ModuleType) -> None:
         results.append((retry.counters(), retry.calls, retry.give_ups))
     assert results[0] == results[1]
     assert results[0][0]["give_ups_budget"] == 3
+
+
+def test_copies_of_a_timeout_error_are_not_counted() -> None:
+    """Pickling or copying a TimeoutError keeps its message and counts nothing."""
+    error = SharedTimeoutError("operation timed out after 1 seconds")
+    error.detail = "kept"  # type: ignore[attr-defined]
+    before = timeouts_raised()
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(clone) is SharedTimeoutError
+        assert str(clone) == "operation timed out after 1 seconds"
+        assert clone.detail == "kept"  # type: ignore[attr-defined]
+    assert timeouts_raised() == before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "CircuitBreakerOpenError",
@@ -89,6 +89,16 @@ class TimeoutError(ResilienceError, builtins.TimeoutError):
         # fires makes exactly one. next() on a count is atomic, also in a signal handler.
         next(_timeouts_raised)
         super().__init__(*args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickling (and copying) rebuilds the error without __init__: no new count.
+        return (_rebuilt_timeout_error, (type(self), self.args), self.__dict__ or None)
+
+
+def _rebuilt_timeout_error(cls: type[TimeoutError], args: tuple[object, ...]) -> TimeoutError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 _timeouts_raised = itertools.count()
