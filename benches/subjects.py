@@ -22,8 +22,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import random
+import threading
 import time
-from collections.abc import Callable
+import urllib.request
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -486,6 +489,97 @@ def _trace_span(state: str) -> dict[str, Loop]:
     return members
 
 
+# -- metrics: the hot paths with the collector registered and scraped -------------------
+
+
+class _Owner:
+    """Held by the members' loops; when the group is dropped, the scraper stops."""
+
+
+@contextlib.contextmanager
+def _untracked() -> Iterator[None]:
+    """Instances built inside are not registered for metrics (the "without" members)."""
+    from shared import _instances
+
+    names = ("breakers", "token_buckets", "rate_limiter_registries", "retries")
+    saved = {name: getattr(_instances, name) for name in names}
+    for name in names:
+        setattr(_instances, name, _instances.WeakInstances())
+    try:
+        yield
+    finally:
+        for name, registry in saved.items():
+            setattr(_instances, name, registry)
+
+
+def _scrape_in_background(owner: _Owner, tracked: list[Any]) -> None:
+    """A MetricsServer, and a thread that scrapes it every 5 ms while ``owner`` lives.
+
+    Returns once one scrape has read every instance in ``tracked``.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from shared.observability import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0, registry=CollectorRegistry()).start_in_background()
+    alive = weakref.ref(owner)
+    first = threading.Event()
+    seen: list[bytes] = []
+
+    def scrape() -> None:
+        try:
+            while alive() is not None:
+                with urllib.request.urlopen(server.url, timeout=30) as response:
+                    body = response.read()
+                if not first.is_set():
+                    seen.append(body)
+                    first.set()
+                time.sleep(0.005)
+        finally:
+            server.stop()
+
+    threading.Thread(target=scrape, name="bench-scraper", daemon=True).start()
+    if not first.wait(120):
+        raise AssertionError("the background scraper never scraped")
+    for instance in tracked:
+        label = f'"{instance.name}"'.encode()
+        if label not in seen[0]:
+            raise AssertionError(f"{instance.name} is not in the scrape")
+
+
+def _metrics_overhead() -> dict[str, Loop]:
+    import bench_circuit_breaker as cb
+    import bench_rate_limiter as rl
+    import bench_retry as br
+    from shared.resilience import CircuitBreaker, TokenBucket, with_retry
+
+    with _untracked():
+        breaker_without = CircuitBreaker("bench-without", registry=None)
+        bucket_without = TokenBucket(rl.ALLOWED, name="bench-without")
+        retry_without = with_retry(max_attempts=3, name="bench-without")(br._work)
+    breaker_with = CircuitBreaker("bench-with", registry=None)
+    bucket_with = TokenBucket(rl.ALLOWED, name="bench-with-bucket")
+    retry_with = with_retry(max_attempts=3, name="bench-with-retry")(br._work)
+    owner = _Owner()
+    _scrape_in_background(owner, [breaker_with, bucket_with, retry_with.retry])
+
+    def held(loop: Loop) -> Loop:
+        def run(n: int) -> object:
+            owner  # noqa: B018 (the loop holds the owner: the scraper runs while it lives)
+            return loop(n)
+
+        return run
+
+    return {
+        "breaker_without": held(calls_with(breaker_without.call, cb.f)),
+        "breaker_with": held(calls_with(breaker_with.call, cb.f)),
+        "try_acquire_without": held(calls(bucket_without.try_acquire)),
+        "try_acquire_with": held(calls(bucket_with.try_acquire)),
+        "retry_without": held(calls(retry_without)),
+        "retry_with": held(calls(retry_with)),
+    }
+
+
 _PEERS_400 = (("limits", 400), ("pyrate_limiter", 400))
 _BREAKER_PEERS = (("pybreaker", 400), ("circuitbreaker", 400))
 _RETRY_PEERS = (("tenacity", 200), ("stamina", 200), ("backoff", 400))
@@ -549,6 +643,7 @@ GROUPS: dict[str, Group] = {
             counted_ops=2000,
             in_worker_thread=True,
         ),
+        Group("metrics_overhead", _metrics_overhead, timed_ops=100, counted_ops=4000),
         # Last: each sets the process-wide tracing state (the recorded group leaves
         # tracing set up with no exporter, which no group above depends on).
         Group(

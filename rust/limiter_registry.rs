@@ -136,6 +136,8 @@ pub enum OnFull {
 pub struct Decisions {
     pub granted: u64,
     pub rejected: u64,
+    /// Nanoseconds of waiting handed out by granted reservations.
+    pub waited_ns: u64,
 }
 
 impl Decisions {
@@ -148,6 +150,12 @@ impl Decisions {
             self.rejected += 1;
         }
         granted
+    }
+
+    /// Counts the wait a granted reservation handed out.
+    #[inline]
+    pub fn waited(&mut self, wait_ns: u64) {
+        self.waited_ns = self.waited_ns.saturating_add(wait_ns);
     }
 }
 
@@ -1122,7 +1130,9 @@ mod binding {
         /// (`try_acquire`, and reservations granted or refused), counted
         /// under the table's lock as they are made.
         fn decision_counts(&self) -> (u64, u64) {
-            let Decisions { granted, rejected } = self.core.decisions();
+            let Decisions {
+                granted, rejected, ..
+            } = self.core.decisions();
             (granted, rejected)
         }
 
@@ -1146,6 +1156,22 @@ mod binding {
         /// Bytes of native memory the table reserves (slots and index).
         fn _table_bytes(&self) -> usize {
             self.core.table_bytes()
+        }
+
+        /// Monotonic decision counters of all keys together, for metrics (as
+        /// `TokenBucket.counters`; never cleared by `reset_all()`):
+        /// `{"granted", "rejected", "waited_ns"}`.
+        fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+            let Decisions {
+                granted,
+                rejected,
+                waited_ns,
+            } = self.core.decisions();
+            let dict = pyo3::types::PyDict::new(py);
+            dict.set_item("granted", granted)?;
+            dict.set_item("rejected", rejected)?;
+            dict.set_item("waited_ns", waited_ns)?;
+            Ok(dict)
         }
 
         /// The key's limiter (a handle; the bucket lives in the registry).
@@ -1490,6 +1516,9 @@ mod binding {
                         (wait_ns, next, cost)
                     });
                 decisions.count(outcome.is_ok());
+                if let Ok((wait_ns, _, _)) = outcome {
+                    decisions.waited(wait_ns);
+                }
                 Ok(outcome)
             })?;
             match outcome {

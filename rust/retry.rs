@@ -237,25 +237,42 @@ mod binding {
         }
     }
 
+    /// `counters()` keys of the give-ups, by `record_give_up` reason.
+    const GIVE_UP_REASONS: [&str; 3] = [
+        "give_ups_max_attempts",
+        "give_ups_deadline",
+        "give_ups_budget",
+    ];
+
     /// Counters and the success path of one `Retry` (`shared._pure.retry.RetryCore` is its twin).
     ///
     /// The public `shared.resilience.Retry` subclasses it and supplies
     /// `_retry(func, args, kwargs, exception, start_ns)`, called when `func` raises.
     #[pyclass(subclass, frozen, module = "shared._native")]
     pub struct RetryCore {
-        calls: AtomicU64,
+        /// Calls whose first attempt succeeded (counted on the success path, after the call).
+        first_ok: AtomicU64,
+        /// Calls whose first attempt raised (counted on the way to the Python layer).
+        first_err: AtomicU64,
+        /// Calls that succeeded after at least one retry.
+        retried_ok: AtomicU64,
+        /// Calls that failed with no retry (not retryable, or `max_attempts=1`).
+        failed_first: AtomicU64,
+        /// Calls that failed after at least one retry.
+        failed_retried: AtomicU64,
         retries: AtomicU64,
-        give_ups: AtomicU64,
+        /// Give-ups by reason: `GIVE_UP_REASONS` order.
+        give_ups: [AtomicU64; 3],
         budget: Option<Py<RetryBudget>>,
         clock: Clock,
         track_start: bool,
     }
 
     impl RetryCore {
-        /// Counts a call; returns its start time when a deadline needs it, else 0.
+        /// Starts a call (the budget counts it); returns its start time when a
+        /// deadline needs it, else 0. The call is counted when its first attempt ends.
         #[inline]
         fn begin(&self, py: Python<'_>) -> PyResult<u64> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
             if let Some(budget) = &self.budget {
                 budget.get().record_call(py)?;
             }
@@ -278,11 +295,17 @@ mod binding {
         let py = retry.py();
         let start_ns = retry.get().begin(py)?;
         match func.call(args, kwargs) {
-            Ok(result) => Ok(result),
-            Err(err) => retry.call_method1(
-                pyo3::intern!(py, "_retry"),
-                (func, args, kwargs, err.into_value(py), start_ns),
-            ),
+            Ok(result) => {
+                retry.get().first_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(result)
+            }
+            Err(err) => {
+                retry.get().first_err.fetch_add(1, Ordering::Relaxed);
+                retry.call_method1(
+                    pyo3::intern!(py, "_retry"),
+                    (func, args, kwargs, err.into_value(py), start_ns),
+                )
+            }
         }
     }
 
@@ -296,9 +319,13 @@ mod binding {
             track_start: bool,
         ) -> PyResult<Self> {
             Ok(Self {
-                calls: AtomicU64::new(0),
+                first_ok: AtomicU64::new(0),
+                first_err: AtomicU64::new(0),
+                retried_ok: AtomicU64::new(0),
+                failed_first: AtomicU64::new(0),
+                failed_retried: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
-                give_ups: AtomicU64::new(0),
+                give_ups: Default::default(),
                 budget,
                 clock: Clock::from_py(clock)?,
                 track_start,
@@ -316,7 +343,9 @@ mod binding {
             run(slf, func, args, kwargs)
         }
 
-        /// Counts a call started outside `execute` (async); returns its start time or 0.
+        /// Starts a call outside `execute` (async); returns its start time or 0.
+        /// The caller reports the first attempt's outcome (`record_success`,
+        /// `record_first_failure`).
         fn begin_call(&self, py: Python<'_>) -> PyResult<u64> {
             self.begin(py)
         }
@@ -331,15 +360,48 @@ mod binding {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
 
-        /// Counts one call that gave up (a stop condition ended it with an error).
-        fn record_give_up(&self) {
-            self.give_ups.fetch_add(1, Ordering::Relaxed);
+        /// Counts one call that gave up (a stop condition ended it with an error):
+        /// `reason` 0 for `max_attempts`, 1 for the deadline, 2 for the budget.
+        #[pyo3(signature = (reason = 0))]
+        fn record_give_up(&self, reason: usize) -> PyResult<()> {
+            let counter = self.give_ups.get(reason).ok_or_else(|| {
+                PyValueError::new_err(format!("reason must be 0, 1 or 2, got {reason}"))
+            })?;
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
 
-        /// Calls started.
+        /// Counts a call whose first attempt raised (outside `execute`: async).
+        fn record_first_failure(&self) {
+            self.first_err.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Counts a call that succeeded, after retries or not (`execute` counts its own
+        /// first-attempt successes).
+        fn record_success(&self, retried: bool) {
+            let counter = if retried {
+                &self.retried_ok
+            } else {
+                &self.first_ok
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Counts a call that failed, after retries or not.
+        fn record_failure(&self, retried: bool) {
+            let counter = if retried {
+                &self.failed_retried
+            } else {
+                &self.failed_first
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Calls whose first attempt has ended (a call is counted once its
+        /// first attempt returns or raises).
         #[getter]
         fn calls(&self) -> u64 {
-            self.calls.load(Ordering::Relaxed)
+            self.first_ok.load(Ordering::Relaxed) + self.first_err.load(Ordering::Relaxed)
         }
 
         /// Retries made (sleeps before another attempt).
@@ -351,7 +413,26 @@ mod binding {
         /// Calls that gave up on attempts, deadline or budget.
         #[getter]
         fn give_ups(&self) -> u64 {
-            self.give_ups.load(Ordering::Relaxed)
+            self.give_ups
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum()
+        }
+
+        /// Monotonic counters for metrics, by outcome (see `shared._pure.retry.RetryCore`).
+        fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let dict = PyDict::new(py);
+            let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            dict.set_item("calls", self.calls())?;
+            dict.set_item("succeeded_without_retry", load(&self.first_ok))?;
+            dict.set_item("succeeded_with_retry", load(&self.retried_ok))?;
+            dict.set_item("failed_without_retry", load(&self.failed_first))?;
+            dict.set_item("failed_with_retry", load(&self.failed_retried))?;
+            dict.set_item("retries", load(&self.retries))?;
+            for (name, counter) in GIVE_UP_REASONS.iter().zip(&self.give_ups) {
+                dict.set_item(*name, load(counter))?;
+            }
+            Ok(dict)
         }
 
         /// The shared budget, or None.

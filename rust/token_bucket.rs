@@ -319,7 +319,7 @@ impl Bucket {
 #[cfg(feature = "python")]
 pub use binding::{
     cancel_error, checked_timeout, invalid_value_error, number_arg, rate_limit_exceeded,
-    read_limits, ticket_of, timeout_arg, tokens_error, Reservation, TokenBucket,
+    read_limits, ticket_of, timeout_arg, tokens_error, Decisions, Reservation, TokenBucket,
 };
 
 #[cfg(feature = "python")]
@@ -329,8 +329,8 @@ mod binding {
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyFloat, PyInt, PyType};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use pyo3::types::{PyDict, PyFloat, PyInt, PyType};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// `shared._validation.<name>`: the argument rules both backends share.
     /// Called only off the fast path (an argument that is not a plain float,
@@ -515,12 +515,60 @@ mod binding {
         Limits::new(rate, burst, initial).map_err(invalid_value_error)
     }
 
+    /// Decisions of a limiter, for metrics (read at scrape time, never cleared).
+    #[derive(Default)]
+    pub struct Decisions {
+        granted: AtomicU64,
+        rejected: AtomicU64,
+        /// Nanoseconds of waiting handed out by granted reservations.
+        waited_ns: AtomicU64,
+    }
+
+    impl Decisions {
+        /// Counts one `try_acquire`; returns its answer.
+        #[inline]
+        pub fn decided(&self, granted: bool) -> bool {
+            let counter = if granted {
+                &self.granted
+            } else {
+                &self.rejected
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            granted
+        }
+
+        /// Counts one reservation granted with `wait_ns` to wait.
+        #[inline]
+        pub fn reserved(&self, wait_ns: u64) {
+            self.granted.fetch_add(1, Ordering::Relaxed);
+            if wait_ns > 0 {
+                self.waited_ns.fetch_add(wait_ns, Ordering::Relaxed);
+            }
+        }
+
+        /// Counts one refused reservation (its wait exceeded the timeout).
+        #[inline]
+        pub fn refused(&self) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// `{"granted", "rejected", "waited_ns"}`.
+        pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let dict = PyDict::new(py);
+            dict.set_item("granted", self.granted.load(Ordering::Relaxed))?;
+            dict.set_item("rejected", self.rejected.load(Ordering::Relaxed))?;
+            dict.set_item("waited_ns", self.waited_ns.load(Ordering::Relaxed))?;
+            Ok(dict)
+        }
+    }
+
     /// The core of `shared.resilience.TokenBucket`: every method is one native call.
     #[pyclass(subclass, frozen, module = "shared._native")]
     pub struct TokenBucket {
         bucket: Bucket,
         clock: Clock,
         config: Py<PyAny>,
+        decisions: Decisions,
     }
 
     impl TokenBucket {
@@ -555,6 +603,7 @@ mod binding {
                 bucket: Bucket::new(limits, now),
                 clock,
                 config: config.clone().unbind(),
+                decisions: Decisions::default(),
             })
         }
 
@@ -567,7 +616,9 @@ mod binding {
                 std::hint::black_box(step);
             }
             let (cost, _) = self.cost(tokens)?;
-            Ok(self.bucket.try_acquire(self.clock.now_ns(py)?, cost))
+            Ok(self
+                .decisions
+                .decided(self.bucket.try_acquire(self.clock.now_ns(py)?, cost)))
         }
 
         /// Reserves `tokens`: `(seconds to wait for them, ticket)` (0.0: granted
@@ -586,11 +637,17 @@ mod binding {
             let (cost, value) = self.cost(tokens)?;
             let max_wait = timeout_arg(timeout)?;
             match self.bucket.reserve(self.clock.now_ns(py)?, cost, max_wait) {
-                Ok((wait_ns, tat)) => Ok((
-                    ns_to_secs(wait_ns),
-                    Reservation::new(self.owner(), tat, cost, value),
-                )),
-                Err(too_long) => Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None)),
+                Ok((wait_ns, tat)) => {
+                    self.decisions.reserved(wait_ns);
+                    Ok((
+                        ns_to_secs(wait_ns),
+                        Reservation::new(self.owner(), tat, cost, value),
+                    ))
+                }
+                Err(too_long) => {
+                    self.decisions.refused();
+                    Err(rate_limit_exceeded(py, ns_to_secs(too_long.wait_ns), None))
+                }
             }
         }
 
@@ -630,6 +687,13 @@ mod binding {
         fn reset(&self, py: Python<'_>) -> PyResult<()> {
             self.bucket.reset(self.clock.now_ns(py)?);
             Ok(())
+        }
+
+        /// Monotonic decision counters for metrics (never cleared by `reset()`):
+        /// `granted` and `rejected` decisions of `try_acquire` and `reserve`
+        /// (so of `acquire`), and `waited_ns` handed out by granted reservations.
+        fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            self.decisions.to_dict(py)
         }
 
         #[getter]

@@ -124,9 +124,13 @@ class RetryCore:
     _clock_ns: Callable[[], int]
     _track_start: bool
     _plain: bool
-    _calls: itertools.count[int]
+    _first_ok: itertools.count[int]
+    _first_err: itertools.count[int]
+    _retried_ok: itertools.count[int]
+    _failed_first: itertools.count[int]
+    _failed_retried: itertools.count[int]
     _retries: itertools.count[int]
-    _give_ups: itertools.count[int]
+    _give_ups: tuple[itertools.count[int], itertools.count[int], itertools.count[int]]
 
     # Built in __new__ like the native class, so a subclass's __init__ may take other arguments.
     def __new__(
@@ -146,16 +150,21 @@ class RetryCore:
         # Neither a budget nor a deadline: a call only counts itself (the fast path).
         self._plain = budget is None and not self._track_start
         # next() on a count is atomic under the GIL, like the Rust atomics.
-        self._calls = itertools.count()
+        self._first_ok = itertools.count()
+        self._first_err = itertools.count()
+        self._retried_ok = itertools.count()
+        self._failed_first = itertools.count()
+        self._failed_retried = itertools.count()
         self._retries = itertools.count()
-        self._give_ups = itertools.count()
+        self._give_ups = (itertools.count(), itertools.count(), itertools.count())
         return self
 
     _retry: Callable[..., Any]
 
     def begin_call(self, /) -> int:
-        """Counts a call started outside ``execute`` (async); returns its start time or 0."""
-        next(self._calls)
+        """Starts a call outside ``execute`` (async); returns its start time or 0.
+        The caller reports the first attempt's outcome (``record_success``,
+        ``record_first_failure``)."""
         if self._budget is not None:
             self._budget.record_call()
         return self._clock_ns() if self._track_start else 0
@@ -164,9 +173,12 @@ class RetryCore:
         """Calls ``func(*args, **kwargs)``, retrying as the subclass decides."""
         start_ns = self.begin_call()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except BaseException as exc:  # the subclass decides; it re-raises what it won't retry
+            next(self._first_err)
             return self._retry(func, args, kwargs or None, exc, start_ns)
+        next(self._first_ok)
+        return result
 
     def now_ns(self, /) -> int:
         """The time on this retry's clock, in nanoseconds."""
@@ -176,9 +188,25 @@ class RetryCore:
         """Counts one retry (a sleep before another attempt)."""
         next(self._retries)
 
-    def record_give_up(self, /) -> None:
-        """Counts one call that gave up (a stop condition ended it with an error)."""
-        next(self._give_ups)
+    def record_give_up(self, /, reason: int = 0) -> None:
+        """Counts one call that gave up (a stop condition ended it with an error):
+        ``reason`` 0 for ``max_attempts``, 1 for the deadline, 2 for the budget."""
+        if reason not in (0, 1, 2):
+            raise ValueError(f"reason must be 0, 1 or 2, got {reason}")
+        next(self._give_ups[reason])
+
+    def record_first_failure(self, /) -> None:
+        """Counts a call whose first attempt raised (outside ``execute``: async)."""
+        next(self._first_err)
+
+    def record_success(self, /, retried: bool) -> None:
+        """Counts a call that succeeded, after retries or not (``execute`` counts its
+        own first-attempt successes)."""
+        next(self._retried_ok if retried else self._first_ok)
+
+    def record_failure(self, /, retried: bool) -> None:
+        """Counts a call that failed, after retries or not."""
+        next(self._failed_retried if retried else self._failed_first)
 
     @staticmethod
     def _count(counter: itertools.count[int]) -> int:
@@ -187,8 +215,9 @@ class RetryCore:
 
     @property
     def calls(self, /) -> int:
-        """Calls started."""
-        return self._count(self._calls)
+        """Calls whose first attempt has ended (a call is counted once its first
+        attempt returns or raises)."""
+        return self._count(self._first_ok) + self._count(self._first_err)
 
     @property
     def retries(self, /) -> int:
@@ -198,7 +227,29 @@ class RetryCore:
     @property
     def give_ups(self, /) -> int:
         """Calls that gave up on attempts, deadline or budget."""
-        return self._count(self._give_ups)
+        return sum(self._count(counter) for counter in self._give_ups)
+
+    def counters(self, /) -> dict[str, int]:
+        """Monotonic counters for metrics, by outcome.
+
+        ``calls`` = ``succeeded_without_retry`` + (calls whose first attempt
+        raised); those end as ``succeeded_with_retry``, ``failed_without_retry``
+        or ``failed_with_retry`` (or are still running). ``give_ups_*`` count
+        the failures a stop condition ended, by reason.
+        """
+        count = self._count
+        attempts, deadline, budget = self._give_ups
+        return {
+            "calls": self.calls,
+            "succeeded_without_retry": count(self._first_ok),
+            "succeeded_with_retry": count(self._retried_ok),
+            "failed_without_retry": count(self._failed_first),
+            "failed_with_retry": count(self._failed_retried),
+            "retries": count(self._retries),
+            "give_ups_max_attempts": count(attempts),
+            "give_ups_deadline": count(deadline),
+            "give_ups_budget": count(budget),
+        }
 
     @property
     def budget(self, /) -> RetryBudget | None:
@@ -225,15 +276,14 @@ class RetryingCall:
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         retry = self._retry_core
-        if retry._plain:
-            next(retry._calls)
-            start_ns = 0
-        else:
-            start_ns = retry.begin_call()
+        start_ns = 0 if retry._plain else retry.begin_call()
         try:
-            return self._func(*args, **kwargs)
+            result = self._func(*args, **kwargs)
         except BaseException as exc:  # the retry decides; it re-raises what it won't retry
+            next(retry._first_err)
             return retry._retry(self._func, args, kwargs or None, exc, start_ns)
+        next(retry._first_ok)
+        return result
 
     @property
     def retry(self, /) -> RetryCore:

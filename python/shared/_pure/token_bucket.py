@@ -54,6 +54,10 @@ def _checked_timeout(timeout: Any) -> int | None:
     return None if seconds is None else secs_to_ns(seconds)
 
 
+# The default of ``tokens``: a call that leaves it out is recognised by identity.
+_ONE_TOKEN = 1.0
+
+
 def _tokens_value(tokens: Any) -> float:
     """A ``tokens`` argument as a float (None: one token, as the native core reads it)."""
     if type(tokens) is float:
@@ -172,10 +176,43 @@ class _Limits:
         return float(credit) / float(self.interval_ns)
 
 
+class _Decisions:
+    """A limiter's decisions for metrics; changed only under the limiter's lock."""
+
+    __slots__ = ("granted", "rejected", "waited_ns")
+
+    def __init__(self) -> None:
+        self.granted = 0
+        self.rejected = 0
+        self.waited_ns = 0
+
+    def reserved(self, wait_ns: int) -> None:
+        self.granted += 1
+        self.waited_ns += wait_ns
+
+    def to_dict(self) -> dict[str, int]:
+        return {"granted": self.granted, "rejected": self.rejected, "waited_ns": self.waited_ns}
+
+
 class TokenBucket:
     """The core of ``shared.resilience.TokenBucket`` (twin of the native class)."""
 
-    __slots__ = ("_clock", "_config", "_limits", "_lock", "_now", "_tat")
+    # The decision counters are slots of their own (not a _Decisions): one
+    # attribute less to load on every decision.
+    __slots__ = (
+        "_clock",
+        "_config",
+        "_granted",
+        "_limits",
+        "_lock",
+        "_now",
+        "_rejected",
+        "_tat",
+        "_waited_ns",
+    )
+    _granted: int
+    _rejected: int
+    _waited_ns: int
     _clock: NanosecondClock | None
     _config: Any
     _limits: _Limits
@@ -191,18 +228,22 @@ class TokenBucket:
         self._config = config
         self._lock = threading.Lock()
         self._tat = self._limits.initial_tat(self._now())
+        self._granted = self._rejected = self._waited_ns = 0
         return self
 
-    def try_acquire(self, /, tokens: float = 1.0) -> bool:
+    def try_acquire(self, /, tokens: float = _ONE_TOKEN) -> bool:
         """Takes ``tokens`` if they are there now; never waits."""
         limits = self._limits
-        cost = limits.cost_ns(_tokens_value(tokens))
+        # The default argument (the common call) skips the argument checks.
+        cost = limits.interval_ns if tokens is _ONE_TOKEN else limits.cost_ns(_tokens_value(tokens))
         now = self._now()
         with self._lock:
             following = limits.grant(self._tat, now, cost)
             if following is None:
+                self._rejected += 1
                 return False
             self._tat = following
+            self._granted += 1
             return True
 
     def reserve(
@@ -218,7 +259,13 @@ class TokenBucket:
         max_wait = _checked_timeout(timeout)
         now = self._now()
         with self._lock:
-            self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
+            try:
+                self._tat, wait_ns = self._limits.reserve(self._tat, now, cost, max_wait)
+            except Exception:  # the only error: the wait would exceed the timeout
+                self._rejected += 1
+                raise
+            self._granted += 1
+            self._waited_ns += wait_ns
             return ns_to_secs(wait_ns), Reservation._new(self, self._tat, cost, value)
 
     def cancel_reservation(self, /, tokens: float, ticket: Reservation) -> bool:
@@ -253,6 +300,17 @@ class TokenBucket:
         with self._lock:
             self._tat = self._limits.initial_tat(now)
 
+    def counters(self, /) -> dict[str, int]:
+        """Monotonic decision counters for metrics (never cleared by ``reset()``):
+        ``granted`` and ``rejected`` decisions of ``try_acquire`` and ``reserve``
+        (so of ``acquire``), and ``waited_ns`` handed out by granted reservations."""
+        with self._lock:
+            return {
+                "granted": self._granted,
+                "rejected": self._rejected,
+                "waited_ns": self._waited_ns,
+            }
+
     @property
     def config(self) -> Any:
         return self._config
@@ -277,11 +335,11 @@ class RateLimiterRegistry:
 
     __slots__ = (
         "_clock",
+        "_decisions",
         "_default",
         "_default_config",
         "_entries",
         "_evict",
-        "_granted",
         "_idle_ns",
         "_idle_ttl",
         "_lock",
@@ -290,18 +348,16 @@ class RateLimiterRegistry:
         "_now",
         "_purge_above",
         "_recent",
-        "_rejected",
         "_removed",
     )
     _clock: NanosecondClock | None
+    _decisions: _Decisions
     _default: _Limits
     _default_config: Any
     _entries: dict[str, _Entry]
     # Keys of the default configuration, least recently used first.
     _recent: OrderedDict[str, None]
     _evict: bool
-    _granted: int
-    _rejected: int
     _idle_ns: int
     _idle_ttl: float
     _lock: threading.Lock
@@ -340,10 +396,9 @@ class RateLimiterRegistry:
         self._clock = clock
         self._lock = threading.Lock()
         self._evict = on_full is None or _validation.on_full(on_full) == "evict"
+        self._decisions = _Decisions()
         self._entries = {}
         self._recent = OrderedDict()
-        self._granted = 0
-        self._rejected = 0
         self._no_eviction_before = 0
         self._removed = {}
         self._purge_above = _REMOVED_PURGE_MIN
@@ -410,6 +465,12 @@ class RateLimiterRegistry:
         with self._lock:
             return op(self._entry(key, now), now)
 
+    def counters(self, /) -> dict[str, int]:
+        """Monotonic decision counters of all keys together, for metrics (as
+        ``TokenBucket.counters``; never cleared by ``reset_all()``)."""
+        with self._lock:
+            return self._decisions.to_dict()
+
     def get_limiter(self, /, key: str) -> KeyedLimiter:
         """The key's limiter (a handle; the bucket lives in the registry)."""
         _validation.key(key)
@@ -474,16 +535,18 @@ class RateLimiterRegistry:
         with self._lock:
             entry = self._entry(key, now)
             following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
+            decisions = self._decisions
             if following is None:
-                self._rejected += 1
+                decisions.rejected += 1
                 return False
             entry.tat = following
-            self._granted += 1
+            decisions.granted += 1
             return True
 
     def decision_counts(self, /) -> tuple[int, int]:
         """``(granted, rejected)`` over all keys since creation."""
-        return self._granted, self._rejected
+        with self._lock:
+            return self._decisions.granted, self._decisions.rejected
 
     @property
     def on_full(self) -> str:
@@ -551,17 +614,18 @@ class KeyedLimiter:
 
         value = _tokens_value(tokens)
 
+        decisions = self._registry._decisions
+
         def take(entry: _Entry, now: int) -> bool:
             following = entry.limits.grant(entry.tat, now, entry.limits.cost_ns(value))
             if following is None:
-                registry._rejected += 1
+                decisions.rejected += 1
                 return False
             entry.tat = following
-            registry._granted += 1
+            decisions.granted += 1
             return True
 
-        registry = self._registry
-        return registry._with_entry(self._key, take)
+        return self._registry._with_entry(self._key, take)
 
     def reserve(
         self, /, tokens: float = 1.0, timeout: float | None = None
@@ -571,17 +635,17 @@ class KeyedLimiter:
         max_wait = _checked_timeout(timeout)
         owner = self._owner()
 
+        decisions = self._registry._decisions
+
         def reserve(entry: _Entry, now: int) -> tuple[float, Reservation]:
             cost = entry.limits.cost_ns(value)
             try:
                 entry.tat, wait_ns = entry.limits.reserve(entry.tat, now, cost, max_wait)
-            except BaseException:
-                registry._rejected += 1
+            except Exception:  # the only error: the wait would exceed the timeout
+                decisions.rejected += 1
                 raise
-            registry._granted += 1
+            decisions.reserved(wait_ns)
             return ns_to_secs(wait_ns), Reservation._new(owner, entry.tat, cost, value)
-
-        registry = self._registry
 
         return self._registry._with_entry(self._key, reserve)
 

@@ -22,7 +22,7 @@ from enum import Enum
 from types import FunctionType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared import _validation
+from shared import _instances, _validation
 from shared._backend import core
 from shared._env import EnvReader
 from shared.observability import _events
@@ -329,6 +329,7 @@ class CircuitBreaker(_Core):
             registry = circuit_breaker_registry
         if registry is not None:
             registry.register(self)
+        _instances.breakers.add(self)
         return self
 
     @property

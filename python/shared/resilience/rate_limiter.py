@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared import _validation
+from shared import _instances, _validation
 from shared._backend import core
 from shared._env import EnvReader
 from shared.observability import _events
@@ -117,6 +117,8 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
         clock: keyword-only; an object with ``now_ns()`` (such as
             ``shared.testing.ManualClock``) to read instead of the monotonic
             clock. If it also has ``sleep``/``sleep_async``, waits use them.
+        name: keyword-only; the ``limiter`` label of its metrics (default
+            ``"token_bucket"``; buckets sharing a name are summed).
 
     ``try_acquire``, ``retry_after``, ``available_tokens`` and ``reset`` are
     single native calls. ``tokens`` must be a number (not a bool: else
@@ -129,10 +131,21 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
     other tokens or another limiter's ticket raise ``ValueError``.
     """
 
-    __slots__ = ("_waiters",)
+    __slots__ = ("__weakref__", "_waiters", "name")
+    name: str
 
-    def __init__(self, config: RateLimitConfig, *, clock: Any | None = None) -> None:
+    def __new__(
+        cls, config: RateLimitConfig, *, clock: Any | None = None, name: str | None = None
+    ) -> TokenBucket:
+        bucket: TokenBucket = super().__new__(cls, config, clock=clock)
+        return bucket
+
+    def __init__(
+        self, config: RateLimitConfig, *, clock: Any | None = None, name: str | None = None
+    ) -> None:
         self._waiters = _WaitQueue()
+        self.name = _limiter_name(name, "token_bucket")
+        _instances.token_buckets.add(self)
 
     def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Blocks until ``tokens`` are granted.
@@ -183,6 +196,9 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
     as a use of the key for eviction. ``decision_counts()`` is ``(granted,
     rejected)`` over all keys: ``try_acquire`` outcomes (an async waiter's
     retries included) and reservations made or refused (``acquire``).
+        name: keyword-only; the ``limiter`` label of its metrics (default
+            ``"rate_limiter_registry"``). Metrics count the decisions of all
+            keys together: keys never become label values.
 
     ``get_limiter(key)`` returns a light handle with the ``TokenBucket`` API;
     handles of one key share one bucket, even when created concurrently, and
@@ -198,7 +214,8 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
     the limit. ``set_limiter`` and ``reset`` do give a fresh bucket.
     """
 
-    __slots__ = ("_waiters",)
+    __slots__ = ("__weakref__", "_waiters", "name")
+    name: str
 
     def __new__(
         cls,
@@ -208,6 +225,7 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         idle_ttl: float = 60.0,
         clock: Any | None = None,
         on_full: str = "evict",
+        name: str | None = None,
     ) -> RateLimiterRegistry:
         _validation.int_in_range("max_keys", max_keys, 1, _MAX_KEYS)
         _validation.non_negative_finite("idle_ttl", idle_ttl)
@@ -230,8 +248,11 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         idle_ttl: float = 60.0,
         clock: Any | None = None,
         on_full: str = "evict",
+        name: str | None = None,
     ) -> None:
         self._waiters = _WaitQueue()
+        self.name = _limiter_name(name, "rate_limiter_registry")
+        _instances.rate_limiter_registries.add(self)
 
     if TYPE_CHECKING:  # the core's methods, typed for users (no wrapper at run time)
 
@@ -264,6 +285,17 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
 
 
 _MAX_KEYS = 2**32 - 2
+
+
+def _limiter_name(name: object, default: str) -> str:
+    if name is None:
+        return default
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+    if not name:
+        raise ValueError("name must not be empty")
+    return name
+
 
 KeyedLimiter = core.KeyedLimiter
 """The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""

@@ -37,9 +37,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from shared import _validation
+from shared import _instances, _validation
 from shared.resilience.exceptions import RateLimiterUnavailableError, RateLimitExceeded
-from shared.resilience.rate_limiter import RateLimitConfig, RateLimiterRegistry, TokenBucket
+from shared.resilience.rate_limiter import (
+    RateLimitConfig,
+    RateLimiterRegistry,
+    TokenBucket,
+    _limiter_name,
+)
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
@@ -53,6 +58,10 @@ DEFAULT_KEY_PREFIX = "shared:ratelimit:"
 POLICIES = ("fail_closed", "fail_open", "local")
 
 logger = logging.getLogger(__name__)
+
+# The ``limiter`` label of the in-process limiters the ``local`` policy falls back
+# to while Redis is unreachable (their decisions are in the metrics under it).
+LOCAL_FALLBACK_NAME = "redis_local_fallback"
 
 # KEYS[1]: the bucket. ARGV: mode ("acquire" | "peek" | "refund"), then in
 # microseconds: tolerance (burst_size / rate), cost (tokens / rate), the debt of
@@ -255,6 +264,31 @@ def _max_wait_us(timeout: float | None) -> float:
     return _validation.non_negative_finite("timeout", timeout) * _US
 
 
+class _Decisions:
+    """The decisions Redis (or the fail_open policy) made for one limiter, for
+    metrics; a registry's handles share their registry's."""
+
+    __slots__ = ("_lock", "granted", "rejected", "waited_ns")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.granted = 0
+        self.rejected = 0
+        self.waited_ns = 0
+
+    def decided(self, granted: bool, wait: float = 0.0) -> None:
+        with self._lock:
+            if granted:
+                self.granted += 1
+                self.waited_ns += round(wait * 1e9)
+            else:
+                self.rejected += 1
+
+    def to_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {"granted": self.granted, "rejected": self.rejected, "waited_ns": self.waited_ns}
+
+
 class _Link:
     """One Redis server as the limiters see it: the client, the script, the policy
     and whether the server is currently considered unreachable.
@@ -277,6 +311,7 @@ class _Link:
         if on_unavailable not in POLICIES:
             raise ValueError(f"on_unavailable must be one of {POLICIES}, got {on_unavailable!r}")
         self.client = client
+        self.decisions = _Decisions()
         self.script: Any = client.register_script(GCRA_SCRIPT)
         # Deletes limiter states only (reset, remove_limiter, reset_all).
         self.delete_states: Any = client.register_script(RESET_SCRIPT)
@@ -364,6 +399,13 @@ class _BucketBase:
         self._fallback = self._own_local_bucket
         self._existing_fallback = lambda: self._local
 
+    def counters(self) -> dict[str, int]:
+        """Decisions for metrics: ``granted`` and ``rejected`` by Redis (or granted by
+        ``fail_open`` during an outage) and ``waited_ns``; a registry's handles
+        count into their registry's. Decisions of the ``local`` fallback are the
+        fallback limiter's (``limiter="redis_local_fallback"``)."""
+        return self._link.decisions.to_dict()
+
     @property
     def config(self) -> RateLimitConfig:
         """The bucket's configuration."""
@@ -411,7 +453,7 @@ class _BucketBase:
     def _own_local_bucket(self) -> _LocalBucket:
         with self._local_lock:
             if self._local is None:
-                self._local = TokenBucket(self._config)
+                self._local = TokenBucket(self._config, name=LOCAL_FALLBACK_NAME)
             return self._local
 
     def _fallback_bucket(self) -> _LocalBucket | None:
@@ -437,6 +479,7 @@ class RedisTokenBucket(_BucketBase):
         key_prefix: namespace of the keys in Redis, not empty.
         on_unavailable: ``"fail_closed"``, ``"fail_open"`` or ``"local"``.
         reconnect_interval: seconds between attempts to reach Redis after a failure.
+        name: the ``limiter`` label of its metrics (default ``"redis_token_bucket"``).
     """
 
     def __init__(
@@ -448,11 +491,14 @@ class RedisTokenBucket(_BucketBase):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
+        name: str | None = None,
     ) -> None:
         key = _check_key("key", key)
         key_prefix = _check_key("key_prefix", key_prefix)
         link = _Link(client, on_unavailable, reconnect_interval, is_async=False)
         self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
+        self.name = _limiter_name(name, "redis_token_bucket")
+        _instances.redis_limiters.add(self)
 
     def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> _Reply | None:
         """One script call; None when Redis is unreachable and the policy is not fail_closed."""
@@ -485,7 +531,11 @@ class RedisTokenBucket(_BucketBase):
         reply = self._run("acquire", self._cost_us(tokens))
         if reply is None:
             local = self._fallback_bucket()
-            return True if local is None else local.try_acquire(tokens)
+            if local is None:
+                self._link.decisions.decided(True)  # fail_open
+                return True
+            return local.try_acquire(tokens)
+        self._link.decisions.decided(reply.granted)
         return reply.granted
 
     def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
@@ -501,7 +551,10 @@ class RedisTokenBucket(_BucketBase):
             local = self._fallback_bucket()
             if local is not None:
                 local.acquire(tokens, timeout)
+            else:
+                self._link.decisions.decided(True)  # fail_open
             return
+        self._link.decisions.decided(reply.granted, reply.wait)
         if not reply.granted:
             raise self._exceeded(reply)
         if reply.wait > 0:
@@ -524,7 +577,10 @@ class RedisTokenBucket(_BucketBase):
             local = self._fallback_bucket()
             if local is not None:
                 await local.acquire_async(tokens, timeout)
+            else:
+                self._link.decisions.decided(True)  # fail_open
             return
+        self._link.decisions.decided(reply.granted, reply.wait)
         await self._wait_reserved(reply, lambda: asyncio.to_thread(self._refund, cost_us))
 
     @property
@@ -580,6 +636,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        name: str | None = None,
     ) -> None:
         key = _check_key("key", key)
         key_prefix = _check_key("key_prefix", key_prefix)
@@ -591,6 +648,8 @@ class AsyncRedisTokenBucket(_BucketBase):
             command_timeout=command_timeout,
         )
         self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
+        self.name = _limiter_name(name, "redis_token_bucket")
+        _instances.redis_limiters.add(self)
 
     async def _run(
         self,
@@ -662,7 +721,11 @@ class AsyncRedisTokenBucket(_BucketBase):
         reply = await self._run("acquire", self._cost_us(tokens))
         if reply is None:
             local = self._fallback_bucket()
-            return True if local is None else local.try_acquire(tokens)
+            if local is None:
+                self._link.decisions.decided(True)  # fail_open
+                return True
+            return local.try_acquire(tokens)
+        self._link.decisions.decided(reply.granted)
         return reply.granted
 
     async def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
@@ -678,7 +741,10 @@ class AsyncRedisTokenBucket(_BucketBase):
             local = self._fallback_bucket()
             if local is not None:
                 await local.acquire_async(tokens, timeout)
+            else:
+                self._link.decisions.decided(True)  # fail_open
             return
+        self._link.decisions.decided(reply.granted, reply.wait)
         await self._wait_reserved(reply, lambda: self._refund(cost_us))
 
     async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
@@ -786,6 +852,7 @@ class _RegistryBase(Generic[_B]):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
+        name: str | None = None,
         **link_options: Any,
     ) -> None:
         self._default_config = _check_config(default_config)
@@ -800,6 +867,12 @@ class _RegistryBase(Generic[_B]):
         self._configs: dict[str, RateLimitConfig] = {}
         self._local: _LocalRegistry | None = None
         self._local_lock = threading.Lock()
+        self.name = _limiter_name(name, "redis_rate_limiter_registry")
+        _instances.redis_limiters.add(self)
+
+    def counters(self) -> dict[str, int]:
+        """Decisions of all its keys together, for metrics (see ``RedisTokenBucket.counters``)."""
+        return self._link.decisions.to_dict()
 
     @property
     def default_config(self) -> RateLimitConfig:
@@ -854,7 +927,9 @@ class _RegistryBase(Generic[_B]):
     def _local_registry(self) -> _LocalRegistry:
         with self._local_lock:
             if self._local is None:
-                local: _LocalRegistry = RateLimiterRegistry(self._default_config)
+                local: _LocalRegistry = RateLimiterRegistry(
+                    self._default_config, name=LOCAL_FALLBACK_NAME
+                )
                 for key, config in self._configs.items():
                     local.set_limiter(key, config)
                 self._local = local
@@ -872,6 +947,9 @@ class RedisRateLimiterRegistry(_RegistryBase[RedisTokenBucket]):
         on_unavailable: ``"fail_closed"``, ``"fail_open"`` or ``"local"`` (an
             in-process ``RateLimiterRegistry`` with the same configs).
         reconnect_interval: seconds between attempts to reach Redis after a failure.
+        name: the ``limiter`` label of its metrics (default
+            ``"redis_rate_limiter_registry"``): the decisions of all its keys are
+            one series, keys never become label values.
     """
 
     _bucket_class = RedisTokenBucket
@@ -921,6 +999,7 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
         on_unavailable: str = "fail_closed",
         reconnect_interval: float = 1.0,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        name: str | None = None,
     ) -> None:
         super().__init__(
             default_config,
@@ -928,6 +1007,7 @@ class AsyncRedisRateLimiterRegistry(_RegistryBase[AsyncRedisTokenBucket]):
             key_prefix=key_prefix,
             on_unavailable=on_unavailable,
             reconnect_interval=reconnect_interval,
+            name=name,
             command_timeout=command_timeout,
         )
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from shared import _validation
+from shared import _instances, _validation
 from shared._backend import core
 from shared._env import EnvConfigError, EnvReader
 from shared.observability import _events
@@ -327,6 +327,10 @@ def _is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
+# Why a call gave up (``RetryCore.record_give_up`` and the ``counters()`` keys).
+_GIVE_UP_ATTEMPTS, _GIVE_UP_DEADLINE, _GIVE_UP_BUDGET = 0, 1, 2
+
+
 class Retry(_RetryCore):
     """Runs functions with retries, as ``config`` says.
 
@@ -337,8 +341,10 @@ class Retry(_RetryCore):
         sleep: replaces ``time.sleep`` for backoff sleeps (tests).
         async_sleep: replaces ``asyncio.sleep`` in ``execute_async`` (tests).
 
-    Counters for metrics: ``calls``, ``retries``, ``give_ups`` (``statistics``
-    has all three).
+    Counters for metrics: ``calls`` (counted once the first attempt ends),
+    ``retries``, ``give_ups`` (``statistics`` has all three), and
+    ``counters()``: calls by outcome (succeeded or failed, without or with a
+    retry) and give-ups by reason.
     """
 
     name: str
@@ -376,6 +382,7 @@ class Retry(_RetryCore):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.name = name
+        _instances.retries.add(self)
         self.config = config = config or RetryConfig()
         self._sleep = _validation.optional_callable("sleep", sleep) or time.sleep
         self._async_sleep = (
@@ -414,8 +421,10 @@ class Retry(_RetryCore):
             return False
         return config.retry_condition is None or bool(config.retry_condition(exc))
 
-    def _give_up(self, exc: BaseException, attempt: int, why: str) -> BaseException:
-        self.record_give_up()
+    def _give_up(
+        self, exc: BaseException, attempt: int, why: str, reason: int = _GIVE_UP_ATTEMPTS
+    ) -> BaseException:
+        self.record_give_up(reason)
         plural = "attempt" if attempt == 1 else "attempts"
         exc.add_note(f"Retry {self.name!r} gave up after {attempt} {plural}: {why}")
         return exc
@@ -452,9 +461,10 @@ class Retry(_RetryCore):
                     attempt,
                     f"max_total_time={config.max_total_time}s would be exceeded by the next "
                     f"delay of {delay:.3f}s",
+                    _GIVE_UP_DEADLINE,
                 )
         if config.budget is not None and not config.budget.try_retry():
-            raise self._give_up(exc, attempt, "the retry budget is exhausted")
+            raise self._give_up(exc, attempt, "the retry budget is exhausted", _GIVE_UP_BUDGET)
         if config.on_retry is not None:
             try:
                 config.on_retry(attempt, exc, delay)
@@ -480,17 +490,28 @@ class Retry(_RetryCore):
         kwargs = kwargs or {}
         attempt, delay = 1, 0.0
         while True:
-            delay = self._next_delay(exc, attempt, delay, start_ns)
+            try:
+                delay = self._next_delay(exc, attempt, delay, start_ns)
+            except BaseException:
+                self.record_failure(attempt > 1)
+                raise
             instant = _instant_delays.get()
             if instant is not None:
                 instant.append(delay)
             else:
-                self._sleep(delay)
+                try:
+                    self._sleep(delay)
+                except BaseException:
+                    self.record_failure(True)
+                    raise
             attempt += 1
             try:
-                return func(*args, **kwargs)
+                result = func(*args, **kwargs)
             except BaseException as next_exc:  # classified by _next_delay
                 exc = next_exc
+            else:
+                self.record_success(True)
+                return result
 
     async def execute_async(
         self, func: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any
@@ -500,15 +521,28 @@ class Retry(_RetryCore):
         attempt, delay = 1, 0.0
         while True:
             try:
-                return await func(*args, **kwargs)
+                result = await func(*args, **kwargs)
             except BaseException as exc:  # classified by _next_delay
-                delay = self._next_delay(exc, attempt, delay, start_ns)
-            instant = _instant_delays.get()
-            if instant is not None:
-                instant.append(delay)
-                await asyncio.sleep(0)
+                if attempt == 1:
+                    self.record_first_failure()
+                try:
+                    delay = self._next_delay(exc, attempt, delay, start_ns)
+                except BaseException:
+                    self.record_failure(attempt > 1)
+                    raise
             else:
-                await self._async_sleep(delay)
+                self.record_success(attempt > 1)
+                return result
+            try:
+                instant = _instant_delays.get()
+                if instant is not None:
+                    instant.append(delay)
+                    await asyncio.sleep(0)
+                else:
+                    await self._async_sleep(delay)
+            except BaseException:
+                self.record_failure(True)  # cancelled (or interrupted) between attempts
+                raise
             attempt += 1
 
 
