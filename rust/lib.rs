@@ -14,6 +14,7 @@ mod breaker_ffi;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod huge_pages;
+pub mod idempotency;
 pub mod limiter_registry;
 pub mod retry;
 pub mod slot_index;
@@ -34,6 +35,8 @@ mod _native {
     use crate::circuit_breaker::CircuitBreakerCore;
     #[pymodule_export]
     use crate::clock::monotonic_ns;
+    #[pymodule_export]
+    use crate::idempotency::IdempotencyLru;
     #[pymodule_export]
     use crate::limiter_registry::{KeyedLimiter, RateLimiterRegistry};
     #[pymodule_export]
