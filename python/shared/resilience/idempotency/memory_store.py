@@ -82,6 +82,8 @@ class InMemoryIdempotencyStore(OutcomeCounting):
 
     def claim(self, key: str, fingerprint: str, lease: float) -> Claim:
         """Claims ``key`` for ``lease`` seconds, or says who has it (see ``store``)."""
+        if key == "":
+            raise ValueError("key must be a non-empty str")
         owner = next(self._owners)
         code, payload = self._core.claim(key, fingerprint, lease, owner)
         if code == _CLAIMED:
@@ -139,6 +141,8 @@ class InMemoryIdempotencyStore(OutcomeCounting):
 
     def set(self, key: str, value: Any, ttl: float = DEFAULT_TTL) -> None:
         """Stores ``value`` as ``key``'s result for ``ttl`` seconds, whatever was there."""
+        if key == "":
+            raise ValueError("key must be a non-empty str")
         if not self._core.set(key, value, ttl):
             raise IdempotencyStoreError(
                 key,
