@@ -50,15 +50,40 @@ What the suite holds every store to (sync and async forms alike):
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.resilience.idempotency import InMemoryIdempotencyStore
 from shared.testing import ManualClock
+
+
+def _root_conftest() -> Any:
+    """tests/conftest.py, loaded once under its own name.
+
+    Test modules import helpers with ``from conftest import ...``; with this
+    file also named conftest.py, that import can find this one, so the root's
+    helpers are re-exported here.
+    """
+    name = "shared_tests_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "conftest.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_root = _root_conftest()
+IN_CI = _root.IN_CI
+require_service = _root.require_service
 
 
 @dataclass
