@@ -73,8 +73,11 @@ def _root_conftest() -> Any:
     """
     name = "shared_tests_root_conftest"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parent.parent / "conftest.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -50,7 +50,9 @@ RESULTS: list[Any] = [
     [1, "a", None],
     {"tx": "0xabc", "amount": 1000, "nested": {"ok": True}},
     Decimal("1000.000000000000000001"),
-    datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone(datetime.timedelta(hours=-5))),
+    datetime.datetime(
+        2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone(datetime.timedelta(hours=-5))
+    ),
     datetime.date(2026, 1, 2),
     uuid.UUID("12345678-1234-5678-1234-567812345678"),
     Side.SELL,
@@ -64,7 +66,8 @@ def test_the_store_implements_both_protocols(store_case: Any) -> None:
     store = store_case.store
     assert isinstance(store, AtomicIdempotencyStore)
     assert isinstance(store, IdempotencyStore)
-    assert isinstance(store.name, str) and store.name
+    assert isinstance(store.name, str)
+    assert store.name
     assert set(store.outcome_counts()) == set(OUTCOMES)
     assert all(v == 0 for v in store.outcome_counts().values())
 
@@ -74,7 +77,8 @@ def test_one_claim_then_in_progress_then_completed(store_case: Any) -> None:
     store, key = store_case.store, new_key()
     first = store.claim(key, "fp", LEASE)
     assert first.state is ClaimState.CLAIMED
-    assert isinstance(first.token, OwnerToken) and first.token.key == key
+    assert isinstance(first.token, OwnerToken)
+    assert first.token.key == key
     second = store.claim(key, "fp", LEASE)
     assert second.state is ClaimState.IN_PROGRESS
     assert second.token is None
@@ -103,7 +107,11 @@ def test_only_the_owner_settles(store_case: Any) -> None:
     """A foreign token completes, fails, releases and extends nothing."""
     store, key = store_case.store, new_key()
     claim = store.claim(key, "fp", LEASE)
-    for foreign in (OwnerToken(key, "not-the-owner"), OwnerToken(key, "0"), OwnerToken(new_key(), claim.token.owner)):
+    for foreign in (
+        OwnerToken(key, "not-the-owner"),
+        OwnerToken(key, "0"),
+        OwnerToken(new_key(), claim.token.owner),
+    ):
         assert store.complete(foreign, "x", 60) is False
         assert store.fail(foreign, "x", 60) is False
         assert store.release(foreign) is False

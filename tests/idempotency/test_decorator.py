@@ -185,7 +185,9 @@ def test_a_concurrent_duplicate_times_out_in_progress(store: InMemoryIdempotency
     assert store.outcome_counts()["in_progress"] == 1
 
 
-def test_a_waiting_duplicate_executes_when_the_holder_fails(store: InMemoryIdempotencyStore) -> None:
+def test_a_waiting_duplicate_executes_when_the_holder_fails(
+    store: InMemoryIdempotencyStore,
+) -> None:
     """When the first call fails and releases, a waiting duplicate takes over."""
     started, finish = threading.Event(), threading.Event()
     calls = Calls()
@@ -447,7 +449,7 @@ async def test_async_keep_and_in_progress(store: InMemoryIdempotencyStore) -> No
         await job("x")
     release.set()
     assert await first == "ok"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rejected"):
         await job("y", fail=True)
     with pytest.raises(IdempotencyFailedError):
         await job("y", fail=True)
@@ -525,7 +527,7 @@ def test_check_then_set_stores_warn_once_and_work() -> None:
     assert calls.n == 1
     with pytest.raises(IdempotencyMismatchError):
         f("a", 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no"):
         g("b")
     with pytest.raises(IdempotencyFailedError):
         g("b")

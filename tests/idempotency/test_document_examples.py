@@ -62,26 +62,19 @@ def test_key_generation() -> None:
 
     # User-initiated operations
     key = IdempotencyKey.from_user_request(
-        user_id="user123",
-        operation="deposit",
-        amount=1000,
-        token="USDC"
+        user_id="user123", operation="deposit", amount=1000, token="USDC"
     )
     # Returns SHA256 hash
 
     # Autonomous trades
     trade_id = IdempotencyKey.from_trade(
-        strategy_id="strat_456",
-        signal_hash="abc123",
-        timestamp=1730500000
+        strategy_id="strat_456", signal_hash="abc123", timestamp=1730500000
     )
     # Returns: "trade_strat_456_1730500000_abc123"
 
     # Blockchain transactions
     key2 = IdempotencyKey.from_blockchain_tx(
-        operation="bridge",
-        chain="solana",
-        params_hash="def789"
+        operation="bridge", chain="solana", params_hash="def789"
     )
     # Returns: "blockchain_bridge_solana_def789"
 
@@ -89,7 +82,8 @@ def test_key_generation() -> None:
     key3 = IdempotencyKey.from_event("evt_12345")
     # Returns: "event_evt_12345"
     # -- end --
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert len(key) == 64
+    assert int(key, 16) >= 0
     assert trade_id == "trade_strat_456_1730500000_abc123"
     assert key2 == "blockchain_bridge_solana_def789"
     assert key3 == "event_evt_12345"
@@ -97,10 +91,7 @@ def test_key_generation() -> None:
 
 def _storage_example() -> tuple[Any, type]:
     # -- document --
-    from shared.resilience import (
-        IdempotencyStore,
-        InMemoryIdempotencyStore
-    )
+    from shared.resilience import IdempotencyStore, InMemoryIdempotencyStore
 
     # In-memory store (for testing only)
     store = InMemoryIdempotencyStore()
@@ -119,6 +110,7 @@ def _storage_example() -> tuple[Any, type]:
 
         async def exists_async(self, key: str) -> bool:
             return await self.redis.exists(f"idempotency:{key}")
+
     # -- end --
     assert isinstance(store, IdempotencyStore)
     assert isinstance(RedisIdempotencyStore(None), IdempotencyStore)
@@ -147,27 +139,19 @@ async def _decorator_usage(redis_store: Any) -> tuple[Any, Any, int]:
 
         # User-initiated operation
         @idempotent(key_param="idempotency_key", store=redis_store, ttl=86400)
-        async def create_strategy(
-            user_id: str,
-            prompt: str,
-            idempotency_key: str
-        ):
+        async def create_strategy(user_id: str, prompt: str, idempotency_key: str):
             # This executes only once per idempotency_key
             strategy = await generate_strategy(user_id, prompt)
             return strategy
 
         # First call - executes
         result1 = await create_strategy(
-            "user123",
-            "Create momentum strategy",
-            idempotency_key="req_001"
+            "user123", "Create momentum strategy", idempotency_key="req_001"
         )
 
         # Second call - returns cached result
         result2 = await create_strategy(
-            "user123",
-            "Create momentum strategy",
-            idempotency_key="req_001"
+            "user123", "Create momentum strategy", idempotency_key="req_001"
         )
 
         assert result1 == result2  # Same result
@@ -235,9 +219,7 @@ async def test_manual_check_pattern() -> None:
     async def execute_trade(strategy_id: str, signal: Signal):
         # Generate internal idempotency key
         trade_id = IdempotencyKey.from_trade(
-            strategy_id=strategy_id,
-            signal_hash=hash_signal(signal),
-            timestamp=int(time.time())
+            strategy_id=strategy_id, signal_hash=hash_signal(signal), timestamp=int(time.time())
         )
 
         # Check if already executed
@@ -252,6 +234,7 @@ async def test_manual_check_pattern() -> None:
         await store.set_async(trade_id, result, ttl=86400)
 
         return result
+
     # -- end --
 
     signal = Signal("SOL-USDC", "buy", 3)
@@ -282,10 +265,11 @@ def test_error_handling() -> None:
     @idempotent(
         key_param="request_id",
         store=store,
-        raise_on_duplicate=True  # Raise on duplicate detection
+        raise_on_duplicate=True,  # Raise on duplicate detection
     )
     def process_payment(amount: float, request_id: str):
         return execute_payment(amount)
+
     # -- end --
 
     def handler():
@@ -316,7 +300,7 @@ async def test_monitoring() -> None:
     async def check() -> Any:
         # -- document --
         if await store.exists_async(key):
-            idempotency_hits.labels(operation='create_strategy').inc()
+            idempotency_hits.labels(operation="create_strategy").inc()
             return await store.get_async(key)
         # -- end --
         return None
@@ -324,16 +308,15 @@ async def test_monitoring() -> None:
     # -- document --
     # Track idempotency hits
     idempotency_hits = Counter(
-        'idempotency_hits_total',
-        'Idempotent operations returning cached results',
-        ['operation']
+        "idempotency_hits_total", "Idempotent operations returning cached results", ["operation"]
     )
     # -- end --
     try:
         assert await check() == {"id": 7}
-        assert REGISTRY.get_sample_value(
-            "idempotency_hits_total", {"operation": "create_strategy"}
-        ) == 1.0
+        assert (
+            REGISTRY.get_sample_value("idempotency_hits_total", {"operation": "create_strategy"})
+            == 1.0
+        )
     finally:
         REGISTRY.unregister(idempotency_hits)
 

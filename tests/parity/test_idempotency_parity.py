@@ -63,7 +63,9 @@ class LruParity(RuleBasedStateMachine):
     @initialize(capacity=st.integers(1, 4))
     def create(self, capacity: int) -> None:
         self.clock = ManualClock(100.0)
-        self.cores = [m.IdempotencyLru(capacity, clock=self.clock) for m in (self.native, self.pure)]
+        self.cores = [
+            m.IdempotencyLru(capacity, clock=self.clock) for m in (self.native, self.pure)
+        ]
 
     def both(self, method: str, *args: Any) -> Any:
         rust, py = (outcome(lambda c=c: getattr(c, method)(*args)) for c in self.cores)
@@ -173,7 +175,9 @@ class LruParity(RuleBasedStateMachine):
 
 
 @pytest.mark.parametrize("machine", [LruParity])
-def test_lru_parity(machine: type[RuleBasedStateMachine], native: ModuleType, pure: ModuleType) -> None:
+def test_lru_parity(
+    machine: type[RuleBasedStateMachine], native: ModuleType, pure: ModuleType
+) -> None:
     """Claims, completions, failures, expiries and evictions agree step by step."""
     machine.native, machine.pure = native, pure  # type: ignore[attr-defined]
     machine.TestCase.settings = settings(max_examples=80, stateful_step_count=50)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from shared import _validation
@@ -85,6 +86,15 @@ class _Entry:
 class IdempotencyLru:
     """Bounded TTL LRU of idempotency entries (see the module docstring)."""
 
+    _capacity: int
+    _clock: NanosecondClock | None
+    _now: Callable[[], int]
+    _lock: threading.Lock
+    _entries: dict[str, _Entry]
+    _lru: OrderedDict[str, None]
+    _earliest: int
+    _evictions: int
+
     def __new__(
         cls, capacity: int = 10000, *, clock: NanosecondClock | None = None
     ) -> IdempotencyLru:
@@ -93,9 +103,9 @@ class IdempotencyLru:
         self._clock = clock
         self._now = time_source(clock)
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries = {}
         # Completed keys, least recently used first.
-        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._lru = OrderedDict()
         # No entry expires before this instant (a lower bound; exact after a purge).
         self._earliest = _NEVER
         self._evictions = 0

@@ -59,8 +59,8 @@ from shared.resilience.timeout import TimeoutContext, shield, with_timeout
 
 __all__ = [
     "AsyncRedisRateLimiterRegistry",
-    "AtomicIdempotencyStore",
     "AsyncRedisTokenBucket",
+    "AtomicIdempotencyStore",
     "BackoffStrategy",
     "CircuitBreaker",
     "CircuitBreakerConfig",

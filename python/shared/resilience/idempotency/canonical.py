@@ -36,13 +36,13 @@ from typing import Any
 
 __all__ = ["canonical_json", "sha256_hex"]
 
-_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _text(value: str) -> str:
     if not value.isascii():
         value = unicodedata.normalize("NFC", value)
-    return _encode_str(value)  # type: ignore[no-any-return]
+    return _encode_str(value)
 
 
 def _decimal_text(value: Decimal, where: str) -> str:
@@ -55,7 +55,7 @@ def _decimal_text(value: Decimal, where: str) -> str:
 
 
 def _number(value: int | float | Decimal, where: str) -> str:
-    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+    if isinstance(value, int):
         return int.__repr__(int(value))
     if isinstance(value, float):
         if not math.isfinite(value):

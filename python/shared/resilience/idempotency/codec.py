@@ -83,7 +83,9 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return {_TAG: "enum", "c": _class_path(kind), "v": _to_json(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        fields = {
+            f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init
+        }
         return {_TAG: "dataclass", "c": _class_path(kind), "v": fields}
     raise TypeError(
         f"a result of type {kind.__module__}.{kind.__qualname__} cannot be stored: "
@@ -100,7 +102,7 @@ def _from_json(value: Any) -> Any:
     tag = value.get(_TAG)
     if tag is None:
         return {k: _from_json(v) for k, v in value.items()}
-    payload = value.get("v")
+    payload: Any = value.get("v")
     if tag == "float":
         return float(payload)
     if tag == "dict":

@@ -211,7 +211,7 @@ class _Binder:
             and len(args) <= len(self.positional)
             and all(name in self.known for name in kwargs)
         ):
-            bound = dict(zip(self.positional, args))
+            bound = dict(zip(self.positional, args, strict=False))
             bound.update(kwargs)
             if len(bound) != len(args) + len(kwargs) or not self.required <= bound.keys():
                 self.signature.bind(*args, **kwargs)  # raises the TypeError Python would
@@ -306,7 +306,9 @@ def idempotent(
     lease_value = _validation.positive_finite("lease", lease)
     wait_value = _validation.non_negative_finite("wait_timeout", wait_timeout)
     if not isinstance(raise_on_duplicate, bool):
-        raise TypeError(f"raise_on_duplicate must be a bool, got {type(raise_on_duplicate).__name__}")
+        raise TypeError(
+            f"raise_on_duplicate must be a bool, got {type(raise_on_duplicate).__name__}"
+        )
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be 'release' or 'keep', got {on_error!r}")
     keep = on_error == "keep"
@@ -584,7 +586,11 @@ def idempotent(
 
     def unwrap(key: str, fingerprint: str, raw: Any, count: Callable[..., None]) -> Any:
         try:
-            body = codec.decode(raw) if isinstance(raw, (str, bytes, bytearray)) else raw
+            body = (
+                codec.decode(bytes(raw) if isinstance(raw, bytearray) else raw)
+                if isinstance(raw, (str, bytes, bytearray))
+                else raw
+            )
         except ValueError:
             body = raw
         if type(body) is dict and body.get(_MARK) == 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from shared import _validation
 from shared._backend import core
@@ -18,6 +18,9 @@ from shared.resilience.exceptions import IdempotencyStoreError
 from shared.resilience.idempotency.outcomes import OutcomeCounting
 from shared.resilience.idempotency.store import Claim, ClaimState, OwnerToken
 from shared.testing import ManualClock
+
+if TYPE_CHECKING:
+    from shared import _native
 
 __all__ = ["InMemoryIdempotencyStore"]
 
@@ -74,7 +77,7 @@ class InMemoryIdempotencyStore(OutcomeCounting):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         self.name = name
-        self._core = core.IdempotencyLru(capacity, clock=clock)
+        self._core: _native.IdempotencyLru = core.IdempotencyLru(capacity, clock=clock)
         # Owner ids: unique in this store, and unlikely to match another store's.
         self._owners = itertools.count(secrets.randbits(48))
 
@@ -202,4 +205,7 @@ class InMemoryIdempotencyStore(OutcomeCounting):
         self._core.clear()
 
     def __repr__(self) -> str:
-        return f"InMemoryIdempotencyStore(name={self.name!r}, keys={len(self)}, capacity={self.capacity})"
+        return (
+            f"InMemoryIdempotencyStore(name={self.name!r}, keys={len(self)}, "
+            f"capacity={self.capacity})"
+        )
