@@ -178,6 +178,10 @@ _renewer = _Renewer()
 # -- argument binding and fingerprints -------------------------------------------------
 
 
+_SIMPLE: Final = frozenset({str, int, type(None)})
+_CACHE_SIZE: Final = 4096
+
+
 class _Binder:
     """Finds the key and fingerprints the other arguments of one function."""
 
@@ -200,11 +204,38 @@ class _Binder:
             if p.default is p.empty and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
         }
         self.known = {p.name for p in params}
+        # Calls whose arguments are all str, int or None (exact types, so equal
+        # tuples mean equal canonical forms: 1 == True == 1.0 cannot meet here)
+        # keep their key and fingerprint: a replay then skips JSON and SHA-256.
+        self.cache: dict[Any, tuple[str, str]] = {}
         if key_param not in self.known and self.var_keyword is None:
             raise TypeError(f"key_param {key_param!r} is not a parameter of {self.name}")
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
         """The key and the fingerprint of one call; TypeError/ValueError before anything runs."""
+        simple = _SIMPLE
+        start = 1 if self.skip is not None else 0
+        cache_key: Any = None
+        for i in range(start, len(args)):
+            if type(args[i]) not in simple:
+                break
+        else:
+            for value in kwargs.values():
+                if type(value) not in simple:
+                    break
+            else:
+                cache_key = (args[start:], tuple(kwargs.items())) if kwargs else args[start:]
+                found = self.cache.get(cache_key)
+                if found is not None:
+                    return found
+        answer = self._bind(args, kwargs)
+        if cache_key is not None:
+            if len(self.cache) >= _CACHE_SIZE:
+                self.cache.clear()
+            self.cache[cache_key] = answer
+        return answer
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
         bound: dict[str, Any]
         if (
             self.simple

@@ -80,6 +80,9 @@ class InMemoryIdempotencyStore(OutcomeCounting):
         self._core: _native.IdempotencyLru = core.IdempotencyLru(capacity, clock=clock)
         # Owner ids: unique in this store, and unlikely to match another store's.
         self._owners = itertools.count(secrets.randbits(48))
+        # The hot reads go straight to the core (no Python frame in between).
+        self.get = self._core.get  # type: ignore[method-assign]
+        self.exists = self._core.exists  # type: ignore[method-assign]
 
     # -- the atomic claim ----------------------------------------------------------
 
