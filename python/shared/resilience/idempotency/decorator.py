@@ -279,6 +279,17 @@ _warned_lock = threading.Lock()
 _ATOMIC = ("claim", "complete", "fail", "release", "extend")
 
 
+def _fast_path(store: Any) -> Callable[[str, str, float], tuple[bool, Any]] | None:
+    """The in-memory store's replay shortcut, unless a subclass changed its claim."""
+    from shared.resilience.idempotency.memory_store import InMemoryIdempotencyStore
+
+    if isinstance(store, InMemoryIdempotencyStore) and (
+        type(store).claim is InMemoryIdempotencyStore.claim
+    ):
+        return store._claim_or_result
+    return None
+
+
 def _has(store: Any, names: tuple[str, ...]) -> bool:
     return all(callable(getattr(store, name, None)) for name in names)
 
@@ -460,9 +471,23 @@ def idempotent(
     def _atomic_sync(
         func: Callable[..., Any], binder: _Binder, store: Any, count: Callable[..., None]
     ) -> Callable[..., Any]:
+        fast = _fast_path(store)
+
         def call(*args: Any, **kwargs: Any) -> Any:
             key, fingerprint = binder.bind(args, kwargs)
-            claim = claim_sync(store, key, fingerprint, count)
+            if fast is not None:
+                done, value = fast(key, fingerprint, lease_value)
+                if done:
+                    count("replayed")
+                    _on_replay(key)
+                    if raise_on_duplicate:
+                        raise DuplicateRequestError(key, value)
+                    return value
+                claim = value
+                if claim.state is _IN_PROGRESS:
+                    claim = claim_sync(store, key, fingerprint, count)
+            else:
+                claim = claim_sync(store, key, fingerprint, count)
             if claim.state is not _CLAIMED:
                 return replay(key, claim, count)
             token = cast(OwnerToken, claim.token)

@@ -106,6 +106,27 @@ class InMemoryIdempotencyStore(OutcomeCounting):
             )
         return Claim(_STATES[code], result=payload)
 
+    def _claim_or_result(self, key: str, fingerprint: str, lease: float) -> tuple[bool, Any]:
+        """``(True, result)`` for a completed key, else ``(False, claim)``: ``@idempotent``'s
+        replay path, without building a ``Claim``."""
+        if key == "":
+            raise ValueError("key must be a non-empty str")
+        owner = next(self._owners)
+        code, payload = self._core.claim(key, fingerprint, lease, owner)
+        if code == _COMPLETED:
+            return (True, payload)
+        if code == _CLAIMED:
+            return (False, Claim(ClaimState.CLAIMED, token=OwnerToken(key, str(owner))))
+        if code == _IN_PROGRESS:
+            return (False, Claim(ClaimState.IN_PROGRESS, retry_after=payload))
+        if code == _FULL:
+            raise IdempotencyStoreError(
+                key,
+                f"the in-memory store is full ({self._core.capacity} keys in progress or "
+                f"failed); retry after {payload:.3f}s",
+            )
+        return (False, Claim(_STATES[code], result=payload))
+
     def complete(self, token: OwnerToken, result: Any, ttl: float = DEFAULT_TTL) -> bool:
         """Stores ``result`` for ``ttl`` seconds if ``token`` still owns its key."""
         owner = _owner_of(token)
