@@ -608,9 +608,23 @@ def idempotent(
             if not done and not lost:
                 _lost_lease(store, token, "the claim was gone when the result was recorded")
 
+        fast = _fast_path(store)
+
         async def call(*args: Any, **kwargs: Any) -> Any:
             key, fingerprint = binder.bind(args, kwargs)
-            answer = await claim(key, fingerprint)
+            if fast is not None:
+                done, value = fast(key, fingerprint, lease_value)
+                if done:
+                    count("replayed")
+                    _on_replay(key)
+                    if raise_on_duplicate:
+                        raise DuplicateRequestError(key, value)
+                    return value
+                answer = value
+                if answer.state is _IN_PROGRESS:
+                    answer = await claim(key, fingerprint)
+            else:
+                answer = await claim(key, fingerprint)
             if answer.state is not _CLAIMED:
                 return replay(key, answer, count)
             token = cast(OwnerToken, answer.token)

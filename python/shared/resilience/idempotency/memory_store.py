@@ -17,10 +17,10 @@ from shared._backend import core
 from shared.resilience.exceptions import IdempotencyStoreError
 from shared.resilience.idempotency.outcomes import OutcomeCounting
 from shared.resilience.idempotency.store import Claim, ClaimState, OwnerToken
-from shared.testing import ManualClock
 
 if TYPE_CHECKING:
     from shared import _native
+    from shared.testing import ManualClock
 
 __all__ = ["InMemoryIdempotencyStore"]
 
