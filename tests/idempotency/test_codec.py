@@ -46,7 +46,7 @@ VALUES: list[Any] = [
     {"$t": "a user's own key"},
     (1, "a", (2,)),
     Decimal("12345678901234567890.000000000000000001"),
-    datetime.datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=datetime.UTC),
     datetime.datetime(2026, 3, 4, 5, 6, 7),
     datetime.date(2026, 3, 4),
     datetime.time(5, 6, 7, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
