@@ -1,4 +1,5 @@
-//! The native core of `shared`: lock-free state machines behind the Python API.
+//! The native core of `shared`: state machines behind the Python API (atomics where
+//! the state fits one word, short mutex sections for the keyed tables).
 //!
 //! Each primitive lives in its own file: the core logic first, free of `PyO3`
 //! types and tested by `cargo test --no-default-features`, then its Python
