@@ -217,15 +217,15 @@ def test_a_long_call_renews_its_lease(store: InMemoryIdempotencyStore) -> None:
     """A call longer than its lease keeps the key: a duplicate never executes meanwhile."""
     calls = Calls()
 
-    @idempotent(key_param="request_id", store=store, lease=0.25, wait_timeout=0)
+    @idempotent(key_param="request_id", store=store, lease=0.4, wait_timeout=0)
     def long(request_id: str) -> str:
         calls.hit()
-        time.sleep(0.7)
+        time.sleep(0.9)
         return "done"
 
     holder = threading.Thread(target=long, args=("r",))
     holder.start()
-    deadline = time.monotonic() + 0.6
+    deadline = time.monotonic() + 0.8
     time.sleep(0.05)
     while time.monotonic() < deadline:
         with pytest.raises(IdempotencyInProgressError):
@@ -459,15 +459,15 @@ async def test_async_lease_renewal(store: InMemoryIdempotencyStore) -> None:
     """An async call longer than its lease keeps the key."""
     calls = Calls()
 
-    @idempotent(key_param="k", store=store, lease=0.25, wait_timeout=0)
+    @idempotent(key_param="k", store=store, lease=0.4, wait_timeout=0)
     async def job(k: str) -> str:
         calls.hit()
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.9)
         return "done"
 
     task = asyncio.create_task(job("z"))
     for _ in range(6):
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.13)
         with pytest.raises(IdempotencyInProgressError):
             await job("z")
     assert await task == "done"

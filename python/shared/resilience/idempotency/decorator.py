@@ -111,6 +111,18 @@ def _lost_lease(store: Any, token: OwnerToken, why: str) -> None:
         count("lost_leases")
 
 
+_LOST = threading.Lock()
+
+
+def _report_lost(watch: _Watch, why: str) -> None:
+    """Logs and counts a lost lease once, whether the renewer or the call notices first."""
+    with _LOST:
+        if watch.lost:
+            return
+        watch.lost = True
+    _lost_lease(watch.store, watch.token, why)
+
+
 class _Renewer:
     """One daemon thread renews the leases of every running sync call."""
 
@@ -164,8 +176,7 @@ class _Renewer:
         if watch.stopped:
             return
         if not renewed:
-            watch.lost = True
-            _lost_lease(watch.store, watch.token, "the store no longer holds its claim")
+            _report_lost(watch, "the store no longer holds its claim")
             return
         watch.due = time.monotonic() + watch.lease / 3
         with self._cond:
@@ -465,8 +476,11 @@ def idempotent(
             raise
         except Exception as exc:
             raise store_error(token.key, exc, True) from exc
-        if not done and not (watch is not None and watch.lost):
-            _lost_lease(store, token, "the claim was gone when the result was recorded")
+        if not done:
+            if watch is None:
+                _lost_lease(store, token, "the claim was gone when the result was recorded")
+            else:
+                _report_lost(watch, "the claim was gone when the result was recorded")
 
     def _atomic_sync(
         func: Callable[..., Any], binder: _Binder, store: Any, count: Callable[..., None]
