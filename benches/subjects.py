@@ -580,6 +580,62 @@ def _metrics_overhead() -> dict[str, Loop]:
     }
 
 
+# -- idempotency ------------------------------------------------------------------------
+
+
+def _idem_get_hit() -> dict[str, Loop]:
+    from cachetools import TTLCache
+
+    import bench_idempotency as bi
+
+    result = {"ok": 1}
+    rust, pure = bi.store_on(_native()), bi.store_on(_pure())
+    for store in (rust, pure):
+        store.set("k", result, 3600)
+    cache: Any = TTLCache(maxsize=1000, ttl=3600)
+    cache["k"] = result
+    members = {
+        "rust": calls_with(rust.get, "k"),
+        "python": calls_with(pure.get, "k"),
+        "dict_get": calls_with({"k": result}.get, "k"),
+        "ttlcache": calls_with(cache.get, "k"),
+    }
+    for name, run in members.items():
+        if run(1) is not result:
+            raise AssertionError(f"{name}: get should hit")
+    return members
+
+
+def _idem_claim_complete() -> dict[str, Loop]:
+    import bench_idempotency as bi
+
+    members = {
+        "rust": bi.claim_complete_loop(bi.store_on(_native())),
+        "python": bi.claim_complete_loop(bi.store_on(_pure())),
+        "ttlcache_locked": bi.LockedTTLCache().run,
+    }
+    for name in ("rust", "python"):
+        if members[name](2) is not True:
+            raise AssertionError(f"{name}: claim + complete should succeed")
+    return members
+
+
+def _idem_replay() -> dict[str, Loop]:
+    import bench_idempotency as bi
+
+    expected = {"user_id": "user123", "amount": 1000}
+    members = {
+        "rust": bi.replay_loop(bi.store_on(_native())),
+        "python": bi.replay_loop(bi.store_on(_pure())),
+        "user_request_rust": bi.user_request_loop(bi.store_on(_native())),
+        "bare": bi.bare_loop(),
+    }
+    for name, run in members.items():
+        if run(2) != expected:
+            raise AssertionError(f"{name}: the replay should return the first result")
+    return members
+
+
 _PEERS_400 = (("limits", 400), ("pyrate_limiter", 400))
 _BREAKER_PEERS = (("pybreaker", 400), ("circuitbreaker", 400))
 _RETRY_PEERS = (("tenacity", 200), ("stamina", 200), ("backoff", 400))
@@ -642,6 +698,21 @@ GROUPS: dict[str, Group] = {
             timed_ops=100,
             counted_ops=2000,
             in_worker_thread=True,
+        ),
+        Group("idem_get_hit", _idem_get_hit, timed_ops=1000, counted_ops=4000),
+        Group(
+            "idem_claim_complete",
+            _idem_claim_complete,
+            timed_ops=100,
+            counted_ops=4096,
+            peer_counted_ops=(("python", 1000), ("ttlcache_locked", 1000)),
+        ),
+        Group(
+            "idem_replay",
+            _idem_replay,
+            timed_ops=100,
+            counted_ops=2000,
+            peer_counted_ops=(("python", 500), ("user_request_rust", 500)),
         ),
         Group("metrics_overhead", _metrics_overhead, timed_ops=100, counted_ops=4000),
         # Last: each sets the process-wide tracing state (the recorded group leaves

@@ -1,4 +1,5 @@
-//! The native core of `shared`: lock-free state machines behind the Python API.
+//! The native core of `shared`: state machines behind the Python API (atomics where
+//! the state fits one word, short mutex sections for the keyed tables).
 //!
 //! Each primitive lives in its own file: the core logic first, free of `PyO3`
 //! types and tested by `cargo test --no-default-features`, then its Python
@@ -14,6 +15,7 @@ mod breaker_ffi;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod huge_pages;
+pub mod idempotency;
 pub mod limiter_registry;
 pub mod retry;
 pub mod slot_index;
@@ -34,6 +36,8 @@ mod _native {
     use crate::circuit_breaker::CircuitBreakerCore;
     #[pymodule_export]
     use crate::clock::monotonic_ns;
+    #[pymodule_export]
+    use crate::idempotency::IdempotencyLru;
     #[pymodule_export]
     use crate::limiter_registry::{KeyedLimiter, RateLimiterRegistry};
     #[pymodule_export]

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "WeakInstances",
     "breakers",
+    "idempotency_stores",
     "rate_limiter_registries",
     "redis_limiters",
     "retries",
@@ -84,4 +85,6 @@ rate_limiter_registries: WeakInstances[Any] = WeakInstances()
 redis_limiters: WeakInstances[Any] = WeakInstances()
 """Every Redis-backed bucket and registry alive (not the handles a registry gives out)."""
 retries: WeakInstances[Any] = WeakInstances()
+idempotency_stores: WeakInstances[Any] = WeakInstances()
+"""Every idempotency store with ``OutcomeCounting`` that has counted an outcome."""
 """Every ``Retry`` alive (``@with_retry`` makes one per decorated function)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from shared._pure.backoff import Backoff
 from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
+from shared._pure.idempotency import IdempotencyLru
 from shared._pure.retry import RetryBudget, RetryCore, RetryingCall
 from shared._pure.timeout import (
     FIRE_CRITICAL,
@@ -45,6 +46,7 @@ __all__ = [
     "CircuitBreakerCore",
     "DeadlineCore",
     "Guard",
+    "IdempotencyLru",
     "KeyedLimiter",
     "RateLimiterRegistry",
     "Reservation",

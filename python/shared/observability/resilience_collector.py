@@ -62,7 +62,7 @@ _RETRY_GIVE_UPS = (
     ("budget", "give_ups_budget"),
 )
 
-IDEMPOTENCY_OUTCOMES = ("executed", "replayed", "in_progress", "mismatch", "errors")
+IDEMPOTENCY_OUTCOMES = ("executed", "replayed", "in_progress", "mismatch", "errors", "lost_leases")
 """The ``outcome`` label values of ``shared_idempotency_requests_total``: the keys a
 store's ``outcome_counts()`` is read for (a missing key counts 0)."""
 
@@ -354,7 +354,11 @@ class ResilienceCollector:
 
     def _idempotency(self, requests: CounterMetricFamily) -> None:
         sums = _Sums()
-        for store in _stores.snapshot():
+        # Stores with OutcomeCounting join by themselves at their first outcome;
+        # others are registered by hand. Each counts once.
+        stores = {id(store): store for store in _instances.idempotency_stores.snapshot()}
+        stores.update((id(store), store) for store in _stores.snapshot())
+        for store in stores.values():
             try:
                 name = store.name
                 counts = store.outcome_counts()

@@ -1,8 +1,8 @@
 """Resilience patterns: circuit breaker, timeout, retry, rate limiting, idempotency.
 
 Modules (the design document's "Module Structure"): ``circuit_breaker``,
-``timeout``, ``retry``, ``rate_limiter``, ``redis_rate_limiter`` and ``exceptions``
-(``idempotency`` is not built yet).
+``timeout``, ``retry``, ``rate_limiter``, ``redis_rate_limiter``, ``idempotency``
+and ``exceptions``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,23 @@ from shared.resilience.circuit_breaker import (
 )
 from shared.resilience.exceptions import (
     CircuitBreakerOpenError,
+    DuplicateRequestError,
+    IdempotencyError,
+    IdempotencyFailedError,
+    IdempotencyInProgressError,
+    IdempotencyMismatchError,
+    IdempotencyStoreError,
     RateLimiterUnavailableError,
     RateLimitExceeded,
     ResilienceError,
     TimeoutError,
+)
+from shared.resilience.idempotency import (
+    AtomicIdempotencyStore,
+    IdempotencyKey,
+    IdempotencyStore,
+    InMemoryIdempotencyStore,
+    idempotent,
 )
 from shared.resilience.rate_limiter import (
     KeyedLimiter,
@@ -47,12 +60,22 @@ from shared.resilience.timeout import TimeoutContext, shield, with_timeout
 __all__ = [
     "AsyncRedisRateLimiterRegistry",
     "AsyncRedisTokenBucket",
+    "AtomicIdempotencyStore",
     "BackoffStrategy",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitBreakerOpenError",
     "CircuitBreakerRegistry",
     "CircuitBreakerState",
+    "DuplicateRequestError",
+    "IdempotencyError",
+    "IdempotencyFailedError",
+    "IdempotencyInProgressError",
+    "IdempotencyKey",
+    "IdempotencyMismatchError",
+    "IdempotencyStore",
+    "IdempotencyStoreError",
+    "InMemoryIdempotencyStore",
     "Jitter",
     "KeyedLimiter",
     "RateLimitConfig",
@@ -69,6 +92,7 @@ __all__ = [
     "TimeoutError",
     "TokenBucket",
     "circuit_breaker_registry",
+    "idempotent",
     "rate_limited",
     "shield",
     "with_retry",

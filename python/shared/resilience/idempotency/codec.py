@@ -64,6 +64,8 @@ __all__ = [
     "PickleCodec",
     "ResultNotStorableError",
     "StoredValueError",
+    "decode",
+    "encode",
 ]
 
 _TAG = "$t"
@@ -433,3 +435,19 @@ class CustomCodec:
 
     def decode(self, data: bytes) -> Any:
         return self._loads(data)
+
+
+_DEFAULT_CODEC = JsonCodec()
+
+
+def encode(value: Any) -> str:
+    """``value`` as tagged JSON text (the default codec); ``ResultNotStorableError``
+    (a ``TypeError``) naming the type if it has no exact form. ``@idempotent`` stores
+    its records this way in stores that keep only the document's ``get``/``set``."""
+    return _DEFAULT_CODEC.encode(value).decode("utf-8")
+
+
+def decode(text: str | bytes) -> Any:
+    """The value ``encode`` wrote (``bytes`` are UTF-8, as Redis returns them);
+    ``StoredValueError`` (a ``ValueError``) for anything else."""
+    return _DEFAULT_CODEC.decode(text.encode("utf-8") if isinstance(text, str) else bytes(text))

@@ -48,6 +48,7 @@ from shared.resilience.exceptions import IdempotencyStoreError
 from shared.resilience.idempotency import _durable
 from shared.resilience.idempotency._durable import COMPLETED, FAILED
 from shared.resilience.idempotency.codec import Codec
+from shared.resilience.idempotency.outcomes import OutcomeCounting
 from shared.resilience.idempotency.store import Claim, ClaimState, OwnerToken
 
 __all__ = ["DEFAULT_TABLE", "PostgresIdempotencyStore", "table_sql"]
@@ -530,13 +531,8 @@ class PostgresTransaction(_Operations):
         return self._get_answer(key, await self._async(key, self._get_step(key), "get"))
 
 
-# OutcomeCounting (shared.resilience.idempotency.outcomes) joins here:
-# ``class PostgresIdempotencyStore(OutcomeCounting, _PostgresStore)``. Every outcome
-# of the pool store goes through its public claim/complete/fail/release (and _async)
-# methods; the _async forms without an asyncio pool call the sync ones. The
-# transaction view (``on(conn)``) does not pass through them: a mixin that must count
-# those too can wrap ``PostgresTransaction``'s methods the same way.
-class PostgresIdempotencyStore(_PostgresStore):
+# OutcomeCounting: @idempotent counts each call's outcome on the store it used.
+class PostgresIdempotencyStore(OutcomeCounting, _PostgresStore):
     """An idempotency store in a PostgreSQL table (psycopg 3 with a pool).
 
     Args:

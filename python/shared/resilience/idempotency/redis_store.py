@@ -37,6 +37,7 @@ from shared.resilience.exceptions import IdempotencyStoreError
 from shared.resilience.idempotency import _durable
 from shared.resilience.idempotency._durable import COMPLETED, FAILED, IN_PROGRESS, OWNER_HEX
 from shared.resilience.idempotency.codec import Codec
+from shared.resilience.idempotency.outcomes import OutcomeCounting
 from shared.resilience.idempotency.store import Claim, ClaimState, OwnerToken
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisIdempotencyStore"]
@@ -364,12 +365,8 @@ class _RedisStore:
         return bool(head == COMPLETED.encode())
 
 
-# OutcomeCounting (shared.resilience.idempotency.outcomes) joins here:
-# ``class RedisIdempotencyStore(OutcomeCounting, _RedisStore)``. Every outcome goes
-# through the public claim/complete/fail/release (and _async) methods above; the
-# _async forms without an asyncio client call the sync ones (a mixin that counts
-# both would count those twice: count in one layer, or check ``has_async_client``).
-class RedisIdempotencyStore(_RedisStore):
+# OutcomeCounting: @idempotent counts each call's outcome on the store it used.
+class RedisIdempotencyStore(OutcomeCounting, _RedisStore):
     """An idempotency store in Redis (``SET NX PX`` claims, owner-checked Lua).
 
     Args:

@@ -31,6 +31,7 @@ from shared import _validation
 from shared.resilience.idempotency import _durable
 from shared.resilience.idempotency._durable import COMPLETED, FAILED, IN_PROGRESS
 from shared.resilience.idempotency.codec import Codec
+from shared.resilience.idempotency.outcomes import OutcomeCounting
 from shared.resilience.idempotency.store import Claim, ClaimState, OwnerToken
 
 __all__ = ["SQLiteIdempotencyStore"]
@@ -334,11 +335,8 @@ class _Now:
 _NOW = _Now()
 
 
-# OutcomeCounting (shared.resilience.idempotency.outcomes) joins here:
-# ``class SQLiteIdempotencyStore(OutcomeCounting, _SQLiteStore)``. Every outcome goes
-# through the public claim/complete/fail/release (and _async) methods above; none of
-# them calls another, so a mixin overriding them with super() counts each exactly once.
-class SQLiteIdempotencyStore(_SQLiteStore):
+# OutcomeCounting: @idempotent counts each call's outcome on the store it used.
+class SQLiteIdempotencyStore(OutcomeCounting, _SQLiteStore):
     """A durable idempotency store in one SQLite file (one host, many processes).
 
     Args:
