@@ -150,8 +150,9 @@ def _probes_of(affects: str | Iterable[str]) -> frozenset[str]:
 class HealthCheck:
     """Base class of a service's health: override the probe methods, register checks, or both.
 
-    Args (all keyword-only, all optional; a subclass that does not call
-    ``super().__init__()`` gets the defaults):
+    Args (all keyword-only, all optional; None keeps the class attribute, so a
+    subclass may set them as class attributes and need not call
+    ``super().__init__()``):
         cache_ttl: seconds a sub-check's result is reused (default 1.0; 0 disables).
         verbose: put exception messages and stack traces in failed entries
             (default False: only the exception's type).
@@ -172,15 +173,19 @@ class HealthCheck:
     def __init__(
         self,
         *,
-        cache_ttl: float = 1.0,
-        verbose: bool = False,
-        probe_timeout: float = 0.9,
+        cache_ttl: float | None = None,
+        verbose: bool | None = None,
+        probe_timeout: float | None = None,
     ) -> None:
-        self.cache_ttl = _validation.non_negative_finite("cache_ttl", cache_ttl)
-        if not isinstance(verbose, bool):
-            raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
-        self.verbose = verbose
-        self.probe_timeout = _validation.positive_finite("probe_timeout", probe_timeout)
+        # None keeps the class attribute, so a subclass may set its defaults there.
+        if cache_ttl is not None:
+            self.cache_ttl = _validation.non_negative_finite("cache_ttl", cache_ttl)
+        if verbose is not None:
+            if not isinstance(verbose, bool):
+                raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
+            self.verbose = verbose
+        if probe_timeout is not None:
+            self.probe_timeout = _validation.positive_finite("probe_timeout", probe_timeout)
 
     # -- registration -----------------------------------------------------------------
 
