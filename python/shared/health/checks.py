@@ -63,7 +63,10 @@ def redis_check(client: Any) -> Callable[[], Any]:
     """A check that sends Redis ``PING`` (sync ``redis.Redis`` or ``redis.asyncio.Redis``).
 
     Bound it with the client's own ``socket_timeout`` too: the check's
-    timeout stops waiting, the client's stops the socket.
+    timeout stops waiting, the client's stops the socket. redis-py retries a
+    refused connection with backoff by default, so a down Redis then reports
+    "timed out" rather than "raised ConnectionError"; a client made with
+    ``retry=Retry(NoBackoff(), 0)`` fails at once.
     """
     if not callable(getattr(client, "ping", None)):
         raise TypeError(f"client must be a Redis client, got {type(client).__name__}")
