@@ -504,9 +504,12 @@ def _check_probe(probe: object) -> None:
 
 
 def _shutdown_in_progress() -> bool:
-    from shared.lifecycle.graceful_shutdown import shutdown_in_progress
+    # Imported on first use: shared.lifecycle does not import shared.health.
+    from shared.lifecycle.graceful_shutdown import _shutdown_started
 
-    return shutdown_in_progress()
+    global _shutdown_in_progress
+    _shutdown_in_progress = _shutdown_started.is_set
+    return _shutdown_started.is_set()
 
 
 # -- a helper event loop for the sync API ---------------------------------------------------

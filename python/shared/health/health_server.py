@@ -130,12 +130,17 @@ class _HttpError(Exception):
 
 
 class _Connection:
-    __slots__ = ("idle", "idle_since", "writer")
+    """One client connection; ``deadline`` (monotonic, 0 for none) is enforced by the reaper."""
+
+    __slots__ = ("deadline", "idle", "idle_since", "timed_out", "waiting_first", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.idle = False
         self.idle_since = 0.0
+        self.deadline = 0.0
+        self.timed_out = False
+        self.waiting_first = True
 
 
 class HealthServer:
@@ -196,6 +201,9 @@ class HealthServer:
         self._port: int | None = None
         self._date_second = -1
         self._date = b""
+        self._reaper: asyncio.Task[None] | None = None
+        self._rendered: dict[tuple[str, bool], tuple[tuple[Any, ...], int, bytes, int]] = {}
+        self._accept_cache: dict[str, bool] = {}
         #: Connections closed at the limit (evicted idle ones or refused new ones).
         self.evicted_connections = 0
         self.refused_connections = 0
@@ -236,6 +244,7 @@ class HealthServer:
             backlog=min(1024, max(128, self.max_connections)),
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        self._reaper = self._loop.create_task(self._reap())
         logger.info("health server listening on %s:%d", self.host, self._port)
 
     async def serve_forever(self) -> None:
@@ -252,6 +261,9 @@ class HealthServer:
         if server is None:
             return
         server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for connection in list(self._connections.values()):
             connection.writer.close()
         with contextlib.suppress(Exception):
@@ -367,6 +379,22 @@ class HealthServer:
                 del self._connections[key]
             writer.close()
 
+    async def _reap(self) -> None:
+        """Closes connections past their deadline (one timer for all, not one per read)."""
+        interval = min(0.25, self.header_timeout / 4, self.keepalive_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for connection in list(self._connections.values()):
+                if connection.deadline and now > connection.deadline:
+                    connection.timed_out = True
+                    connection.deadline = 0.0
+                    writer = connection.writer
+                    if connection.waiting_first:
+                        # Nothing answered yet on this connection: say why it is closed.
+                        writer.write(self._error_bytes(408, "request not received in time"))
+                    writer.close()
+
     async def _serve_one(
         self,
         reader: asyncio.StreamReader,
@@ -376,59 +404,60 @@ class HealthServer:
     ) -> bool:
         # Between keep-alive requests a connection is idle: it may be closed to make
         # room (``max_connections``) and waits at most ``keepalive_timeout``.
+        now = time.monotonic()
         connection.idle = not first
-        connection.idle_since = time.monotonic()
+        connection.idle_since = now
+        connection.deadline = now + (self.header_timeout if first else self.keepalive_timeout)
         try:
-            async with asyncio.timeout(self.header_timeout if first else self.keepalive_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-            connection.idle = False
+            head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
-            await self._send_error(writer, 431, "request head too large")
+            connection.deadline = 0.0
+            self._send_error(writer, 431, "request head too large")
             return False
         except asyncio.IncompleteReadError as exc:
-            if exc.partial and exc.partial.strip():
-                await self._send_error(writer, 400, "incomplete request")
-            return False
-        except TimeoutError:
-            if first:
-                await self._send_error(writer, 408, "request head not received in time")
+            if exc.partial.strip() and not connection.timed_out:
+                self._send_error(writer, 400, "incomplete request")
             return False
         finally:
             connection.idle = False
         try:
             method, target, version, headers = self._parse(head)
         except _HttpError as exc:
-            await self._send_error(writer, exc.status, str(exc))
+            connection.deadline = 0.0
+            self._send_error(writer, exc.status, str(exc))
             return False
-        keep_alive = self._keep_alive(version, headers)
-        if "transfer-encoding" in headers:
-            await self._send_error(writer, 501, "request bodies with a transfer coding")
-            return False
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit() or len(length_text) > 12:
-            await self._send_error(writer, 400, "invalid Content-Length")
-            return False
-        length = int(length_text)
-        if length > self.max_body_bytes:
-            await self._send_error(writer, 413, "request body too large")
-            return False
-        if length:
-            try:
-                async with asyncio.timeout(self.header_timeout):
-                    await reader.readexactly(length)
-            except TimeoutError:
-                await self._send_error(writer, 408, "request body not received in time")
+        keep_alive = self._keep_alive(version, headers) if headers else version == "HTTP/1.1"
+        if headers:
+            if "transfer-encoding" in headers:
+                self._send_error(writer, 501, "request bodies with a transfer coding")
                 return False
+            length_text = headers.get("content-length", "0")
+            if not length_text.isdigit() or len(length_text) > 12:
+                self._send_error(writer, 400, "invalid Content-Length")
+                return False
+            length = int(length_text)
+            if length > self.max_body_bytes:
+                self._send_error(writer, 413, "request body too large")
+                return False
+            if length:
+                try:
+                    await reader.readexactly(length)
+                except asyncio.IncompleteReadError:
+                    if not connection.timed_out:
+                        self._send_error(writer, 400, "incomplete request body")
+                    return False
+        connection.deadline = 0.0
+        connection.waiting_first = False
         path = target.split("?", 1)[0]
         probe = ROUTES.get(path)
         if probe is None:
-            await self._send(writer, 404, {"error": "not found"}, _JSON, method, keep_alive)
+            self._write(writer, 404, b'{"error":"not found"}', _JSON, method, keep_alive)
             return keep_alive
         if method not in ("GET", "HEAD"):
-            await self._send(
+            self._write(
                 writer,
                 405,
-                {"error": "method not allowed"},
+                b'{"error":"method not allowed"}',
                 _JSON,
                 method,
                 keep_alive,
@@ -436,17 +465,39 @@ class HealthServer:
             )
             return keep_alive
         report = await self.health_check.evaluate(probe)
-        ietf = _wants_health_json(headers.get("accept", ""))
-        document = render_report(report, ietf=ietf)
-        await self._send(
-            writer,
-            report.status.http_status,
-            document,
-            _HEALTH_JSON if ietf else _JSON,
-            method,
-            keep_alive,
-        )
+        accept = headers.get("accept", "") if headers else ""
+        ietf = self._accept_cache.get(accept)
+        if ietf is None:
+            ietf = _wants_health_json(accept)
+            if len(self._accept_cache) < 64:
+                self._accept_cache[accept] = ietf
+        status, body = self._render(probe, report, ietf)
+        self._write(writer, status, body, _HEALTH_JSON if ietf else _JSON, method, keep_alive)
+        if writer.transport.get_write_buffer_size() > 65536:
+            # A client that does not read: bounded by the header deadline.
+            connection.deadline = time.monotonic() + self.header_timeout
+            await writer.drain()
+            connection.deadline = 0.0
         return keep_alive
+
+    def _render(self, probe: str, report: HealthReport, ietf: bool) -> tuple[int, bytes]:
+        """The JSON body of a report, reused while the same results are served in one second."""
+        results = tuple(report.checks.values())
+        second = int(report.timestamp)
+        key = (probe, ietf)
+        cached = self._rendered.get(key)
+        if (
+            cached is not None
+            and cached[1] == second
+            and len(cached[0]) == len(results) + 1
+            and cached[0][0] is report.status
+            and all(a is b for a, b in zip(cached[0][1:], results, strict=True))
+        ):
+            return cached[3], cached[2]
+        body = json.dumps(render_report(report, ietf=ietf), separators=(",", ":")).encode()
+        status = report.status.http_status
+        self._rendered[key] = ((report.status, *results), second, body, status)
+        return status, body
 
     @staticmethod
     def _parse(head: bytes) -> tuple[str, str, str, dict[str, str]]:
@@ -506,32 +557,54 @@ class HealthServer:
             self._date = f"Date: {formatdate(now, usegmt=True)}\r\n".encode("ascii")
         return self._date
 
-    async def _send(
+    def _write(
         self,
         writer: asyncio.StreamWriter,
         status: int,
-        document: dict[str, Any],
+        body: bytes,
         content_type: str,
         method: str,
         keep_alive: bool,
         extra: bytes = b"",
     ) -> None:
-        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        head = (
-            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n"
-        ).encode("ascii")
-        connection = b"" if keep_alive else b"Connection: close\r\n"
-        payload = head + self._date_header() + connection + extra + b"\r\n"
-        if method != "HEAD":
-            payload += body
-        writer.write(payload)
-        if writer.transport.get_write_buffer_size() > 65536:
-            async with asyncio.timeout(self.header_timeout):
-                await writer.drain()
+        head = _HEADS.get((status, content_type))
+        if head is None:
+            head = (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                f"Content-Type: {content_type}\r\n"
+                "Cache-Control: no-store\r\n"
+            ).encode("ascii")
+            _HEADS[(status, content_type)] = head
+        writer.write(
+            b"".join(
+                (
+                    head,
+                    b"Content-Length: %d\r\n" % len(body),
+                    self._date_header(),
+                    b"" if keep_alive else b"Connection: close\r\n",
+                    extra,
+                    b"\r\n",
+                    b"" if method == "HEAD" else body,
+                )
+            )
+        )
 
-    async def _send_error(self, writer: asyncio.StreamWriter, status: int, message: str) -> None:
+    def _error_bytes(self, status: int, message: str) -> bytes:
+        body = json.dumps({"error": message}).encode()
+        return (
+            (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                f"Content-Type: {_JSON}\r\nCache-Control: no-store\r\n"
+                f"Content-Length: {len(body)}\r\n"
+            ).encode("ascii")
+            + self._date_header()
+            + b"Connection: close\r\n\r\n"
+            + body
+        )
+
+    def _send_error(self, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         with contextlib.suppress(Exception):
-            await self._send(writer, status, {"error": message}, _JSON, "GET", False)
+            writer.write(self._error_bytes(status, message))
+
+
+_HEADS: dict[tuple[int, str], bytes] = {}
