@@ -431,3 +431,21 @@ def test_check_result_defaults() -> None:
     result = CheckResult("db", HealthStatus.HEALTHY)
     assert result.output is None
     assert before <= result.observed_at <= time.time()
+
+
+def test_overridden_method_and_registered_checks_combine() -> None:
+    """A subclass's readiness and its registered checks both count: the worst wins."""
+
+    class Service(HealthCheck):
+        def readiness(self) -> HealthStatus:
+            return HealthStatus.DEGRADED
+
+    health = Service()
+    health.add_check("db", lambda: True)
+    report = asyncio.run(health.evaluate("readiness"))
+    assert report.status is HealthStatus.DEGRADED
+    assert set(report.checks) == {"db"}
+    health.add_check("cache", lambda: False)
+    report = asyncio.run(health.evaluate("readiness"))
+    assert report.status is HealthStatus.UNHEALTHY
+    assert report.checks["cache"].status is HealthStatus.UNHEALTHY

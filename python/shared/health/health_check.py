@@ -283,26 +283,27 @@ class HealthCheck:
         """A probe's full answer on the running loop: what the server serves.
 
         An overridden probe method runs in a worker thread (bounded by
-        ``probe_timeout``, cached like a sub-check); otherwise the registered
-        checks run here, concurrently. During a graceful shutdown,
+        ``probe_timeout``, cached like a sub-check) while the registered checks
+        of the probe run here, concurrently; the report's status is the worst
+        of them. During a graceful shutdown,
         ``readiness`` is UNHEALTHY with a ``shutdown`` entry.
         """
         _check_probe(probe)
         method_name = _METHOD_OF[probe]
         overridden = getattr(type(self), method_name) is not getattr(HealthCheck, method_name)
         if overridden:
+            # The overridden method and the registered checks of this probe, together.
             spec = self._method_spec(probe, method_name)
-            method_result = await self._result_for(spec)
-            state = self._health_state()
-            with state.lock:
-                checks = {
-                    name: state.cache[name][0]
-                    for name, spec_ in state.specs.items()
-                    if name in state.cache and (probe == "health" or probe in spec_.probes)
-                }
+            method_result, registered = await asyncio.gather(
+                self._result_for(spec), self._evaluate_registered(probe)
+            )
+            checks = dict(registered.checks)
             if method_result.output is not None:
                 checks[probe] = method_result
-            report = HealthReport(method_result.status, checks)
+            status = method_result.status
+            if registered.status.severity > status.severity:
+                status = registered.status
+            report = HealthReport(status, checks)
         else:
             report = await self._evaluate_registered(probe)
         if probe == "readiness" and _shutdown_in_progress():
