@@ -444,7 +444,8 @@ def test_overridden_method_and_registered_checks_combine() -> None:
     health.add_check("db", lambda: True)
     report = asyncio.run(health.evaluate("readiness"))
     assert report.status is HealthStatus.DEGRADED
-    assert set(report.checks) == {"db"}
+    assert set(report.checks) == {"db", "readiness"}  # the method's own entry: not healthy
+    assert report.checks["readiness"].output == "reported degraded"
     health.add_check("cache", lambda: False)
     report = asyncio.run(health.evaluate("readiness"))
     assert report.status is HealthStatus.UNHEALTHY
