@@ -320,6 +320,32 @@ def test_a_half_request_is_dropped_at_the_header_deadline() -> None:
         assert _request(server, "/health/live")[0] == 200
 
 
+def test_a_trickling_client_is_dropped_at_the_header_deadline() -> None:
+    """A byte every 50 ms never resets the deadline: the head must be complete in time."""
+    for server in _serve(HealthCheck(), header_timeout=0.3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            started = time.monotonic()
+            closed_after = None
+            for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+                time.sleep(0.05)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(65536).startswith(b"HTTP/1.1 408"):
+                        closed_after = time.monotonic() - started
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+        assert closed_after is not None
+        assert 0.25 <= closed_after < 1.5
+
+
 def test_idle_keep_alive_connections_close_after_keepalive_timeout() -> None:
     """A keep-alive connection that stays idle is closed without a response."""
     for server in _serve(HealthCheck(), keepalive_timeout=0.2):
@@ -378,7 +404,7 @@ def test_many_slow_clients_spawn_no_threads() -> None:
                 sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
                 sock.sendall(b"GET /health HTTP/1.1\r\n")
                 clients.append(sock)
-            assert threading.active_count() == before
+            assert threading.active_count() <= before
             assert len(server._connections) <= 50
         finally:
             for sock in clients:

@@ -132,10 +132,11 @@ class _HttpError(Exception):
 class _Connection:
     """One client connection; ``deadline`` (monotonic, 0 for none) is enforced by the reaper."""
 
-    __slots__ = ("deadline", "idle", "idle_since", "timed_out", "waiting_first", "writer")
+    __slots__ = ("deadline", "idle", "idle_since", "task", "timed_out", "waiting_first", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self.task = asyncio.current_task()
         self.idle = False
         self.idle_since = 0.0
         self.deadline = 0.0
@@ -264,8 +265,13 @@ class HealthServer:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        tasks = []
         for connection in list(self._connections.values()):
-            connection.writer.close()
+            connection.writer.transport.abort()
+            if connection.task is not None:
+                tasks.append(connection.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 2.0)
         logger.info("health server on port %s stopped", self._port)
@@ -295,6 +301,12 @@ class HealthServer:
             try:
                 loop.run_until_complete(main())
             finally:
+                # Checks still running (a hung async check) are cancelled, briefly awaited.
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
