@@ -450,3 +450,28 @@ def test_overridden_method_and_registered_checks_combine() -> None:
     report = asyncio.run(health.evaluate("readiness"))
     assert report.status is HealthStatus.UNHEALTHY
     assert report.checks["cache"].status is HealthStatus.UNHEALTHY
+
+
+def test_a_cancelled_probe_leaves_the_check_running_for_the_next_one() -> None:
+    """Cancelling a probe that waits does not cancel the shared run; the next probe gets it."""
+    runs: list[int] = []
+
+    async def slow() -> bool:
+        runs.append(1)
+        await asyncio.sleep(0.1)
+        return True
+
+    health = HealthCheck()
+    health.add_check("slow", slow, timeout=2)
+
+    async def main() -> HealthReport:
+        first = asyncio.create_task(health.evaluate("readiness"))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await health.evaluate("readiness")
+
+    report = asyncio.run(main())
+    assert report.status is HealthStatus.HEALTHY
+    assert runs == [1]

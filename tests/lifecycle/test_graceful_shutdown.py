@@ -382,3 +382,25 @@ def test_a_second_waiter_gets_the_same_exit_code() -> None:
         waiter.join(5)
     assert codes == [0, 0]
     assert runs == [1]
+
+
+def test_a_cancelled_wait_unregisters_and_runs_nothing() -> None:
+    """Cancelling ``await shutdown.wait()`` before any signal leaves no waiter behind."""
+    shutdown = _quiet()
+    ran: list[str] = []
+    shutdown.on_shutdown(lambda: ran.append("handler"), name="handler")
+
+    async def main() -> None:
+        task = asyncio.create_task(shutdown.wait())
+        await asyncio.sleep(0.01)
+        assert len(shutdown._waiters) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert shutdown._waiters == []
+    assert ran == []
+    shutdown.trigger()  # no waiter on a closed loop to wake: nothing raises
+    assert shutdown.wait_for_signal() == 0
+    assert ran == ["handler"]

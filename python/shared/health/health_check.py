@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
@@ -372,7 +373,7 @@ class HealthCheck:
             self._start_flight(spec, key, flight, loop)
         remaining = flight.started + spec.timeout - time.monotonic()
         if not flight.future.done() and remaining > 0:
-            await asyncio.wait([asyncio.wrap_future(flight.future)], timeout=remaining)
+            await asyncio.wait([_waiter(flight.future, loop)], timeout=remaining)
         if flight.future.done():
             return flight.future.result()
         running_for = time.monotonic() - flight.started
@@ -493,6 +494,24 @@ class HealthCheck:
             f"returned {type(outcome).__name__}, not a HealthStatus, bool or None",
             duration,
         )
+
+
+def _waiter(
+    future: concurrent.futures.Future[CheckResult], loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    """An asyncio future on ``loop`` done when ``future`` is (quietly, if the loop closed)."""
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def done(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed while it waited
+            loop.call_soon_threadsafe(resolve)
+
+    future.add_done_callback(done)
+    return waiter
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
