@@ -485,3 +485,23 @@ def test_bad_server_config(kwargs: dict[str, object], error: type[Exception], ma
         HealthServer(HealthCheck(), **kwargs)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="health_check"):
         HealthServer(object())  # type: ignore[arg-type]
+
+
+def test_serve_forever_returns_on_aclose_and_propagates_cancellation() -> None:
+    """``aclose()`` ends ``serve_forever()`` normally; cancelling it from outside cancels it."""
+
+    async def main() -> None:
+        server = HealthServer(HealthCheck(), port=0, host="127.0.0.1")
+        serving = asyncio.create_task(server.serve_forever())
+        await asyncio.sleep(0.05)
+        await server.aclose()
+        await asyncio.wait_for(serving, 2)
+        other = HealthServer(HealthCheck(), port=0, host="127.0.0.1")
+        serving = asyncio.create_task(other.serve_forever())
+        await asyncio.sleep(0.05)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        await other.aclose()
+
+    asyncio.run(main())

@@ -252,9 +252,13 @@ class HealthServer:
         """Starts (if needed) and serves until cancelled or ``aclose()``."""
         if self._server is None:
             await self.start()
-        assert self._server is not None
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._server.serve_forever()
+        server = self._server
+        assert server is not None
+        try:
+            await server.serve_forever()
+        except asyncio.CancelledError:
+            if self._server is server:
+                raise  # cancelled from outside, not closed by aclose()
 
     async def aclose(self) -> None:
         """Stops listening and closes every connection (the asyncio form of ``stop``)."""
@@ -402,10 +406,13 @@ class HealthServer:
                     connection.timed_out = True
                     connection.deadline = 0.0
                     writer = connection.writer
-                    if connection.waiting_first:
-                        # Nothing answered yet on this connection: say why it is closed.
-                        writer.write(self._error_bytes(408, "request not received in time"))
-                    writer.close()
+                    try:
+                        if connection.waiting_first:
+                            # Nothing answered yet on this connection: say why it is closed.
+                            writer.write(self._error_bytes(408, "request not received in time"))
+                        writer.close()
+                    except Exception:  # never let one connection stop the reaper
+                        writer.transport.abort()
 
     async def _serve_one(
         self,
