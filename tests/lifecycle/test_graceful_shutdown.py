@@ -404,3 +404,22 @@ def test_a_cancelled_wait_unregisters_and_runs_nothing() -> None:
     shutdown.trigger()  # no waiter on a closed loop to wake: nothing raises
     assert shutdown.wait_for_signal() == 0
     assert ran == ["handler"]
+
+
+def test_a_handler_calling_sys_exit_fails_but_does_not_stop_the_sequence() -> None:
+    """``sys.exit()`` in a handler (thread or task) counts as its failure; the rest still runs."""
+    shutdown = _quiet()
+    ran: list[str] = []
+
+    def exits() -> None:
+        sys.exit(3)
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    shutdown.on_shutdown(exits, name="exits")
+    shutdown.on_shutdown(interrupted, name="interrupted")
+    shutdown.on_shutdown(lambda: ran.append("last"), name="last")
+    shutdown.trigger()
+    assert shutdown.wait_for_signal() == 1
+    assert ran == ["last"]

@@ -510,7 +510,7 @@ class GracefulShutdown:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         if _is_async_callable(fn):
-            waitable: asyncio.Future[Any] = asyncio.ensure_future(fn())
+            waitable: asyncio.Future[Any] = asyncio.ensure_future(_guarded(fn()))
         else:
             future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -534,7 +534,9 @@ class GracefulShutdown:
                     # A sync callable that returned an awaitable (``lambda: db.close()``).
                     left = max(0.0, started + limit - time.monotonic())
                     return await self._run_step(kind, name, _returning(result), left, quiet)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A handler's sys.exit() or KeyboardInterrupt is its failure, not the end
+            # of the sequence: the next handlers and the hooks still run.
             level = logging.WARNING if quiet else logging.ERROR
             logger.log(
                 level,
@@ -562,6 +564,21 @@ class GracefulShutdown:
         if not quiet:
             logger.info("%s %r finished in %.3f s", kind, name, time.monotonic() - started)
         return True
+
+
+class _HandlerExitError(Exception):
+    """An async handler raised ``SystemExit`` or ``KeyboardInterrupt`` (its ``__cause__``).
+
+    asyncio lets those two escape the event loop; the shutdown converts them so
+    that the next handlers and the hooks still run.
+    """
+
+
+async def _guarded(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _HandlerExitError(f"{type(exc).__name__} in a shutdown handler") from exc
 
 
 def _returning(awaitable: Awaitable[Any]) -> Callable[[], Awaitable[Any]]:
