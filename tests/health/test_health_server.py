@@ -505,3 +505,22 @@ def test_serve_forever_returns_on_aclose_and_propagates_cancellation() -> None:
         await other.aclose()
 
     asyncio.run(main())
+
+
+def test_any_object_with_the_three_probe_methods_is_served() -> None:
+    """The protocol: an object with check(), liveness() and readiness() needs no base class."""
+
+    class Plain:
+        def check(self) -> HealthStatus:
+            return HealthStatus.DEGRADED
+
+        def liveness(self) -> HealthStatus:
+            return HealthStatus.HEALTHY
+
+        def readiness(self) -> HealthStatus:
+            return HealthStatus.UNHEALTHY
+
+    for server in _serve(Plain()):  # type: ignore[arg-type]
+        codes = {p: _request(server, p)[0] for p in ("/health", "/health/live", "/health/ready")}
+        assert json.loads(_request(server, "/health")[2])["status"] == "degraded"
+    assert codes == {"/health": 200, "/health/live": 200, "/health/ready": 503}

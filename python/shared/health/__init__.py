@@ -10,7 +10,13 @@ PostgreSQL).
 from __future__ import annotations
 
 from shared.health.checks import circuit_breaker_check, postgres_check, redis_check
-from shared.health.health_check import PROBES, CheckResult, HealthCheck, HealthReport
+from shared.health.health_check import (
+    PROBES,
+    CheckResult,
+    HealthCheck,
+    HealthCheckProtocol,
+    HealthReport,
+)
 from shared.health.health_server import HealthServer, render_report
 from shared.health.health_status import HealthStatus
 
@@ -18,6 +24,7 @@ __all__ = [
     "PROBES",
     "CheckResult",
     "HealthCheck",
+    "HealthCheckProtocol",
     "HealthReport",
     "HealthServer",
     "HealthStatus",

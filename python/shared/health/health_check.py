@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 from shared import _validation
 from shared.health.health_status import HealthStatus
@@ -39,6 +39,7 @@ __all__ = [
     "CheckFunction",
     "CheckResult",
     "HealthCheck",
+    "HealthCheckProtocol",
     "HealthReport",
     "Probe",
 ]
@@ -146,6 +147,22 @@ def _probes_of(affects: str | Iterable[str]) -> frozenset[str]:
         if item not in PROBES:
             raise ValueError(f"affects must name probes among {PROBES} (or 'both'), got {item!r}")
     return frozenset(items)
+
+
+@runtime_checkable
+class HealthCheckProtocol(Protocol):
+    """What a health server needs: the document's three probe methods.
+
+    ``HealthServer`` serves any object with them (wrapped in a ``HealthCheck``
+    that calls them); subclassing ``HealthCheck`` adds sub-checks, caching
+    and ``startup()``.
+    """
+
+    def check(self) -> HealthStatus: ...
+
+    def liveness(self) -> HealthStatus: ...
+
+    def readiness(self) -> HealthStatus: ...
 
 
 class HealthCheck:
@@ -561,3 +578,31 @@ def _run_on_helper_loop(coro: Any) -> HealthReport:
         raise RuntimeError("a health check's sync API cannot be called from an async check")
     result: HealthReport = asyncio.run_coroutine_threadsafe(coro, loop).result()
     return result
+
+
+class _Delegating(HealthCheck):
+    """A ``HealthCheck`` over an object that only follows ``HealthCheckProtocol``."""
+
+    def __init__(self, target: HealthCheckProtocol) -> None:
+        self._target = target
+
+    def check(self) -> HealthStatus:
+        return self._target.check()
+
+    def liveness(self) -> HealthStatus:
+        return self._target.liveness()
+
+    def readiness(self) -> HealthStatus:
+        return self._target.readiness()
+
+
+def as_health_check(target: object) -> HealthCheck:
+    """``target`` itself if it is a ``HealthCheck``, else a wrapper calling its probe methods."""
+    if isinstance(target, HealthCheck):
+        return target
+    if isinstance(target, HealthCheckProtocol):
+        return _Delegating(target)
+    raise TypeError(
+        "health_check must be a HealthCheck or have check(), liveness() and readiness(), "
+        f"got {type(target).__name__}"
+    )

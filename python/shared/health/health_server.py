@@ -24,7 +24,14 @@ from email.utils import formatdate
 from typing import Any, Final
 
 from shared import _validation
-from shared.health.health_check import CheckResult, HealthCheck, HealthReport, Probe
+from shared.health.health_check import (
+    CheckResult,
+    HealthCheck,
+    HealthCheckProtocol,
+    HealthReport,
+    Probe,
+    as_health_check,
+)
 
 __all__ = ["HealthServer", "render_report"]
 
@@ -154,7 +161,8 @@ class HealthServer:
     other methods 405.
 
     Args:
-        health_check: the ``HealthCheck`` to serve.
+        health_check: the ``HealthCheck`` to serve (or any object with
+            ``check()``, ``liveness()`` and ``readiness()``).
         port: TCP port (default 8080; 0 picks a free one, see ``port``).
         host: address to bind (default ``"0.0.0.0"``: every IPv4 interface,
             which the kubelet's probes to the pod IP need; ``"::"`` for IPv6).
@@ -167,7 +175,7 @@ class HealthServer:
 
     def __init__(
         self,
-        health_check: HealthCheck,
+        health_check: HealthCheck | HealthCheckProtocol,
         port: int = 8080,
         host: str = "0.0.0.0",
         *,
@@ -177,11 +185,7 @@ class HealthServer:
         max_header_bytes: int = 8192,
         max_body_bytes: int = 1024,
     ) -> None:
-        if not isinstance(health_check, HealthCheck):
-            raise TypeError(
-                f"health_check must be a HealthCheck, got {type(health_check).__name__}"
-            )
-        self.health_check = health_check
+        self.health_check = as_health_check(health_check)
         self._requested_port = _validation.int_in_range("port", port, 0, 65535)
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
