@@ -30,11 +30,14 @@ pytestmark = pytest.mark.backend_independent
 def _clean_process_state() -> Iterator[None]:
     """Each test starts with no shutdown in progress and no hooks of its own."""
     graceful_shutdown._shutdown_started.clear()
-    before = dict(graceful_shutdown._hooks)
+    before = dict(graceful_shutdown._hooks), dict(graceful_shutdown._last_hooks)
     yield
     graceful_shutdown._shutdown_started.clear()
-    graceful_shutdown._hooks.clear()
-    graceful_shutdown._hooks.update(before)
+    for registry, saved in zip(
+        (graceful_shutdown._hooks, graceful_shutdown._last_hooks), before, strict=True
+    ):
+        registry.clear()
+        registry.update(saved)
 
 
 def _quiet(**kwargs: Any) -> GracefulShutdown:
@@ -326,16 +329,18 @@ def test_hooks_run_last_and_their_failure_is_only_logged(
     def broken() -> None:
         raise ValueError("exporter down")
 
+    add_shutdown_hook("servers", lambda: order.append("last hook"), last=True)
     add_shutdown_hook("tracing", lambda: order.append("hook"))
     add_shutdown_hook("broken", broken)
     add_shutdown_hook("async", flush_async)
     shutdown.trigger()
     assert shutdown.wait_for_signal() == 0
-    assert order == ["handler", "hook", "async hook"]
+    assert order == ["handler", "hook", "async hook", "last hook"]
     assert "shutdown hook 'broken' raised" in caplog.text
     remove_shutdown_hook("broken")
-    assert "broken" not in shutdown_hooks()
-    assert list(shutdown_hooks())[-1] == "opentelemetry"
+    names = list(shutdown_hooks())
+    assert "broken" not in names
+    assert names.index("async") < names.index("opentelemetry") < names.index("servers")
 
 
 def test_hook_registration_is_validated() -> None:
@@ -344,6 +349,8 @@ def test_hook_registration_is_validated() -> None:
         add_shutdown_hook("", lambda: None)
     with pytest.raises(TypeError, match="callable"):
         add_shutdown_hook("x", "flush")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="last"):
+        add_shutdown_hook("x", lambda: None, last=1)  # type: ignore[arg-type]
 
 
 def test_builtin_hook_flushes_opentelemetry_providers(monkeypatch: pytest.MonkeyPatch) -> None:

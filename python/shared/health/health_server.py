@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from email.utils import formatdate
 from typing import Any, Final
 
@@ -250,6 +251,8 @@ class HealthServer:
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._reaper = self._loop.create_task(self._reap())
+        _RUNNING.add(self)
+        _register_shutdown_hook()
         logger.info("health server listening on %s:%d", self.host, self._port)
 
     async def serve_forever(self) -> None:
@@ -264,24 +267,50 @@ class HealthServer:
             if self._server is server:
                 raise  # cancelled from outside, not closed by aclose()
 
-    async def aclose(self) -> None:
-        """Stops listening and closes every connection (the asyncio form of ``stop``)."""
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Stops listening, then closes the connections (the asyncio form of ``stop``).
+
+        Idle keep-alive connections are closed at once; a request being served
+        may finish (and is answered with ``Connection: close``) for up to
+        ``grace`` seconds, then its connection is closed too.
+        """
+        seconds = _validation.non_negative_finite("grace", grace)
         server, self._server = self._server, None
         if server is None:
             return
+        _RUNNING.discard(self)
         server.close()
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        # Connections accepted just before the close may start their handler now:
+        # look again until the grace period ends or no request is left in flight.
+        deadline = time.monotonic() + seconds
+        while True:
+            busy = []
+            for connection in list(self._connections.values()):
+                if connection.idle:
+                    connection.writer.transport.abort()
+                elif connection.task is not None:
+                    busy.append(connection.task)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if busy:
+                await asyncio.wait(busy, timeout=min(0.05, remaining))
+            else:
+                await asyncio.sleep(0)
+                if not self._connections:
+                    break
         tasks = []
         for connection in list(self._connections.values()):
             connection.writer.transport.abort()
             if connection.task is not None:
                 tasks.append(connection.task)
         if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            await asyncio.wait(tasks, timeout=1.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+            await asyncio.wait_for(server.wait_closed(), 1.0)
         logger.info("health server on port %s stopped", self._port)
 
     def start_in_background(self) -> None:
@@ -327,9 +356,14 @@ class HealthServer:
             self._thread = None
             raise failure[0]
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stops a server started with ``start_in_background()`` (or from another thread)."""
+    def stop(self, timeout: float = 5.0, grace: float = 1.0) -> None:
+        """Stops the server from any thread but its loop's (see ``aclose`` for ``grace``).
+
+        Waits at most ``timeout`` seconds for a server started with
+        ``start_in_background()`` to finish.
+        """
         seconds = _validation.positive_finite("timeout", timeout)
+        grace = _validation.non_negative_finite("grace", grace)
         loop, thread = self._loop, self._thread
         if loop is None or self._server is None:
             return
@@ -339,11 +373,11 @@ class HealthServer:
             running = None
         if running is loop:
             raise RuntimeError("stop() would block its own event loop: use `await aclose()`")
-        future = asyncio.run_coroutine_threadsafe(self.aclose(), loop)
+        future = asyncio.run_coroutine_threadsafe(self.aclose(grace), loop)
         with contextlib.suppress(Exception):
             future.result(seconds)
         if thread is not None:
-            thread.join(seconds)
+            thread.join(max(0.0, seconds))
             self._thread = None
 
     def __enter__(self) -> HealthServer:
@@ -450,6 +484,8 @@ class HealthServer:
             self._send_error(writer, exc.status, str(exc))
             return False
         keep_alive = self._keep_alive(version, headers) if headers else version == "HTTP/1.1"
+        if self._server is None:
+            keep_alive = False  # closing: answer this request, then close
         if headers:
             if "transfer-encoding" in headers:
                 self._send_error(writer, 501, "request bodies with a transfer coding")
@@ -631,3 +667,23 @@ class HealthServer:
 
 
 _HEADS: dict[tuple[int, str], bytes] = {}
+
+# Servers that listen now: a graceful shutdown stops them last (after the handlers
+# and the telemetry flush), so liveness answers until the end and a probe in
+# flight gets its answer rather than a reset when the process exits.
+_RUNNING: weakref.WeakSet[HealthServer] = weakref.WeakSet()
+_hook_registered = False
+
+
+def _stop_running_servers() -> None:
+    for server in list(_RUNNING):
+        server.stop(timeout=1.5, grace=0.5)
+
+
+def _register_shutdown_hook() -> None:
+    global _hook_registered
+    if not _hook_registered:
+        from shared.lifecycle.graceful_shutdown import add_shutdown_hook
+
+        add_shutdown_hook("shared.health servers", _stop_running_servers, last=True)
+        _hook_registered = True

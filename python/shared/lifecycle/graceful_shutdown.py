@@ -71,36 +71,46 @@ def shutdown_in_progress() -> bool:
 
 _hooks_lock = threading.Lock()
 _hooks: dict[str, Callable[[], Any]] = {}
+_last_hooks: dict[str, Callable[[], Any]] = {}
 
 
-def add_shutdown_hook(name: str, hook: Callable[[], Any]) -> None:
+def add_shutdown_hook(name: str, hook: Callable[[], Any], *, last: bool = False) -> None:
     """Registers a process-wide hook run at the end of every graceful shutdown.
 
     For telemetry that must be flushed last (``shared.observability``'s
     tracing registers its span flush here). ``hook`` is a sync or async
     callable with no arguments, bounded by ``ShutdownConfig.flush_timeout``;
     its failure is logged and does not change the exit code. A hook of the
-    same name replaces the previous one.
+    same name replaces the previous one. Hooks run in registration order, then
+    the built-in OpenTelemetry flush, then the ``last=True`` hooks (the health
+    servers stop listening there, so liveness answers until the end).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
     if not callable(hook):
         raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+    if not isinstance(last, bool):
+        raise TypeError(f"last must be a bool, got {type(last).__name__}")
     with _hooks_lock:
-        _hooks[name] = hook
+        _hooks.pop(name, None)
+        _last_hooks.pop(name, None)
+        (_last_hooks if last else _hooks)[name] = hook
 
 
 def remove_shutdown_hook(name: str) -> None:
     """Removes a shutdown hook (no error if there is none of that name)."""
     with _hooks_lock:
         _hooks.pop(name, None)
+        _last_hooks.pop(name, None)
 
 
 def shutdown_hooks() -> dict[str, Callable[[], Any]]:
-    """The registered hooks, by name, in the order they run (the built-in one last)."""
+    """The registered hooks, by name, in the order they run."""
     with _hooks_lock:
         hooks = dict(_hooks)
+        last = dict(_last_hooks)
     hooks.setdefault("opentelemetry", _flush_opentelemetry)
+    hooks.update(last)
     return hooks
 
 
