@@ -209,10 +209,10 @@ def test_a_second_signal_forces_exit_at_once(spawn: Any) -> None:
 
 def test_readiness_503_during_drain_while_liveness_200(spawn: Any) -> None:
     """During drain_delay readiness answers 503 at once and liveness 200; then handlers run."""
-    service = spawn({"drain_delay": 0.6, "handlers": [{"name": "a"}]})
+    service = spawn({"drain_delay": 1.0, "handlers": [{"name": "a"}]})
     assert service.get("/health/ready") == 200
     service.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 0.3
+    deadline = time.monotonic() + 0.5
     while service.get("/health/ready") != 503:
         assert time.monotonic() < deadline, "readiness did not turn 503 at once"
     assert service.get("/health/live") == 200
@@ -286,6 +286,6 @@ def test_kubernetes_like_termination(spawn: Any, mode: str) -> None:
     live_after = [r[3] for r in results if r[0] == "/health/live" and r[1] > signalled]
     assert 503 in ready_after
     assert set(ready_after) <= {503, "refused"}, ready_after
-    assert live_after.count(200) >= 3
+    assert live_after.count(200) >= 2
     # Only "refused" once the process is gone: never a reset or a half answer.
     assert all(r in (200, 503, "refused") for r in ready_after + live_after), results
