@@ -51,6 +51,10 @@ logger = logging.getLogger("shared.lifecycle")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Seconds between checks for a signal whose handler is pending (a signal taken by
+#: another thread wakes nothing in the main thread, which runs the handlers).
+_SIGNAL_POLL: Final = 0.05
+
 #: Exit code after a clean run, and after a failed or timed-out one.
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -397,7 +401,9 @@ class GracefulShutdown:
             pass
         else:
             raise RuntimeError("wait_for_signal() blocks its event loop: use `await wait()`")
-        while not self._requested.wait(1.0):
+        # Short waits: a signal delivered to another thread only sets a flag, and
+        # its Python handler runs when the main thread next executes bytecode.
+        while not self._requested.wait(_SIGNAL_POLL):
             pass
         if not self._claim_sequence():
             self._done.wait()
@@ -425,7 +431,11 @@ class GracefulShutdown:
             if self._requested.is_set():
                 event.set()
         try:
-            await event.wait()
+            # Wake every 50 ms (see wait_for_signal) rather than sleep in the poller.
+            while not event.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_SIGNAL_POLL):
+                        await event.wait()
         finally:
             with self._lock:
                 self._waiters.remove((loop, event))
