@@ -275,7 +275,14 @@ class GracefulShutdown:
                     "ShutdownConfig(signal_handlers=()) and call trigger() instead"
                 )
             for sig in config.signal_handlers:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
+                try:
+                    self._previous[sig] = signal.signal(sig, self._on_signal)
+                except (OSError, ValueError) as exc:
+                    self.close()
+                    name = signal.Signals(sig).name
+                    raise ValueError(
+                        f"signal_handlers: {name} cannot be handled on this platform ({exc})"
+                    ) from exc
 
     # -- registration ---------------------------------------------------------------------
 
