@@ -436,3 +436,19 @@ def test_a_handler_calling_sys_exit_fails_but_does_not_stop_the_sequence() -> No
     shutdown.trigger()
     assert shutdown.wait_for_signal() == 1
     assert ran == ["last"]
+
+
+def test_a_signal_the_platform_refuses_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """signal.signal refusing one signal: ValueError naming it, the others put back."""
+    before = signal.getsignal(signal.SIGTERM)
+    real = signal.signal
+
+    def refuse_sigint(sig: int, handler: Any) -> Any:
+        if sig == signal.SIGINT:
+            raise ValueError("invalid signal value")
+        return real(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", refuse_sigint)
+    with pytest.raises(ValueError, match="signal_handlers: SIGINT cannot be handled"):
+        GracefulShutdown(ShutdownConfig(signal_handlers=(signal.SIGTERM, signal.SIGINT)))
+    assert signal.getsignal(signal.SIGTERM) == before
