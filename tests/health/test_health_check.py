@@ -475,3 +475,47 @@ def test_a_cancelled_probe_leaves_the_check_running_for_the_next_one() -> None:
     report = asyncio.run(main())
     assert report.status is HealthStatus.HEALTHY
     assert runs == [1]
+
+
+def test_a_check_calling_sys_exit_is_a_failure_not_a_crash() -> None:
+    """``sys.exit()`` in a sync or async check is UNHEALTHY; the next run starts normally."""
+    import sys
+
+    async def exits_async() -> bool:
+        sys.exit(2)
+
+    health = HealthCheck(cache_ttl=0)
+    health.add_check("sync", lambda: sys.exit(1))
+    health.add_check("async", exits_async)
+    for _ in range(2):
+        report = health.report()
+        assert report.checks["sync"].output == "raised SystemExit"
+        assert report.checks["async"].output == "raised SystemExit"
+
+
+def test_registering_while_probing_from_threads() -> None:
+    """add_check and remove_check while other threads probe: no error, each probe consistent."""
+    health = HealthCheck(cache_ttl=0)
+    health.add_check("base", lambda: True)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                report = health.report("readiness")
+                assert "base" in report.checks
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    probers = [threading.Thread(target=probe) for _ in range(4)]
+    for prober in probers:
+        prober.start()
+    for index in range(50):
+        health.add_check(f"extra{index}", lambda: True)
+        health.remove_check(f"extra{index}")
+    stop.set()
+    for prober in probers:
+        prober.join(5)
+    assert errors == []

@@ -533,3 +533,14 @@ def test_any_object_with_the_three_probe_methods_is_served() -> None:
         codes = {p: _request(server, p)[0] for p in ("/health", "/health/live", "/health/ready")}
         assert json.loads(_request(server, "/health")[2])["status"] == "degraded"
     assert codes == {"/health": 200, "/health/live": 200, "/health/ready": 503}
+
+
+def test_pipelined_requests_are_answered_in_order(server: HealthServer) -> None:
+    """Two requests in one packet: two answers, in order, on the same connection."""
+    reply = _raw(
+        server,
+        b"GET /health/live HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 404 Not Found\r\n" in reply

@@ -459,7 +459,9 @@ class HealthCheck:
                 f"timed out after {spec.timeout:g} s",
                 time.monotonic() - started,
             )
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A check's sys.exit() is its failure: it must not end the server's loop
+            # or leave its run unfinished (which would report "timed out" forever).
             return self._failure(spec, exc, started)
         return self._interpret(spec, outcome, started)
 
@@ -483,7 +485,9 @@ class HealthCheck:
                         f"timed out after {spec.timeout:g} s",
                         time.monotonic() - started,
                     )
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A check's sys.exit() is its failure: it must not end the server's loop
+            # or leave its run unfinished (which would report "timed out" forever).
             return self._failure(spec, exc, started)
         return self._interpret(spec, outcome, started)
 
