@@ -283,9 +283,11 @@ class HealthServer:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        # Connections accepted just before the close may start their handler now:
-        # look again until the grace period ends or no request is left in flight.
+        # Connections accepted just before the close start their handler a few loop
+        # iterations later: look again until the grace period ends or, after a
+        # short settling time, no connection is left.
         deadline = time.monotonic() + seconds
+        settled = time.monotonic() + min(seconds, 0.1)
         while True:
             busy = []
             for connection in list(self._connections.values()):
@@ -298,10 +300,10 @@ class HealthServer:
                 break
             if busy:
                 await asyncio.wait(busy, timeout=min(0.05, remaining))
+            elif not self._connections and time.monotonic() >= settled:
+                break
             else:
-                await asyncio.sleep(0)
-                if not self._connections:
-                    break
+                await asyncio.sleep(0.01)
         tasks = []
         for connection in list(self._connections.values()):
             connection.writer.transport.abort()
