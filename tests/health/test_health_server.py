@@ -544,3 +544,34 @@ def test_pipelined_requests_are_answered_in_order(server: HealthServer) -> None:
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
     assert reply.count(b"HTTP/1.1 ") == 2
     assert b"HTTP/1.1 404 Not Found\r\n" in reply
+
+
+def test_stop_answers_the_request_in_flight_then_closes() -> None:
+    """stop(grace=...) stops listening but lets a request in flight get its answer."""
+
+    class Slow(HealthCheck):
+        def readiness(self) -> HealthStatus:
+            time.sleep(0.3)
+            return HealthStatus.HEALTHY
+
+    server = HealthServer(Slow(cache_ttl=0), port=0, host="127.0.0.1")
+    server.start_in_background()
+    port = server.port
+    answers: list[tuple[int, dict[str, str]]] = []
+
+    def ask() -> None:
+        code, headers, _ = _request(server, "/health/ready")
+        answers.append((code, headers))
+
+    client = threading.Thread(target=ask)
+    client.start()
+    time.sleep(0.1)
+    stopping = time.monotonic()
+    server.stop(grace=2.0)
+    client.join(5)
+    assert time.monotonic() - stopping < 1.5
+    assert answers
+    assert answers[0][0] == 200
+    assert answers[0][1]["connection"] == "close"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

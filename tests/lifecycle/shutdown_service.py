@@ -62,7 +62,11 @@ class SlowReadiness(HealthCheck):
 
 def main() -> None:
     config: dict[str, Any] = json.loads(sys.argv[1])
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(relativeCreated)d %(threadName)s %(name)s %(message)s",
+    )
     shutdown = GracefulShutdown(
         ShutdownConfig(
             timeout=config.get("timeout", 5.0),

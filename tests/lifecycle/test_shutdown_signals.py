@@ -247,9 +247,13 @@ def test_kubernetes_like_termination(spawn: Any, mode: str) -> None:
     results: list[tuple[str, float, float, int | str]] = []
     stop = threading.Event()
 
+    in_flight = threading.Event()  # a readiness request is being answered
+
     def probe(path: str) -> None:
         while not stop.is_set():
             sent = time.monotonic()
+            if path == "/health/ready":
+                in_flight.set()
             try:
                 status: int | str = service.get(path)
             except ConnectionRefusedError:
@@ -257,6 +261,7 @@ def test_kubernetes_like_termination(spawn: Any, mode: str) -> None:
                 return
             except Exception as exc:
                 status = repr(exc)
+            in_flight.clear()
             results.append((path, sent, time.monotonic(), status))
             time.sleep(0.1)
 
@@ -264,6 +269,9 @@ def test_kubernetes_like_termination(spawn: Any, mode: str) -> None:
     for prober in probers:
         prober.start()
     time.sleep(0.35)
+    in_flight.clear()
+    assert in_flight.wait(2)
+    time.sleep(0.03)  # into the 0.15 s the readiness takes: SIGTERM mid-request
     signalled = time.monotonic()
     service.signal(signal.SIGTERM)
     code = service.finish()
@@ -284,6 +292,7 @@ def test_kubernetes_like_termination(spawn: Any, mode: str) -> None:
     ready_after = [r[3] for r in answered if r[0] == "/health/ready"]
     live_after = [r[3] for r in answered if r[0] == "/health/live"]
     assert 503 in ready_after
-    assert set(ready_after) == {503}, answered
+    timeline = [(round(r[1] - signalled, 3), r[3]) for r in results if r[0] == "/health/ready"]
+    assert set(ready_after) == {503}, (timeline, round(stopping - signalled, 3))
     assert set(live_after) == {200}, answered
     assert len(live_after) >= 2

@@ -208,6 +208,7 @@ class HealthServer:
         self._date_second = -1
         self._date = b""
         self._reaper: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
         self._rendered: dict[tuple[str, bool], tuple[tuple[Any, ...], int, bytes, int]] = {}
         self._accept_cache: dict[str, bool] = {}
         #: Connections closed at the limit (evicted idle ones or refused new ones).
@@ -241,6 +242,7 @@ class HealthServer:
         if self._server is not None:
             raise RuntimeError("the health server is already started")
         self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
         self._server = await asyncio.start_server(
             self._handle,
             self.host,
@@ -314,6 +316,8 @@ class HealthServer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         logger.info("health server on port %s stopped", self._port)
+        if self._stopped is not None:
+            self._stopped.set()
 
     def start_in_background(self) -> None:
         """Serves on its own event loop in a daemon thread; returns once it listens.
@@ -334,7 +338,10 @@ class HealthServer:
                 ready.set()
                 return
             ready.set()
-            await self.serve_forever()
+            # Serves until aclose() has finished (not merely begun: it still
+            # answers the requests in flight on this loop).
+            assert self._stopped is not None
+            await self._stopped.wait()
 
         def run() -> None:
             try:
@@ -526,6 +533,8 @@ class HealthServer:
             )
             return keep_alive
         report = await self.health_check.evaluate(probe)
+        if self._server is None:
+            keep_alive = False  # stopped while this request was evaluated
         accept = headers.get("accept", "") if headers else ""
         ietf = self._accept_cache.get(accept)
         if ietf is None:
