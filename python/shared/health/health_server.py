@@ -286,10 +286,10 @@ class HealthServer:
             self._reaper.cancel()
             self._reaper = None
         # Connections accepted just before the close start their handler a few loop
-        # iterations later: look again until the grace period ends or, after a
-        # short settling time, no connection is left.
+        # iterations later (transport, protocol, then the handler task): look again
+        # until the grace period ends or, after some idle iterations, none is left.
         deadline = time.monotonic() + seconds
-        settled = time.monotonic() + min(seconds, 0.1)
+        quiet_iterations = 0
         while True:
             busy = []
             for connection in list(self._connections.values()):
@@ -301,11 +301,15 @@ class HealthServer:
             if remaining <= 0:
                 break
             if busy:
+                quiet_iterations = 0
                 await asyncio.wait(busy, timeout=min(0.05, remaining))
-            elif not self._connections and time.monotonic() >= settled:
-                break
+            elif not self._connections:
+                quiet_iterations += 1
+                if quiet_iterations > 8:
+                    break
+                await asyncio.sleep(0)
             else:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
         tasks = []
         for connection in list(self._connections.values()):
             connection.writer.transport.abort()
