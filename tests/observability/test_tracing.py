@@ -361,6 +361,19 @@ def test_shutdown_flushes_pending_spans(receiver: Receiver) -> None:
     assert shutdown_tracing()  # nothing to do
 
 
+def test_graceful_shutdown_flushes_and_stops_tracing(receiver: Receiver) -> None:
+    """setup_tracing registers a graceful-shutdown hook that exports the queued spans."""
+    from shared.lifecycle import shutdown_hooks
+
+    _setup(receiver)
+    trace_span("before_sigterm")(lambda: None)()
+    assert receiver.named("before_sigterm") == []
+    hook = shutdown_hooks()["shared.observability.tracing"]
+    hook()  # what GracefulShutdown runs after its handlers
+    assert len(receiver.named("before_sigterm")) == 1
+    assert not tracing_module.tracing_enabled()
+
+
 def test_setup_twice_returns_the_same_tracer(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -440,7 +440,20 @@ def setup_tracing(config: TracingConfig | None = None) -> Any:
         _drop_unparented = resolved.sample_rate == 0.0
         if resolved.resilience_events:
             _events.activate(_trace.get_current_span)
+        # Graceful shutdown (shared.lifecycle) flushes and stops this provider after
+        # its handlers, whether or not it became OpenTelemetry's global one.
+        from shared.lifecycle import add_shutdown_hook
+
+        add_shutdown_hook(_SHUTDOWN_HOOK, _shutdown_at_exit)
         return installed.tracer
+
+
+_SHUTDOWN_HOOK = "shared.observability.tracing"
+
+
+def _shutdown_at_exit() -> None:
+    if not shutdown_tracing():
+        _log.warning("tracing: not every span was exported before shutdown")
 
 
 # Providers setup_tracing made global (OpenTelemetry sets its global provider once).
