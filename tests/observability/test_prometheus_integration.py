@@ -168,7 +168,14 @@ def test_prometheus_scrapes_every_family(prometheus: str) -> None:
     assert float(fired[1]) >= 1  # type: ignore[index]
     assert _values(
         prometheus, 'shared_idempotency_requests_total{store="orders-store"}', "outcome"
-    ) == {"executed": 7.0, "replayed": 3.0, "in_progress": 1.0, "mismatch": 2.0, "errors": 0.0}
+    ) == {
+        "executed": 7.0,
+        "replayed": 3.0,
+        "in_progress": 1.0,
+        "mismatch": 2.0,
+        "errors": 0.0,
+        "lost_leases": 0.0,
+    }
 
 
 def _grafana_to_promql(expression: str) -> str:
