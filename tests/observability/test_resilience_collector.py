@@ -394,3 +394,25 @@ def test_redis_local_fallback_is_labelled(registry: CollectorRegistry) -> None:
     assert value(samples, decisions, limiter=LOCAL_FALLBACK_NAME, decision="rejected") == 1
     assert "user-" not in generate_latest(registry).decode()
     client.close()
+
+
+def test_a_library_store_joins_the_metrics_at_its_first_call(registry: CollectorRegistry) -> None:
+    """@idempotent on an in-memory store: exported with no registration, then gone with it."""
+    from shared.resilience import InMemoryIdempotencyStore, idempotent
+
+    store = InMemoryIdempotencyStore(name="collector-auto-store")
+    requests = "shared_idempotency_requests_total"
+    assert not series(scrape(registry), requests, store="collector-auto-store")
+
+    @idempotent(key_param="key", store=store)
+    def deposit(key: str, amount: int) -> int:
+        return amount
+
+    assert deposit("k-1", 5) == 5
+    assert deposit("k-1", 5) == 5  # replayed
+    samples = scrape(registry)
+    assert value(samples, requests, store="collector-auto-store", outcome="executed") == 1
+    assert value(samples, requests, store="collector-auto-store", outcome="replayed") == 1
+    del deposit, store
+    gc.collect()
+    assert not series(scrape(registry), requests, store="collector-auto-store")
