@@ -154,12 +154,19 @@ def test_no_stale_exception_with_several_busy_workers(fine_switching: None) -> N
 def test_no_stale_alarm_after_blocks_at_the_edge_on_the_main_thread() -> None:
     """Main thread: the same; the application's handler is chained and its itimer untouched."""
     handler_before = signal.getsignal(signal.SIGALRM)
-    timer_before = signal.getitimer(signal.ITIMER_REAL)
+    timer_before = signal.getitimer(signal.ITIMER_REAL)[0]
+    started = time.monotonic()
     timed_out, finished = blocks_at_the_edge(300)
+    elapsed = time.monotonic() - started
     assert timed_out + finished == 300
     assert timed_out > 0
     assert handler_chains(handler_before)
-    assert abs(signal.getitimer(signal.ITIMER_REAL)[0] - timer_before[0]) < 2.0
+    # The application's itimer (pytest-timeout's, if any) ran on untouched.
+    timer_after = signal.getitimer(signal.ITIMER_REAL)[0]
+    if timer_before == 0.0:
+        assert timer_after == 0.0
+    else:
+        assert abs((timer_before - timer_after) - elapsed) < 0.5
 
 
 def test_decorated_calls_at_the_edge_leak_nothing(fine_switching: None) -> None:

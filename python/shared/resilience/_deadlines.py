@@ -36,6 +36,7 @@ No error may stop the scheduler: it logs what it did not expect and goes on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import importlib
@@ -43,6 +44,7 @@ import itertools
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -146,41 +148,74 @@ class _ExpiredError(TimeoutError):
 class _Scheduler:
     """One daemon thread that interrupts threads at their armed deadlines.
 
-    The heap holds ``(when, seq, thread state)``, at most one live entry per
-    thread (``state.wake_at == when``; others are dropped lazily). A block pushes
-    only when its deadline is earlier than its thread's entry; leaving a block
-    pushes nothing: the scheduler wakes at the old time and looks at what the
+    Threads never take a lock to reach it. A thread hands it a request
+    ``(when, thread state)`` with one ``deque.append`` (a single C call, so our
+    own interruptions cannot cut it in half) and, only when the scheduler sleeps
+    past ``when``, wakes it with one ``SimpleQueue.put``. Everything else is the
+    scheduler thread's own, touched by no other thread: the heap of ``(when, seq,
+    thread state)`` and ``scheduled``, the time of each thread's live entry (other
+    entries are dropped lazily). ``state.wake_at`` is a hint the thread reads to
+    skip requests: never earlier than a look that is sure to come. A block
+    requests only when its deadline is earlier than that hint; leaving a block
+    requests nothing: the scheduler wakes at the old time and looks at what the
     thread is inside then.
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wakeup = threading.Condition(self.lock)
+        self.requests: collections.deque[tuple[float, Any]] = collections.deque()
+        self.wakeup: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.heap: list[tuple[float, int, Any]] = []
+        self.scheduled: dict[Any, float] = {}
         self.seq = itertools.count()
-        self.next_wake = math.inf
+        # When the scheduler wakes next; -inf while it is awake (it reads the
+        # requests before it sleeps again, so nobody needs to wake it).
+        self.next_wake = -math.inf
         self.compact_at = 64
         self.thread: threading.Thread | None = None
+        self.starting = threading.Lock()  # taken once, by the thread that starts it
         # Main thread: a SIGALRM of ours sent and not yet handled.
         self.alarm_requested = False
 
+    def request(self, state: Any, when: float) -> None:
+        """A thread asks for a look at ``state`` at ``when``; takes no lock, never blocks."""
+        state.wake_at = when
+        self.requests.append((when, state))
+        if when < self.next_wake:
+            self.wakeup.put(None)
+        if self.thread is None:
+            self.start()
+
+    def start(self) -> None:
+        if not self.starting.acquire(blocking=False):
+            return  # another thread is starting it
+        try:
+            thread = threading.Thread(target=self.run, name="shared-timeout-scheduler", daemon=True)
+            thread.start()
+        except BaseException:
+            self.starting.release()
+            raise
+        self.thread = thread
+
     def push(self, state: Any, when: float) -> None:
-        """Schedules a look at ``state`` at ``when`` (lock held)."""
+        """Schedules a look at ``state`` at ``when`` (scheduler thread only)."""
+        scheduled = self.scheduled
+        if scheduled.get(state, math.inf) <= when:
+            # An earlier look is due: it sees this deadline too.
+            state.wake_at = scheduled[state]
+            return
+        scheduled[state] = when
         state.wake_at = when
         heap = self.heap
         heapq.heappush(heap, (when, next(self.seq), state))
         if len(heap) > self.compact_at:
-            heap[:] = [entry for entry in heap if entry[2].wake_at == entry[0]]
+            heap[:] = [entry for entry in heap if scheduled.get(entry[2]) == entry[0]]
             heapq.heapify(heap)
             self.compact_at = max(64, 2 * len(heap))
-        if self.thread is None:
-            self.thread = threading.Thread(
-                target=self.run, name="shared-timeout-scheduler", daemon=True
-            )
-            self.thread.start()
-        if when < self.next_wake:
-            self.next_wake = when
-            self.wakeup.notify()
+
+    def entries(self) -> list[tuple[float, Any]]:
+        """The live entries ``(when, thread state)``, from any thread (a snapshot)."""
+        scheduled = dict(self.scheduled)
+        return [(when, state) for when, _, state in list(self.heap) if scheduled.get(state) == when]
 
     def run(self) -> None:
         while True:
@@ -191,23 +226,32 @@ class _Scheduler:
 
     def run_until_error(self) -> None:
         heap = self.heap
-        with self.lock:
-            while True:
-                while heap and heap[0][2].wake_at != heap[0][0]:
-                    heapq.heappop(heap)
-                if not heap:
-                    self.next_wake = math.inf
-                    self.wakeup.wait()
-                    continue
-                when = heap[0][0]
-                now = deadline_clock()
-                if when > now:
-                    self.next_wake = when
-                    self.wakeup.wait(min(when - now, MAX_SECONDS))
-                    continue
+        scheduled = self.scheduled
+        requests = self.requests
+        wakeup = self.wakeup
+        while True:
+            self.next_wake = -math.inf
+            while requests:
+                when, state = requests.popleft()
+                self.push(state, when)
+            while heap and scheduled.get(heap[0][2]) != heap[0][0]:
+                heapq.heappop(heap)
+            now = deadline_clock()
+            if heap and heap[0][0] <= now:
                 state = heapq.heappop(heap)[2]
+                del scheduled[state]
                 state.wake_at = math.inf
                 self.serve(state, now)
+                continue
+            wake = heap[0][0] if heap else math.inf
+            self.next_wake = wake
+            if requests:
+                continue  # one came before next_wake was set: nobody woke us for it
+            with contextlib.suppress(queue.Empty):
+                if wake == math.inf:
+                    wakeup.get()
+                else:
+                    wakeup.get(timeout=min(wake - now, MAX_SECONDS))
 
     def serve(self, state: Any, now: float) -> None:
         """Interrupts the thread if its armed deadline passed, else schedules a look later."""
@@ -255,10 +299,18 @@ _scheduler = _Scheduler()
 
 def _schedule(state: Any, when: float) -> None:
     """Backend hook: the scheduler looks at ``state`` at ``when`` (critical section)."""
-    scheduler = _scheduler
-    with scheduler.lock:
-        if when < state.wake_at:
-            scheduler.push(state, when)
+    if when < state.wake_at:
+        try:
+            # One object per thread: the scheduler keys its entries by identity, and
+            # the native backend hands a new handle to the same thread on each call.
+            state = _own.state
+        except AttributeError:
+            _own.state = state
+        _scheduler.request(state, when)
+
+
+# The calling thread's first ThreadState handle (``_schedule`` runs in the thread itself).
+_own = threading.local()
 
 
 # -- main thread: SIGALRM -------------------------------------------------------------
@@ -490,8 +542,7 @@ def _reset_after_fork() -> None:
     state.reset_after_fork()
     earliest = state.earliest_unfired()
     if earliest is not None:
-        with _scheduler.lock:
-            _scheduler.push(state, earliest.deadline)
+        _schedule(state, earliest.deadline)
 
 
 if hasattr(os, "register_at_fork"):
