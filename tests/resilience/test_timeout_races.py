@@ -216,7 +216,8 @@ def test_many_threads_each_with_its_own_deadline() -> None:
     for index, (message, elapsed) in results.items():
         seconds = 0.02 + index * 0.01
         assert message == f"operation timed out after {seconds:g} seconds"
-        assert seconds * 0.9 <= elapsed < seconds + 1.0
+        # Interrupted, well before the 5 s spin ends (firing is slow on a loaded machine).
+        assert seconds * 0.9 <= elapsed < seconds + 3.0
     schedulers = [t for t in threading.enumerate() if t.name == SCHEDULER_NAME]
     assert len(schedulers) == 1
 
@@ -345,10 +346,23 @@ def interrupted_in_cleanup(kind: str, *, nested: bool = False) -> list[str]:
     The cleanup (``kind``) spins until something interrupts it (5 s at most);
     then the block spins for up to 2 s itself. Returns what happened, in order.
     ``nested``: inside an outer 5 s block, which must not be the one that fires.
+    A round where the deadline fell before the cleanup started (the thread was
+    descheduled for 10 ms on a loaded machine) proves nothing: it is run again.
     """
+    for _ in range(5):
+        events = interrupted_in_cleanup_once(kind, nested=nested)
+        if events[:1] == ["cleanup started"]:
+            break
+    return events
+
+
+def interrupted_in_cleanup_once(kind: str, *, nested: bool) -> list[str]:
     events: list[str] = []
+    inside = [False]
 
     def cleanup() -> None:
+        if not inside[0]:
+            return  # the block has already left: nothing for a deadline to interrupt
         events.append("cleanup started")
         spin(5.0)
         events.append("cleanup finished")
@@ -361,17 +375,24 @@ def interrupted_in_cleanup(kind: str, *, nested: bool = False) -> list[str]:
         # Earlier tests' garbage out of the way first: finalizers that catch Exception
         # themselves (redis-py's __del__) would swallow the deadline fired again, unseen.
         gc.collect()
+    # The cleanup's trigger is ready before the block starts: inside it, one statement.
+    referent: Referent | None = Referent()
+    reference = weakref.ref(referent, lambda _: cleanup())
+    victim: SlowToDie | None = SlowToDie(cleanup)
+    if kind != "weakref callback":
+        referent = None
+    if kind != "__del__":
+        victim = None
     started = time.monotonic()
     try:
         outer = TimeoutContext(seconds=5.0) if nested else contextlib.nullcontext()
         with outer, TimeoutContext(seconds=0.01):
+            inside[0] = True
             if kind == "weakref callback":
-                referent = Referent()
-                reference = weakref.ref(referent, lambda _: cleanup())
-                del referent
+                referent = None
                 assert reference() is None
             elif kind == "__del__":
-                SlowToDie(cleanup)
+                victim = None
             else:
                 gc.callbacks.append(on_gc)
                 try:
@@ -383,7 +404,10 @@ def interrupted_in_cleanup(kind: str, *, nested: bool = False) -> list[str]:
             events.append("block finished")
     except TimeoutError as exc:
         events.append(f"{type(exc).__name__}: {exc}")
-    assert time.monotonic() - started < 1.0, events
+    finally:
+        inside[0] = False
+    assert time.monotonic() - started < 1.5, events
+    del referent, victim
     return events
 
 
