@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
 
+import shared
 from shared.resilience import TimeoutContext, _deadlines, with_timeout
 
 BLOCKS = 2000
@@ -129,3 +132,43 @@ def test_blocks_do_not_touch_signals_or_itimers(monkeypatch: pytest.MonkeyPatch)
     worker.join(30)
     assert not worker.is_alive()
     assert calls == []
+
+
+def test_native_and_pure_blocks_in_one_thread_do_not_ask_the_scheduler_per_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pure twin next to the native core: each keeps its own hint, both still fire."""
+    if shared.BACKEND != "rust":
+        pytest.skip("needs the native core next to the pure twin")
+    pure_core = importlib.import_module("shared._pure.timeout").DeadlineCore
+    scheduler = _deadlines._scheduler
+    requests: list[float] = []
+    original = scheduler.request
+
+    def counting(state: Any, when: float) -> None:
+        requests.append(when)
+        original(state, when)
+
+    monkeypatch.setattr(scheduler, "request", counting)
+
+    def mixed() -> list[str]:
+        for _ in range(BLOCKS):
+            with TimeoutContext(5.0), pure_core(5.0):
+                pass
+        fired = []
+        for core in (TimeoutContext, pure_core):
+            try:
+                with core(0.02):
+                    end = time.monotonic() + 2.0
+                    while time.monotonic() < end:
+                        pass
+            except TimeoutError:
+                fired.append(core.__name__)
+        return fired
+
+    result: list[list[str]] = []
+    worker = threading.Thread(target=lambda: result.append(mixed()))
+    worker.start()
+    worker.join(30)
+    assert result == [["TimeoutContext", "DeadlineCore"]]
+    assert len(requests) < 20, len(requests)

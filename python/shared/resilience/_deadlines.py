@@ -315,16 +315,20 @@ _scheduler = _Scheduler()
 def _schedule(state: Any, when: float) -> None:
     """Backend hook: the scheduler looks at ``state`` at ``when`` (critical section)."""
     if when < state.wake_at:
-        try:
-            # One object per thread: the scheduler keys its entries by identity, and
-            # the native backend hands a new handle to the same thread on each call.
-            state = _own.state
-        except AttributeError:
-            _own.state = state
+        if type(state) is not _PureThreadState:
+            try:
+                # One object per thread: the scheduler keys its entries by identity,
+                # and the native core hands a new handle to the same thread each call.
+                state = _own.state
+            except AttributeError:
+                _own.state = state
         _scheduler.request(state, when)
 
 
-# The calling thread's first ThreadState handle (``_schedule`` runs in the thread itself).
+_PureThreadState: type = _pure_twin.ThreadState
+
+
+# The calling thread's first native ThreadState handle (``_schedule`` runs in the thread).
 _own = threading.local()
 
 
@@ -402,18 +406,31 @@ def _check_alarm_handler() -> None:
     state = current_thread_state()
     current = _signal.getsignal(_SIGALRM) if _SIGALRM else None
     if not _SIGALRM or _pthread_kill is None or current is None:
-        _backend.set_alarm_handler(current)  # checked again only if it changes
+        _record_alarm_handler(current)  # checked again only if it changes
         state.signal_mode = False
+        return
+    if isinstance(current, _AlarmHandler):
+        # Ours already (installed by the other backend's blocks, when the pure twin
+        # is used next to the native core): wrapping it again would chain it to itself.
+        _record_alarm_handler(current)
+        state.signal_mode = True
         return
     handler = _AlarmHandler(current)
     try:
         _signal.signal(_SIGALRM, handler)
     except ValueError:  # not the main thread of the main interpreter
-        _backend.set_alarm_handler(current)
+        _record_alarm_handler(current)
         state.signal_mode = False
         return
-    _backend.set_alarm_handler(handler)
+    _record_alarm_handler(handler)
     state.signal_mode = True
+
+
+def _record_alarm_handler(handler: Any) -> None:
+    """Both backends compare the handler with this one on each main-thread block."""
+    _backend.set_alarm_handler(handler)
+    if _pure_twin is not _backend:
+        _pure_twin.set_alarm_handler(handler)
 
 
 _backend.set_hooks(
