@@ -109,9 +109,12 @@ def one_block_at_the_edge(work: float, *, nested: bool) -> TimeoutError | None:
 
 # The pure-Python twin's enter and exit are Python code: when the OS preempts the
 # scheduler between its check and its raise, the exception can land inside that
-# code (seen twice in a full CI run on a loaded 2-core machine, never when quiet).
-# The native enter/exit closes this window; on the twin it is a known limit
-# (README, "Timeout protection"), so a failure there does not fail the run.
+# code. Since threads reach the scheduler without a lock (the scheduler's livelock
+# was behind the failures CI showed here), these tests did not fail in 100 separate
+# runs on each of CPython 3.11, 3.12 and 3.13 with two CPU-bound processes loading a
+# 2-core machine, and failed once in about 20 on 3.13 under heavier load (eight busy
+# processes). The native enter/exit closes the window; on the twin it is a known
+# limit (README, "Timeout protection"), so a failure there does not fail the run.
 pure_twin_window = pytest.mark.xfail(
     shared.BACKEND == "python",
     reason="pure twin: a raise delayed by OS preemption can land in its Python enter/exit",
