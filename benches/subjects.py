@@ -450,11 +450,25 @@ def _timeout(main_thread: bool) -> dict[str, Loop]:
         with bt.NullContext(TIMEOUT_SECONDS):
             return fast()
 
+    # The pure twin's block, as TimeoutContext and with_timeout run it on that backend
+    # (with the native backend loaded too, the twin shares its scheduler and hooks).
+    pure_core = importlib.import_module("shared._pure.timeout").DeadlineCore
+
+    def with_pure_context() -> int:
+        with pure_core(TIMEOUT_SECONDS):
+            return fast()
+
+    def pure_decorated(*args: Any, **kwargs: Any) -> int:
+        with pure_core(TIMEOUT_SECONDS):
+            return fast(*args, **kwargs)
+
     members = {
         "bare": calls(fast),
         "null_context": calls(with_null_context),
         "context_shared": calls(with_context),
         "decorator_shared": calls(decorated_fast),
+        "context_python": calls(with_pure_context),
+        "decorator_python": calls(pure_decorated),
     }
     if main_thread:
         # Any thread would do: a shield with no deadline active, the common case.

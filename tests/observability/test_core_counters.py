@@ -28,8 +28,8 @@ from shared.resilience import (
     with_timeout,
 )
 from shared.resilience import TimeoutError as SharedTimeoutError
-from shared.resilience.exceptions import timeouts_raised
 from shared.resilience.retry import instant_retries
+from shared.resilience.timeout import timeout_stats
 from shared.testing import ManualClock
 
 
@@ -261,10 +261,10 @@ def test_record_give_up_rejects_an_unknown_reason() -> None:
 
 def test_fired_timeouts_are_counted_on_every_path() -> None:
     """A main-thread block, a worker-thread block and a decorated function each count one."""
-    before = timeouts_raised()
+    before = timeout_stats()["fired"]
     with pytest.raises(SharedTimeoutError), TimeoutContext(0.02):
         time.sleep(1.0)
-    assert timeouts_raised() == before + 1
+    assert timeout_stats()["fired"] == before + 1
 
     errors: list[BaseException] = []
 
@@ -280,7 +280,7 @@ def test_fired_timeouts_are_counted_on_every_path() -> None:
     thread.start()
     thread.join(5.0)
     assert len(errors) == 1
-    assert timeouts_raised() == before + 2
+    assert timeout_stats()["fired"] == before + 2
 
     @with_timeout(0.02)
     def slow() -> None:
@@ -290,16 +290,16 @@ def test_fired_timeouts_are_counted_on_every_path() -> None:
         slow()
     with TimeoutContext(1.0):
         pass  # a block that does not fire counts nothing
-    assert timeouts_raised() == before + 3
+    assert timeout_stats()["fired"] == before + 3
 
 
 async def test_fired_async_timeouts_are_counted() -> None:
     """An async block that fires counts one."""
-    before = timeouts_raised()
+    before = timeout_stats()["fired"]
     with pytest.raises(SharedTimeoutError):
         async with TimeoutContext(0.01):
             await asyncio.sleep(1.0)
-    assert timeouts_raised() == before + 1
+    assert timeout_stats()["fired"] == before + 1
 
 
 # -- weak instance registries ---------------------------------------------------------------
@@ -386,12 +386,12 @@ def test_retry_counters_parity(native: ModuleType, pure: ModuleType) -> None:
 
 
 def test_copies_of_a_timeout_error_are_not_counted() -> None:
-    """Pickling or copying a TimeoutError keeps its message and counts nothing."""
+    """Making, pickling or copying a TimeoutError keeps its message and counts nothing."""
     error = SharedTimeoutError("operation timed out after 1 seconds")
     error.detail = "kept"  # type: ignore[attr-defined]
-    before = timeouts_raised()
+    before = timeout_stats()["fired"]
     for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
         assert type(clone) is SharedTimeoutError
         assert str(clone) == "operation timed out after 1 seconds"
         assert clone.detail == "kept"  # type: ignore[attr-defined]
-    assert timeouts_raised() == before
+    assert timeout_stats()["fired"] == before

@@ -282,9 +282,9 @@ def test_registering_twice_is_one_collector() -> None:
 
 def test_timeouts_family_is_present(registry: CollectorRegistry) -> None:
     """shared_timeouts_fired_total is always exported (the process-wide count)."""
-    from shared.resilience.exceptions import timeouts_raised
+    from shared.resilience.timeout import timeout_stats
 
-    assert value(scrape(registry), "shared_timeouts_fired_total") == timeouts_raised()
+    assert value(scrape(registry), "shared_timeouts_fired_total") == timeout_stats()["fired"]
 
 
 def test_nothing_is_read_until_a_scrape(monkeypatch: pytest.MonkeyPatch) -> None:

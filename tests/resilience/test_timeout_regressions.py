@@ -435,12 +435,10 @@ def test_a_thread_that_exits_inside_a_block_is_never_raised_in_again() -> None:
     for _ in range(4):  # new threads often get the dead thread's identifier
         assert in_thread(busy_past_the_old_deadline) == "clean"
     # The scheduler dropped the dead thread instead of looking at it again and again.
-    with _deadlines._scheduler.lock:
-        heap = list(_deadlines._scheduler.heap)
     now = _deadlines.deadline_clock()
     assert not [
-        entry
-        for entry in heap
-        if entry[2].wake_at == entry[0] <= now and not entry[2].alive and entry[2].blocks
+        (when, state)
+        for when, state in _deadlines._scheduler.entries()
+        if when <= now and not state.alive and state.blocks
     ]
     suspended.clear()

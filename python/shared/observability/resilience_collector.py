@@ -148,16 +148,9 @@ class _Sums:
 
 
 def _timeouts_fired() -> int:
-    # The timeout module's own statistics when it has them; else the count of
-    # TimeoutErrors made (one per deadline that fires).
-    from shared.resilience import exceptions, timeout
+    from shared.resilience.timeout import timeout_stats
 
-    stats = getattr(timeout, "timeout_stats", None)
-    if callable(stats):
-        fired = stats().get("fired")
-        if fired is not None:
-            return int(fired)
-    return exceptions.timeouts_raised()
+    return timeout_stats()["fired"]
 
 
 class ResilienceCollector:

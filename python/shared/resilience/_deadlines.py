@@ -36,6 +36,7 @@ No error may stop the scheduler: it logs what it did not expect and goes on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import importlib
@@ -43,6 +44,7 @@ import itertools
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -116,16 +118,32 @@ def critical(function: _F) -> _F:
 _critical = critical
 
 
+# Deadlines fired since the process started. Every TimeoutError of ours gets its
+# message here as it is raised (by a block's exit, the scheduler's interruption
+# where it lands, the SIGALRM handler, a shield's end, a task's deadline, the
+# pessimistic strategy), so counting here costs the hot path nothing.
+# ``next()`` on itertools.count is one C call: no increment is lost between threads.
+_fired_counter = itertools.count()
+
+
 def timeout_message(seconds: float) -> str:
-    """The message of a TimeoutError: it names the seconds allowed.
+    """The message of a TimeoutError being raised: it names the seconds allowed.
 
     Every path that raises a timeout (SIGALRM handler, an exception delivered
     into a worker thread, a block's exit, async, pessimistic) builds its error
-    with this message, so this is where a timeout becomes a span event.
+    with this message, so this is where a timeout is counted (``timeout_stats``)
+    and becomes a span event.
     """
+    next(_fired_counter)
     if _events.active:
         _events.timeout(seconds)
     return f"operation timed out after {seconds:g} seconds"
+
+
+def timeouts_fired() -> int:
+    """How many deadlines fired since the process started (read at any time, any thread)."""
+    # count(n) is the only public view of the counter that does not advance it.
+    return int(repr(_fired_counter)[len("count(") : -1])
 
 
 class _ExpiredError(TimeoutError):
@@ -154,41 +172,74 @@ class _ExpiredError(TimeoutError):
 class _Scheduler:
     """One daemon thread that interrupts threads at their armed deadlines.
 
-    The heap holds ``(when, seq, thread state)``, at most one live entry per
-    thread (``state.wake_at == when``; others are dropped lazily). A block pushes
-    only when its deadline is earlier than its thread's entry; leaving a block
-    pushes nothing: the scheduler wakes at the old time and looks at what the
+    Threads never take a lock to reach it. A thread hands it a request
+    ``(when, thread state)`` with one ``deque.append`` (a single C call, so our
+    own interruptions cannot cut it in half) and, only when the scheduler sleeps
+    past ``when``, wakes it with one ``SimpleQueue.put``. Everything else is the
+    scheduler thread's own, touched by no other thread: the heap of ``(when, seq,
+    thread state)`` and ``scheduled``, the time of each thread's live entry (other
+    entries are dropped lazily). ``state.wake_at`` is a hint the thread reads to
+    skip requests: never earlier than a look that is sure to come. A block
+    requests only when its deadline is earlier than that hint; leaving a block
+    requests nothing: the scheduler wakes at the old time and looks at what the
     thread is inside then.
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wakeup = threading.Condition(self.lock)
+        self.requests: collections.deque[tuple[float, Any]] = collections.deque()
+        self.wakeup: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.heap: list[tuple[float, int, Any]] = []
+        self.scheduled: dict[Any, float] = {}
         self.seq = itertools.count()
-        self.next_wake = math.inf
+        # When the scheduler wakes next; -inf while it is awake (it reads the
+        # requests before it sleeps again, so nobody needs to wake it).
+        self.next_wake = -math.inf
         self.compact_at = 64
         self.thread: threading.Thread | None = None
+        self.starting = threading.Lock()  # taken once, by the thread that starts it
         # Main thread: a SIGALRM of ours sent and not yet handled.
         self.alarm_requested = False
 
+    def request(self, state: Any, when: float) -> None:
+        """A thread asks for a look at ``state`` at ``when``; takes no lock, never blocks."""
+        state.wake_at = when
+        self.requests.append((when, state))
+        if when < self.next_wake:
+            self.wakeup.put(None)
+        if self.thread is None:
+            self.start()
+
+    def start(self) -> None:
+        if not self.starting.acquire(blocking=False):
+            return  # another thread is starting it
+        try:
+            thread = threading.Thread(target=self.run, name="shared-timeout-scheduler", daemon=True)
+            thread.start()
+        except BaseException:
+            self.starting.release()
+            raise
+        self.thread = thread
+
     def push(self, state: Any, when: float) -> None:
-        """Schedules a look at ``state`` at ``when`` (lock held)."""
+        """Schedules a look at ``state`` at ``when`` (scheduler thread only)."""
+        scheduled = self.scheduled
+        if scheduled.get(state, math.inf) <= when:
+            # An earlier look is due: it sees this deadline too.
+            state.wake_at = scheduled[state]
+            return
+        scheduled[state] = when
         state.wake_at = when
         heap = self.heap
         heapq.heappush(heap, (when, next(self.seq), state))
         if len(heap) > self.compact_at:
-            heap[:] = [entry for entry in heap if entry[2].wake_at == entry[0]]
+            heap[:] = [entry for entry in heap if scheduled.get(entry[2]) == entry[0]]
             heapq.heapify(heap)
             self.compact_at = max(64, 2 * len(heap))
-        if self.thread is None:
-            self.thread = threading.Thread(
-                target=self.run, name="shared-timeout-scheduler", daemon=True
-            )
-            self.thread.start()
-        if when < self.next_wake:
-            self.next_wake = when
-            self.wakeup.notify()
+
+    def entries(self) -> list[tuple[float, Any]]:
+        """The live entries ``(when, thread state)``, from any thread (a snapshot)."""
+        scheduled = dict(self.scheduled)
+        return [(when, state) for when, _, state in list(self.heap) if scheduled.get(state) == when]
 
     def run(self) -> None:
         while True:
@@ -199,23 +250,32 @@ class _Scheduler:
 
     def run_until_error(self) -> None:
         heap = self.heap
-        with self.lock:
-            while True:
-                while heap and heap[0][2].wake_at != heap[0][0]:
-                    heapq.heappop(heap)
-                if not heap:
-                    self.next_wake = math.inf
-                    self.wakeup.wait()
-                    continue
-                when = heap[0][0]
-                now = deadline_clock()
-                if when > now:
-                    self.next_wake = when
-                    self.wakeup.wait(min(when - now, MAX_SECONDS))
-                    continue
+        scheduled = self.scheduled
+        requests = self.requests
+        wakeup = self.wakeup
+        while True:
+            self.next_wake = -math.inf
+            while requests:
+                when, state = requests.popleft()
+                self.push(state, when)
+            while heap and scheduled.get(heap[0][2]) != heap[0][0]:
+                heapq.heappop(heap)
+            now = deadline_clock()
+            if heap and heap[0][0] <= now:
                 state = heapq.heappop(heap)[2]
+                del scheduled[state]
                 state.wake_at = math.inf
                 self.serve(state, now)
+                continue
+            wake = heap[0][0] if heap else math.inf
+            self.next_wake = wake
+            if requests:
+                continue  # one came before next_wake was set: nobody woke us for it
+            with contextlib.suppress(queue.Empty):
+                if wake == math.inf:
+                    wakeup.get()
+                else:
+                    wakeup.get(timeout=min(wake - now, MAX_SECONDS))
 
     def serve(self, state: Any, now: float) -> None:
         """Interrupts the thread if its armed deadline passed, else schedules a look later."""
@@ -263,10 +323,22 @@ _scheduler = _Scheduler()
 
 def _schedule(state: Any, when: float) -> None:
     """Backend hook: the scheduler looks at ``state`` at ``when`` (critical section)."""
-    scheduler = _scheduler
-    with scheduler.lock:
-        if when < state.wake_at:
-            scheduler.push(state, when)
+    if when < state.wake_at:
+        if type(state) is not _PureThreadState:
+            try:
+                # One object per thread: the scheduler keys its entries by identity,
+                # and the native core hands a new handle to the same thread each call.
+                state = _own.state
+            except AttributeError:
+                _own.state = state
+        _scheduler.request(state, when)
+
+
+_PureThreadState: type = _pure_twin.ThreadState
+
+
+# The calling thread's first native ThreadState handle (``_schedule`` runs in the thread).
+_own = threading.local()
 
 
 # -- main thread: SIGALRM -------------------------------------------------------------
@@ -343,18 +415,31 @@ def _check_alarm_handler() -> None:
     state = current_thread_state()
     current = _signal.getsignal(_SIGALRM) if _SIGALRM else None
     if not _SIGALRM or _pthread_kill is None or current is None:
-        _backend.set_alarm_handler(current)  # checked again only if it changes
+        _record_alarm_handler(current)  # checked again only if it changes
         state.signal_mode = False
+        return
+    if isinstance(current, _AlarmHandler):
+        # Ours already (installed by the other backend's blocks, when the pure twin
+        # is used next to the native core): wrapping it again would chain it to itself.
+        _record_alarm_handler(current)
+        state.signal_mode = True
         return
     handler = _AlarmHandler(current)
     try:
         _signal.signal(_SIGALRM, handler)
     except ValueError:  # not the main thread of the main interpreter
-        _backend.set_alarm_handler(current)
+        _record_alarm_handler(current)
         state.signal_mode = False
         return
-    _backend.set_alarm_handler(handler)
+    _record_alarm_handler(handler)
     state.signal_mode = True
+
+
+def _record_alarm_handler(handler: Any) -> None:
+    """Both backends compare the handler with this one on each main-thread block."""
+    _backend.set_alarm_handler(handler)
+    if _pure_twin is not _backend:
+        _pure_twin.set_alarm_handler(handler)
 
 
 _backend.set_hooks(
@@ -498,8 +583,7 @@ def _reset_after_fork() -> None:
     state.reset_after_fork()
     earliest = state.earliest_unfired()
     if earliest is not None:
-        with _scheduler.lock:
-            _scheduler.push(state, earliest.deadline)
+        _schedule(state, earliest.deadline)
 
 
 if hasattr(os, "register_at_fork"):

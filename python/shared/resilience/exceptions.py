@@ -8,8 +8,7 @@ least that long when asked to retry them.
 from __future__ import annotations
 
 import builtins
-import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __all__ = [
     "CircuitBreakerOpenError",
@@ -83,30 +82,6 @@ class TimeoutError(ResilienceError, builtins.TimeoutError):
     Subclasses the builtin ``TimeoutError``, so ``except TimeoutError`` catches it
     whichever of the two names is in scope.
     """
-
-    def __init__(self, *args: object) -> None:
-        # Counted for metrics (shared_timeouts_fired_total): every deadline that
-        # fires makes exactly one. next() on a count is atomic, also in a signal handler.
-        next(_timeouts_raised)
-        super().__init__(*args)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Unpickling (and copying) rebuilds the error without __init__: no new count.
-        return (_rebuilt_timeout_error, (type(self), self.args), self.__dict__ or None)
-
-
-def _rebuilt_timeout_error(cls: type[TimeoutError], args: tuple[object, ...]) -> TimeoutError:
-    error = cls.__new__(cls)
-    error.args = args
-    return error
-
-
-_timeouts_raised = itertools.count()
-
-
-def timeouts_raised() -> int:
-    """How many ``TimeoutError`` this process made: the deadlines that fired."""
-    return int(repr(_timeouts_raised)[6:-1])  # a count's repr is "count(N)"
 
 
 class RateLimiterUnavailableError(ResilienceError):

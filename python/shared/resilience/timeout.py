@@ -37,10 +37,11 @@ from shared.resilience._deadlines import (
     _validate_seconds,
     shield,
     timeout_message,
+    timeouts_fired,
 )
 from shared.resilience.exceptions import TimeoutError
 
-__all__ = ["TimeoutContext", "abandoned_calls", "shield", "with_timeout"]
+__all__ = ["TimeoutContext", "abandoned_calls", "shield", "timeout_stats", "with_timeout"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _logger = logging.getLogger("shared.resilience.timeout")
@@ -309,6 +310,20 @@ def abandoned_calls() -> dict[str, int]:
     """
     with _abandoned_lock:
         return dict(_abandoned)
+
+
+def timeout_stats() -> dict[str, int]:
+    """Counters for a metrics collector to read at scrape time (monotonic, since start).
+
+    ``fired``: deadlines that fired (each ``TimeoutError`` a block, a decorated
+    call or a task got; a deadline whose exception CPython swallowed in cleanup
+    code and which fired again counts twice). ``abandoned``: calls of the
+    pessimistic strategy given up on (see ``abandoned_calls()``). Reading
+    costs nothing on any block's path; no block pays more than it did.
+    """
+    with _abandoned_lock:
+        abandoned = _abandoned["abandoned"]
+    return {"fired": timeouts_fired(), "abandoned": abandoned}
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
