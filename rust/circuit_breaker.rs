@@ -285,8 +285,12 @@ impl Breaker {
                     let full = count_b(word) >= u64::from(self.settings.half_open_max_calls);
                     if full {
                         let last = self.last_probe_at_ns.load(Acquire);
-                        if now_ns < last.saturating_add(self.settings.probe_timeout_ns) {
-                            return Ok(self.reject(0));
+                        let expiry = last.saturating_add(self.settings.probe_timeout_ns);
+                        if now_ns < expiry {
+                            // The slots are leased until the newest probe's lease
+                            // runs out (each probe renews them): a slot is sure to
+                            // be free by then, sooner if a probe reports.
+                            return Ok(self.reject(expiry - now_ns));
                         }
                     }
                     // Published before the slot is taken (a fetch_max, so a caller
@@ -1365,7 +1369,12 @@ mod tests {
         record(&b, p, Outcome::Failure, 0);
         let probe = permit(&b, 1_000);
         assert_eq!(b.state(), State::HalfOpen);
-        assert_eq!(admit(&b, 1_000), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(
+            admit(&b, 1_000),
+            Admission::Rejected {
+                retry_after_ns: 5_000
+            }
+        );
         assert_eq!(record(&b, probe, Outcome::Success, 1_000), None);
         let probe = permit(&b, 1_000);
         let closed = record(&b, probe, Outcome::Success, 1_000);
@@ -1394,7 +1403,7 @@ mod tests {
         let p = permit(&b, 0);
         record(&b, p, Outcome::Failure, 0);
         let leaked = permit(&b, 1_000); // never reports
-        assert_eq!(admit(&b, 5_999), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(admit(&b, 5_999), Admission::Rejected { retry_after_ns: 1 });
         let renewed = permit(&b, 6_000);
         assert_eq!(b.state(), State::HalfOpen);
         assert_eq!(b.counters.probes_expired.load(Relaxed), 1);
@@ -1404,7 +1413,12 @@ mod tests {
             "the expired probe's outcome is late"
         );
         assert_eq!(b.state(), State::HalfOpen);
-        assert_eq!(admit(&b, 6_001), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(
+            admit(&b, 6_001),
+            Admission::Rejected {
+                retry_after_ns: 4_999
+            }
+        );
         assert_eq!(
             record(&b, renewed, Outcome::Success, 6_001),
             Some(Transition {
@@ -1422,10 +1436,10 @@ mod tests {
         let leaked = permit(&b, 1_000);
         let second = permit(&b, 4_000);
         // Full since 4_000: free again at 9_000, not at 6_000.
-        assert_eq!(admit(&b, 8_999), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(admit(&b, 8_999), Admission::Rejected { retry_after_ns: 1 });
         record(&b, second, Outcome::Success, 8_999);
         let third = permit(&b, 8_999);
-        assert_eq!(admit(&b, 13_998), Admission::Rejected { retry_after_ns: 0 });
+        assert_eq!(admit(&b, 13_998), Admission::Rejected { retry_after_ns: 1 });
         let fresh = permit(&b, 13_999);
         assert_eq!(b.counters.probes_expired.load(Relaxed), 2);
         assert_eq!(record(&b, leaked, Outcome::Failure, 14_000), None);
