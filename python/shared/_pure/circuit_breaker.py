@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``rust/circuit_breaker.rs``: the same state machine and numbers.
+"""Pure-Python twin of ``rust/circuit_breaker/``: the same state machine and numbers.
 
 State changes happen under one lock; the closed success path takes none (it
 reads one attribute and bumps an ``itertools.count``, atomic under the GIL).
