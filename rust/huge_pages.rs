@@ -23,15 +23,9 @@ pub fn advise<T>(table: &Vec<T>) {
 ))]
 #[allow(unsafe_code)]
 mod imp {
-    use std::ffi::{c_int, c_void};
+    use libc::{c_void, madvise, MADV_HUGEPAGE};
 
     const PAGE: usize = 4096;
-    /// `MADV_HUGEPAGE` in Linux's asm-generic/mman-common.h (x86-64 and aarch64).
-    const MADV_HUGEPAGE: c_int = 14;
-
-    extern "C" {
-        fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
-    }
 
     pub fn advise(start: usize, bytes: usize) {
         // madvise wants a page-aligned start; the pages it covers lie wholly inside the table.

@@ -486,8 +486,9 @@ pub use binding::IdempotencyLru;
 #[cfg(feature = "python")]
 mod binding {
     use super::{Claimed, Table};
+    use crate::binding_errors::{out_of_range, repr_or_placeholder, validation, wrong_type};
     use crate::clock::{ns_to_secs, Clock};
-    use pyo3::exceptions::{PyTypeError, PyValueError};
+    use pyo3::exceptions::PyValueError;
     use pyo3::gc::PyVisit;
     use pyo3::prelude::*;
     use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
@@ -497,20 +498,10 @@ mod binding {
     /// The longest duration accepted (`shared._validation.MAX_SECONDS`).
     const MAX_SECONDS: f64 = 1e9;
 
-    fn type_name(value: &Bound<'_, PyAny>) -> String {
-        value
-            .get_type()
-            .name()
-            .map_or_else(|_| "?".to_owned(), |n| n.to_string())
-    }
-
     /// A str that is valid text, with the twin's errors.
     fn text<'a>(name: &str, value: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
         let Ok(string) = value.cast::<PyString>() else {
-            return Err(PyTypeError::new_err(format!(
-                "{name} must be a str, got {}",
-                type_name(value)
-            )));
+            return Err(wrong_type(name, "a str", value));
         };
         match string.to_str() {
             Ok(text) => Ok(text),
@@ -530,10 +521,7 @@ mod binding {
                 return Ok((seconds * 1e9) as u64);
             }
         }
-        let seconds: f64 = value
-            .py()
-            .import("shared._validation")?
-            .getattr("positive_finite")?
+        let seconds: f64 = validation(value.py(), "positive_finite")?
             .call1((name, value))?
             .extract()?;
         Ok((seconds * 1e9) as u64)
@@ -541,19 +529,11 @@ mod binding {
 
     fn owner_id(value: &Bound<'_, PyAny>) -> PyResult<u64> {
         if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-            return Err(PyTypeError::new_err(format!(
-                "owner must be an int, got {}",
-                type_name(value)
-            )));
+            return Err(wrong_type("owner", "an int", value));
         }
-        value.extract::<u64>().map_err(|_| {
-            PyValueError::new_err(format!(
-                "owner must be an int in [0, 2**64), got {}",
-                value
-                    .repr()
-                    .map_or_else(|_| "?".to_owned(), |r| r.to_string())
-            ))
-        })
+        value
+            .extract::<u64>()
+            .map_err(|_| out_of_range("owner", "an int in [0, 2**64)", repr_or_placeholder(value)))
     }
 
     /// The core of `shared.resilience.InMemoryIdempotencyStore`.
@@ -605,9 +585,7 @@ mod binding {
             clock: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
             let capacity: usize = match capacity {
-                Some(value) => py
-                    .import("shared._validation")?
-                    .getattr("int_in_range")?
+                Some(value) => validation(py, "int_in_range")?
                     .call1(("capacity", value, 1, u32::MAX - 1))?
                     .extract()?,
                 None => 10_000,

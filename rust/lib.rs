@@ -7,11 +7,8 @@
 //! registers what Python sees as `shared._native`.
 
 pub mod backoff;
-// The one module allowed `unsafe` code: the circuit breaker's vectorcall `call`
-// (see the module's documentation).
 #[cfg(feature = "python")]
-#[allow(unsafe_code)]
-mod breaker_ffi;
+pub mod binding_errors;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod huge_pages;
@@ -53,7 +50,7 @@ mod _native {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::clock::init_epoch(m.py())?;
-        crate::breaker_ffi::install(m)?;
+        crate::circuit_breaker::install(m)?;
         for (name, value) in crate::timeout::FIRE_OUTCOMES {
             m.add(name, value)?;
         }

@@ -18,7 +18,7 @@
 //! thread's critical depth raised, so no deadline lands inside it.
 //!
 //! `PyO3` has no safe wrapper for `PyThreadState_SetAsyncExc`: this is the
-//! one module besides `breaker_ffi` and `huge_pages` allowed `unsafe` code.
+//! one module besides `circuit_breaker::binding::ffi` and `huge_pages` allowed `unsafe` code.
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;

@@ -325,19 +325,13 @@ pub use binding::{
 #[cfg(feature = "python")]
 mod binding {
     use super::{Bucket, InvalidValue, Limits};
+    use crate::binding_errors::validation;
     use crate::clock::{ns_to_secs, secs_to_ns, Clock};
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{PyDict, PyFloat, PyInt, PyType};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    /// `shared._validation.<name>`: the argument rules both backends share.
-    /// Called only off the fast path (an argument that is not a plain float,
-    /// or is out of range), so both backends give the same error.
-    fn validation<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        py.import("shared._validation")?.getattr(name)
-    }
 
     /// A number argument: a float or an int as f64 at once; anything else
     /// (a bool, a str, an int too large for a float) gets the shared error.

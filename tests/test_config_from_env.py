@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 
 from shared.config import EnvConfigError, ServiceSettings
@@ -9,6 +11,7 @@ from shared.resilience import (
     BackoffStrategy,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitBreakerOpenError,
     Jitter,
     RateLimitConfig,
     RetryConfig,
@@ -93,6 +96,27 @@ def test_prefix_selects_a_services_own_variables() -> None:
     )
 
 
+def test_probe_timeout_from_env_leases_the_probe_slots() -> None:
+    """``CIRCUIT_BREAKER_PROBE_TIMEOUT`` sets ``probe_timeout``; unset, it follows ``timeout``."""
+    assert CircuitBreakerConfig.from_env({"CIRCUIT_BREAKER_TIMEOUT": "4"}).probe_timeout is None
+    env = {"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "1", "CIRCUIT_BREAKER_PROBE_TIMEOUT": "2.5"}
+    config = CircuitBreakerConfig.from_env(env)
+    assert config.probe_timeout == 2.5
+    clock = ManualClock()
+    breaker = CircuitBreaker("env-probe", config, clock=clock, registry=None)
+    assert breaker.probe_timeout == 2.5
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    clock.advance(60)
+    contextvars.copy_context().run(breaker.__enter__)  # a probe that never reports
+    clock.advance(1)
+    with pytest.raises(CircuitBreakerOpenError) as caught:
+        breaker.call(lambda: None)
+    assert caught.value.retry_after == pytest.approx(1.5)
+    clock.advance(1.5)
+    assert breaker.call(lambda: "new probe") == "new probe"
+
+
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a mapping, the process environment is read."""
     monkeypatch.setenv("RATE_LIMIT_REQUESTS_PER_SECOND", "42")
@@ -108,6 +132,8 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
         (CircuitBreakerConfig.from_env, "CIRCUIT_BREAKER_TIMEOUT", "-1", "> 0"),
         (CircuitBreakerConfig.from_env, "CIRCUIT_BREAKER_TIMEOUT", "inf", "finite"),
         (CircuitBreakerConfig.from_env, "CIRCUIT_BREAKER_TIMEOUT", "nan", "finite"),
+        (CircuitBreakerConfig.from_env, "CIRCUIT_BREAKER_PROBE_TIMEOUT", "0", "> 0"),
+        (CircuitBreakerConfig.from_env, "CIRCUIT_BREAKER_PROBE_TIMEOUT", "soon", "number"),
         (RateLimitConfig.from_env, "RATE_LIMIT_REQUESTS_PER_SECOND", "0", "> 0"),
         (RateLimitConfig.from_env, "RATE_LIMIT_REQUESTS_PER_SECOND", "fast", "number"),
         (RateLimitConfig.from_env, "RATE_LIMIT_BURST_SIZE", "0.5", ">= 1"),

@@ -321,6 +321,7 @@ def test_cores_keep_the_invariants_under_threads(
         "latest_probe_phase": -1,
         "stale_closes": [],
         "closes": 0,
+        "retry_afters": [],
     }
     recording = threading.local()
 
@@ -353,9 +354,10 @@ def test_cores_keep_the_invariants_under_threads(
                 continue
             try:
                 permit = core._admit()
-            except Exception:  # CircuitBreakerOpenError
+            except Exception as exc:  # CircuitBreakerOpenError
                 with lock:
                     state["rejected"] += 1
+                    state["retry_afters"].append(exc.retry_after)  # type: ignore[attr-defined]
                 continue
             probe = permit & 3 == 2
             phase = phase_of(module, permit)
@@ -394,6 +396,10 @@ def test_cores_keep_the_invariants_under_threads(
     recorded = counters["calls_succeeded"] + counters["calls_failed"] + counters["calls_ignored"]
     assert recorded == state["admitted"]
     assert counters["calls_rejected"] == state["rejected"]
+    # Open: until the probe time (<= timeout); half-open and full: until the
+    # probes' lease runs out (<= probe_timeout). Never 0: a slot is not free yet.
+    assert len(state["retry_afters"]) == state["rejected"] > 0
+    assert all(0.0 < r <= 1.0 for r in state["retry_afters"])
     assert counters["transitions_to_closed"] == state["closes"]
     # Not vacuous: the breaker went through many phases, probes overlapped.
     assert counters["transitions_to_half_open"] >= 5

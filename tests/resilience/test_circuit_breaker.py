@@ -325,14 +325,19 @@ def test_half_open_failure_reopens_for_a_full_timeout(clock: ManualClock) -> Non
 
 
 def test_half_open_admits_only_max_calls_probes(clock: ManualClock) -> None:
-    """Probes beyond half_open_max_calls fail fast with retry_after 0."""
+    """Probes beyond half_open_max_calls fail fast; ``retry_after`` is the time until the
+    slots' lease (renewed by each probe) runs out."""
     breaker = breaker_with(clock, failure_threshold=1, half_open_max_calls=2, timeout=1.0)
+    assert breaker.probe_timeout == 1.0  # the default: the breaker's timeout
     trip(breaker, 1)
     clock.advance(1)
-    with breaker, breaker:
-        with pytest.raises(CircuitBreakerOpenError) as caught, breaker:
-            pass
-        assert caught.value.retry_after == 0.0
+    with breaker:
+        clock.advance(0.25)
+        with breaker:
+            clock.advance(0.5)
+            with pytest.raises(CircuitBreakerOpenError) as caught, breaker:
+                pass
+            assert caught.value.retry_after == pytest.approx(0.5)
     assert breaker.state is CircuitBreakerState.CLOSED
 
 
@@ -348,7 +353,7 @@ def test_a_leaked_probe_slot_is_free_again_after_probe_timeout(clock: ManualCloc
     clock.advance(4.9)
     with pytest.raises(CircuitBreakerOpenError) as caught, breaker:
         pass
-    assert caught.value.retry_after == 0.0
+    assert caught.value.retry_after == pytest.approx(0.1)  # until the lease runs out
     clock.advance(0.1)
     assert breaker.counters()["probes_expired"] == 0
     with breaker:  # the lease expired: this is the new probe, and it closes the breaker

@@ -3,8 +3,8 @@
 A deadline (``TimeoutContext``) or a signal handler's exception can land at
 any bytecode. If it lands between a probe taking its slot and the ``with``
 statement's cleanup being in place, or inside the exit's bookkeeping, the
-slot is never given back and the half-open breaker rejects every call with
-``retry_after == 0`` until ``reset()``. These tests fire thousands of short
+slot is never given back and the half-open breaker rejects every call until
+the probe lease (``probe_timeout``) runs out. These tests fire thousands of short
 deadlines around ``with breaker:`` blocks, in the main thread and a worker at
 once, and check after every one that the breaker still admits a probe.
 """

@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``rust/circuit_breaker.rs``: the same state machine and numbers.
+"""Pure-Python twin of ``rust/circuit_breaker/``: the same state machine and numbers.
 
 State changes happen under one lock; the closed success path takes none (it
 reads one attribute and bumps an ``itertools.count``, atomic under the GIL).
@@ -351,9 +351,13 @@ class CircuitBreakerCore:
                     retry_after_ns = self._timeout_ns
                 elif state == HALF_OPEN:
                     full = self._probes_in_flight >= self._half_open_max_calls
-                    if full and now_ns < min(self._last_probe_at_ns + self._probe_timeout_ns, _U64):
+                    expiry = min(self._last_probe_at_ns + self._probe_timeout_ns, _U64)
+                    if full and now_ns < expiry:
+                        # The slots are leased until the newest probe's lease runs
+                        # out (each probe renews them): a slot is sure to be free
+                        # by then, sooner if a probe reports.
                         self._rejected += 1
-                        retry_after_ns = 0
+                        retry_after_ns = expiry - now_ns
                     else:
                         if full:
                             # The slots are full and no probe was admitted for

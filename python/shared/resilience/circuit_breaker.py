@@ -177,8 +177,9 @@ class CircuitBreakerConfig:
         """A config from environment variables (the document's "Environment Variables").
 
         Reads ``CIRCUIT_BREAKER_FAILURE_THRESHOLD`` (int), ``CIRCUIT_BREAKER_TIMEOUT``
-        (seconds), and beyond the document ``CIRCUIT_BREAKER_SUCCESS_THRESHOLD`` and
-        ``CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS``, each with ``prefix`` in front
+        (seconds), and beyond the document ``CIRCUIT_BREAKER_SUCCESS_THRESHOLD``,
+        ``CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS`` and ``CIRCUIT_BREAKER_PROBE_TIMEOUT``
+        (seconds), each with ``prefix`` in front
         (``prefix="PAYMENTS_"`` reads ``PAYMENTS_CIRCUIT_BREAKER_TIMEOUT``).
 
         Args:
@@ -196,7 +197,7 @@ class CircuitBreakerConfig:
         for variable, field in _BREAKER_ENV:
             value = (
                 env.get_float(variable, field)
-                if field == "timeout"
+                if field in ("timeout", "probe_timeout")
                 else env.get_int(variable, field)
             )
             if value is not None:
@@ -209,6 +210,7 @@ _BREAKER_ENV = (
     ("CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "success_threshold"),
     ("CIRCUIT_BREAKER_TIMEOUT", "timeout"),
     ("CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS", "half_open_max_calls"),
+    ("CIRCUIT_BREAKER_PROBE_TIMEOUT", "probe_timeout"),
 )
 
 

@@ -39,8 +39,10 @@ class CircuitBreakerOpenError(ResilienceError):
 
     Attributes:
         name: the breaker's name.
-        retry_after: seconds until the breaker admits a probe again (0 when it is
-            half-open and only its probe slots are taken).
+        retry_after: seconds until the breaker admits a probe again: when open,
+            until its ``timeout`` has passed; when half-open with every probe
+            slot taken, until the probes' lease (``probe_timeout``) runs out
+            (a slot may free sooner, when a probe reports).
     """
 
     if TYPE_CHECKING:

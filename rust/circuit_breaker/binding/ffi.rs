@@ -1,13 +1,14 @@
 //! The circuit breaker's fast paths that `PyO3` cannot express; the one
-//! module of the crate allowed `unsafe` code.
+//! module of the breaker allowed `unsafe` code. It imports nothing from its
+//! parent (the binding): the class it serves implements [`FastCall`].
 //!
 //! `call(func, /, *args, **kwargs)` as a real `METH_FASTCALL | METH_KEYWORDS`
 //! method. `PyO3` gives a method with `**kwargs` the tuple/dict convention,
 //! so `breaker.call(f)` paid for an argument tuple and its parsing (about
 //! 45 ns, more than the breaker itself). Here the arguments after `func` go
 //! to `func` as they came, through `PyObject_Vectorcall`, without a copy.
-//! The method is installed on `CircuitBreakerCore` at module init, so the
-//! Python subclass inherits it.
+//! The method is installed on the class (`CircuitBreakerCore`) at module
+//! init, so the Python subclass inherits it.
 //!
 //! `context_get`/`context_set`: the `with` statement's lease stack lives in a
 //! `ContextVar`; the C API reads and sets it without two method calls.
@@ -22,7 +23,41 @@
 use pyo3::exceptions::{PyBaseException, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::{PyString, PyType};
+use pyo3::PyClass;
+
+/// What the fast `call` needs of the class it is installed on: admit, then
+/// record how the call ended. The binding implements it for
+/// `CircuitBreakerCore`.
+// The abi3 build keeps PyO3's `call` and never calls these.
+#[cfg_attr(feature = "abi3", allow(dead_code))]
+pub trait FastCall: PyClass<Frozen = True> + Sync {
+    /// The right to run one call, from [`FastCall::try_admit`].
+    type Permit;
+
+    /// Admits a call, or returns the (not yet raised) error that rejects it.
+    fn try_admit<'py>(
+        &self,
+        breaker: &Bound<'py, Self>,
+    ) -> PyResult<Result<Self::Permit, Bound<'py, PyBaseException>>>;
+
+    /// Records an exception that the caller re-raises.
+    fn record_error(
+        &self,
+        breaker: &Bound<'_, Self>,
+        permit: Self::Permit,
+        error: &PyErr,
+    ) -> PyResult<()>;
+
+    /// Records a returned value.
+    fn record_value(
+        &self,
+        breaker: &Bound<'_, Self>,
+        permit: Self::Permit,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()>;
+}
 
 /// Sets `error` as the raised exception as a Python `raise error` would: its
 /// `__context__` becomes the exception being handled, if any (`PyErr_SetObject`
@@ -58,8 +93,7 @@ pub use fallback::{context_get, context_set, install};
 
 #[cfg(not(feature = "abi3"))]
 mod fast {
-    use super::set_raised;
-    use crate::circuit_breaker::CircuitBreakerCore;
+    use super::{set_raised, FastCall};
     use pyo3::exceptions::PyTypeError;
     use pyo3::panic::PanicException;
     use pyo3::prelude::*;
@@ -70,15 +104,15 @@ mod fast {
     const CALL_DOC: &std::ffi::CStr = c"call($self, func, /, *args, **kwargs)\n--\n\n\
         Calls `func(*args, **kwargs)` through the breaker.";
 
-    /// Installs the fast `call` on `CircuitBreakerCore` (once, at module init).
-    pub fn install(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    /// Installs the fast `call` on `T` (once, at module init).
+    pub fn install<T: FastCall>(module: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = module.py();
-        let ty = py.get_type::<CircuitBreakerCore>();
+        let ty = py.get_type::<T>();
         // The definition must outlive the type; it is made once per process.
         let def = Box::leak(Box::new(ffi::PyMethodDef {
             ml_name: c"call".as_ptr(),
             ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: call_trampoline,
+                PyCFunctionFastWithKeywords: call_trampoline::<T>,
             },
             ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
             ml_doc: CALL_DOC.as_ptr(),
@@ -98,7 +132,7 @@ mod fast {
     /// `CircuitBreakerCore.call` under the `METH_FASTCALL | METH_KEYWORDS`
     /// convention: `args[..nargs]` are positional, then one value per name of
     /// `kwnames`. No panic crosses this boundary.
-    unsafe extern "C" fn call_trampoline(
+    unsafe extern "C" fn call_trampoline<T: FastCall>(
         slf: *mut ffi::PyObject,
         args: *const *mut ffi::PyObject,
         nargs: ffi::Py_ssize_t,
@@ -108,7 +142,7 @@ mod fast {
         let py = unsafe { Python::assume_attached() };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: the arguments are those CPython passes to this convention.
-            unsafe { call_body(py, slf, args, nargs, kwnames) }
+            unsafe { call_body::<T>(py, slf, args, nargs, kwnames) }
         }));
         let error = match outcome {
             Ok(Ok(result)) => return result,
@@ -161,7 +195,7 @@ mod fast {
     /// # Safety
     /// `slf` is a valid object; `args` holds `nargs` valid objects followed by
     /// one per entry of `kwnames` (NULL or a tuple of str), all borrowed.
-    unsafe fn call_body(
+    unsafe fn call_body<T: FastCall>(
         py: Python<'_>,
         slf: *mut ffi::PyObject,
         args: *const *mut ffi::PyObject,
@@ -171,7 +205,7 @@ mod fast {
         // SAFETY: `slf` is a valid borrowed object pointer (see above).
         let slf = unsafe { Bound::ref_from_ptr(py, &slf) };
         // The method descriptor checks the type of `self`; check again anyway (a few ns).
-        let breaker = slf.cast::<CircuitBreakerCore>()?;
+        let breaker = slf.cast::<T>()?;
         if nargs < 1 {
             return Err(PyTypeError::new_err(
                 "CircuitBreakerCore.call() missing 1 required positional argument: 'func'",
@@ -223,7 +257,7 @@ mod fallback {
 
     /// The `abi3` build keeps `PyO3`'s `call`: nothing to install.
     #[allow(clippy::unnecessary_wraps)]
-    pub fn install(_module: &Bound<'_, PyModule>) -> PyResult<()> {
+    pub fn install<T: super::FastCall>(_module: &Bound<'_, PyModule>) -> PyResult<()> {
         Ok(())
     }
 }
