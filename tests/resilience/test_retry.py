@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import shared
 from shared.resilience import (
     BackoffStrategy,
     CircuitBreakerOpenError,
@@ -781,3 +782,23 @@ def test_instant_retries_records_only_the_current_threads_delays() -> None:
     assert delays == [0.25]
     assert slept == [0.5]
     assert len(errors) == 1
+
+
+@pytest.mark.xfail(
+    shared.BACKEND == "rust",
+    reason="the native RetryCore still looks _retry up as a plain attribute",
+    raises=AttributeError,
+    strict=True,
+)
+def test_a_bare_retry_core_says_it_cannot_retry() -> None:
+    """``RetryCore`` is the base of ``Retry``: used alone, a failing call gets a
+    ``TypeError`` saying what is missing, chained to the call's own error."""
+    from shared._backend import core
+
+    def fails() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(TypeError, match=r"needs a subclass that defines _retry") as caught:
+        core.RetryCore().execute(fails)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert core.RetryCore().execute(lambda: 7) == 7  # the success path needs nothing
