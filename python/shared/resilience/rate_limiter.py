@@ -13,7 +13,7 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from shared import _instances, _validation
 from shared._backend import core
@@ -100,12 +100,94 @@ _RATE_LIMIT_ENV = (
 
 _DEFAULT_CONFIG = RateLimitConfig()
 
-# The backend's cores (typed Any: the backend is chosen at import time).
-_CoreTokenBucket: Any = core.TokenBucket
-_CoreRegistry: Any = core.RateLimiterRegistry
+if TYPE_CHECKING:
+    # The cores as users see them. The backend (native or pure Python) is chosen
+    # at import time, so the classes below are declarations for type checkers
+    # only: at run time the bases are the chosen backend's classes.
+    from typing import Self
+
+    from shared._pure.clock import NanosecondClock
+
+    class Reservation:
+        """The ticket of a reservation (``reserve`` returns it, ``cancel_reservation`` takes it)."""
+
+        @property
+        def tokens(self) -> float: ...
+
+    class _BucketAPI:
+        """What every in-process limiter answers (a bucket, or a registry's handle)."""
+
+        def try_acquire(self, tokens: float = 1.0) -> bool: ...
+        def reserve(
+            self, tokens: float = 1.0, timeout: float | None = None
+        ) -> tuple[float, Reservation]: ...
+        def cancel_reservation(self, tokens: float, ticket: Reservation) -> bool: ...
+        def retry_after(self, tokens: float = 1.0) -> float: ...
+        @property
+        def available_tokens(self) -> float: ...
+        def reset(self) -> None: ...
+        @property
+        def config(self) -> RateLimitConfig: ...
+        @property
+        def clock(self) -> NanosecondClock | None: ...
+
+    class _CoreTokenBucket(_BucketAPI):
+        def __new__(
+            cls, config: RateLimitConfig, *, clock: NanosecondClock | None = None
+        ) -> Self: ...
+        def counters(self) -> dict[str, int]: ...
+
+    class KeyedLimiter(_BucketAPI):
+        """The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
+
+        def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None: ...
+        def acquire_async(
+            self, tokens: float = 1.0, timeout: float | None = None
+        ) -> Awaitable[None]: ...
+        @property
+        def key(self) -> str: ...
+        @property
+        def registry(self) -> RateLimiterRegistry: ...
+        def __eq__(self, other: object) -> bool: ...
+        def __hash__(self) -> int: ...
+
+    class _CoreRegistry:
+        def __new__(
+            cls,
+            default_config: RateLimitConfig = ...,
+            *,
+            max_keys: int = 1_000_000,
+            idle_ttl: float = 60.0,
+            clock: NanosecondClock | None = None,
+            on_full: str = "evict",
+        ) -> Self: ...
+        def get_limiter(self, key: str) -> KeyedLimiter: ...
+        def set_limiter(self, key: str, config: RateLimitConfig) -> KeyedLimiter: ...
+        def remove_limiter(self, key: str) -> bool: ...
+        def reset_all(self) -> None: ...
+        def try_acquire(self, key: str, tokens: float = 1.0) -> bool: ...
+        def decision_counts(self) -> tuple[int, int]: ...
+        def counters(self) -> dict[str, int]: ...
+        def __len__(self) -> int: ...
+        def __contains__(self, key: object) -> bool: ...
+        @property
+        def on_full(self) -> str: ...
+        @property
+        def default_config(self) -> RateLimitConfig: ...
+        @property
+        def max_keys(self) -> int: ...
+        @property
+        def idle_ttl(self) -> float: ...
+        @property
+        def clock(self) -> NanosecondClock | None: ...
+
+else:
+    _CoreTokenBucket = core.TokenBucket
+    _CoreRegistry = core.RateLimiterRegistry
+    KeyedLimiter = core.KeyedLimiter
 
 
-class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
+class TokenBucket(_CoreTokenBucket):
     """A token bucket: at most ``burst_size`` tokens, refilled continuously at
     ``tokens_per_second``, shared safely by threads and tasks.
 
@@ -168,7 +250,7 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
         return f"TokenBucket({self.config!r})"
 
 
-class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
+class RateLimiterRegistry(_CoreRegistry):
     """One token bucket per key (a user, an API key, ...), kept in native memory.
 
     Args:
@@ -251,18 +333,6 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         self.name = _limiter_name(name, "rate_limiter_registry")
         _instances.rate_limiter_registries.add(self)
 
-    if TYPE_CHECKING:  # the core's methods, typed for users (no wrapper at run time)
-
-        def try_acquire(self, key: str, tokens: float = 1.0) -> bool:
-            """Takes ``tokens`` from ``key``'s bucket if they are there now; never waits."""
-
-        def decision_counts(self) -> tuple[int, int]:
-            """``(granted, rejected)`` over all keys since the registry was created."""
-
-        @property
-        def on_full(self) -> str:
-            """``"evict"`` or ``"reject"``: what a full registry does with a new key."""
-
     def acquire(self, key: str, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Blocks until ``tokens`` of ``key``'s bucket are granted (see ``TokenBucket.acquire``)."""
         _acquire(self.get_limiter(key), tokens, timeout)
@@ -294,9 +364,6 @@ def _limiter_name(name: object, default: str) -> str:
     return name
 
 
-KeyedLimiter = core.KeyedLimiter
-"""The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
-
 # -- waiting: in the leaf module ``_waiting``; the native ``KeyedLimiter``
 # looks ``_acquire`` and ``_acquire_async`` up here (re-exported). ------------
 
@@ -305,8 +372,31 @@ KeyedLimiter = core.KeyedLimiter
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+@overload
+def rate_limited(limiter: _F, /) -> _F: ...
+
+
+@overload
 def rate_limited(
-    limiter: TokenBucket | RateLimiterRegistry | RateLimitConfig | Any | None = None,
+    limiter: TokenBucket | KeyedLimiter | RateLimitConfig | None = None,
+    *,
+    tokens: float = 1.0,
+    timeout: float | None = None,
+) -> Callable[[_F], _F]: ...
+
+
+@overload
+def rate_limited(
+    limiter: RateLimiterRegistry,
+    *,
+    tokens: float = 1.0,
+    timeout: float | None = None,
+    key: Callable[..., str],
+) -> Callable[[_F], _F]: ...
+
+
+def rate_limited(
+    limiter: Any = None,
     *,
     tokens: float = 1.0,
     timeout: float | None = None,
