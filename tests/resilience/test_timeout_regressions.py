@@ -366,7 +366,8 @@ def test_pessimistic_returns_on_time_while_the_call_blocks_in_c() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=r"0\.1 seconds"):
         blocking()
-    assert time.monotonic() - started < 0.5
+    # the call blocks for 5 s: the bound leaves room for a loaded 2-core host
+    assert time.monotonic() - started < 2.0
     assert seen == ["abc"]  # the caller's contextvars reached the call
     release.set()
     assert finished.wait(5.0)
