@@ -376,7 +376,8 @@ def interrupted_in_cleanup(kind: str, *, nested: bool = False) -> list[str]:
             events.append("block finished")
     except TimeoutError as exc:
         events.append(f"{type(exc).__name__}: {exc}")
-    assert time.monotonic() - started < 1.0, events
+    # the block spins for 2 s: the bound leaves room for a loaded 2-core host
+    assert time.monotonic() - started < 1.6, events
     return events
 
 
