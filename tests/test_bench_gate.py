@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ROOT / "benches"
 GATE_PATH = BENCHES / "gate.py"

@@ -19,6 +19,10 @@ from shared.resilience import (
 )
 from shared.testing import ManualClock
 
+# Parsing the environment builds plain config objects, the same on both
+# backends; test_configs_from_env_drive_the_cores runs the cores on both.
+ONCE = pytest.mark.backend_independent
+
 # The document's "Environment Variables" block, verbatim.
 DOCUMENT_ENV = {
     "ENVIRONMENT": "production",
@@ -34,6 +38,7 @@ DOCUMENT_ENV = {
 }
 
 
+@ONCE
 def test_the_documents_block_configures_everything() -> None:
     """Every variable of the document's block lands in its field."""
     breaker = CircuitBreakerConfig.from_env(DOCUMENT_ENV)
@@ -72,6 +77,7 @@ def test_configs_from_env_drive_the_cores() -> None:
     assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
 
 
+@ONCE
 def test_unset_and_blank_variables_keep_the_given_defaults() -> None:
     """Keywords are the defaults; a blank variable counts as unset; set ones win."""
     config = CircuitBreakerConfig.from_env(
@@ -87,6 +93,7 @@ def test_unset_and_blank_variables_keep_the_given_defaults() -> None:
     assert ServiceSettings.from_env({}) == ServiceSettings()
 
 
+@ONCE
 def test_prefix_selects_a_services_own_variables() -> None:
     """``prefix`` reads ``PREFIX_NAME`` and ignores the bare name."""
     env = {"CIRCUIT_BREAKER_TIMEOUT": "9", "PAYMENTS_CIRCUIT_BREAKER_TIMEOUT": "2"}
@@ -117,12 +124,14 @@ def test_probe_timeout_from_env_leases_the_probe_slots() -> None:
     assert breaker.call(lambda: "new probe") == "new probe"
 
 
+@ONCE
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a mapping, the process environment is read."""
     monkeypatch.setenv("RATE_LIMIT_REQUESTS_PER_SECOND", "42")
     assert RateLimitConfig.from_env().tokens_per_second == 42.0
 
 
+@ONCE
 @pytest.mark.parametrize(
     ("factory", "variable", "value", "reason"),
     [
@@ -161,6 +170,7 @@ def test_a_bad_value_names_the_variable(
     assert reason in str(info.value)
 
 
+@ONCE
 def test_a_cross_field_error_names_the_variable_at_fault() -> None:
     """initial tokens above the burst blame RATE_LIMIT_INITIAL_TOKENS, not the burst."""
     with pytest.raises(EnvConfigError) as info:
@@ -168,6 +178,7 @@ def test_a_cross_field_error_names_the_variable_at_fault() -> None:
     assert info.value.variable == "RATE_LIMIT_INITIAL_TOKENS"
 
 
+@ONCE
 def test_a_bad_keyword_is_the_callers_error_not_the_environments() -> None:
     """A bad default given in code raises the config's own error, not EnvConfigError."""
     with pytest.raises(ValueError, match="failure_threshold") as info:
@@ -177,6 +188,7 @@ def test_a_bad_keyword_is_the_callers_error_not_the_environments() -> None:
         CircuitBreakerConfig.from_env({}, no_such_field=1)
 
 
+@ONCE
 def test_retry_config_from_env() -> None:
     """Retry's variables: attempts, delays, strategy and jitter in either spelling."""
     config = RetryConfig.from_env(
@@ -199,6 +211,7 @@ def test_retry_config_from_env() -> None:
     assert RetryConfig.from_env({"RETRY_JITTER": "off"}).jitter is False
 
 
+@ONCE
 def test_otlp_endpoint_prefers_the_standard_variable() -> None:
     """OTEL_EXPORTER_OTLP_ENDPOINT wins over the document's JAEGER_ENDPOINT."""
     env = {

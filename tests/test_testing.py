@@ -10,6 +10,8 @@ import pytest
 
 from shared.testing import ManualClock
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_starts_where_told_and_moves_only_when_told() -> None:
     """The reading is the start value until advanced, in ns and in seconds."""

@@ -1,4 +1,4 @@
-"""shared: resilience and observability patterns on lock-free Rust cores.
+"""shared: resilience and observability patterns on Rust cores.
 
 Import the patterns from their packages: ``shared.resilience``,
 ``shared.health``, ``shared.lifecycle`` and ``shared.observability``.
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import _backend
+from shared import _backend, _version
 
 __all__ = ["BACKEND", "__version__", "backend_info"]
 
 BACKEND: str = _backend.BACKEND
-__version__: str = _backend.core.__version__
+__version__: str = _version.VERSION
 
 
 def backend_info() -> dict[str, Any]:

@@ -185,21 +185,22 @@ def test_non_critical_failure_degrades_instead_of_failing() -> None:
 
 
 def test_checks_run_concurrently() -> None:
-    """Three 0.3 s checks (two sync, one async) answer in about 0.3 s, not 0.9 s."""
+    """Three 0.5 s checks (two sync, one async) answer in about 0.5 s, not 1.5 s."""
 
     async def slow_async() -> bool:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
         return True
 
     health = HealthCheck()
-    health.add_check("a", lambda: time.sleep(0.3) or True, timeout=2)
-    health.add_check("b", lambda: time.sleep(0.3) or True, timeout=2)
+    health.add_check("a", lambda: time.sleep(0.5) or True, timeout=2)
+    health.add_check("b", lambda: time.sleep(0.5) or True, timeout=2)
     health.add_check("c", slow_async, timeout=2)
     started = time.monotonic()
     report = health.report()
     elapsed = time.monotonic() - started
     assert report.status is HealthStatus.HEALTHY
-    assert 0.29 <= elapsed < 0.8
+    # sequential would be 1.5 s; the rest of the margin is for a loaded 2-core host
+    assert 0.49 <= elapsed < 1.3
 
 
 def test_results_are_cached_for_the_ttl() -> None:
@@ -228,18 +229,19 @@ def test_a_hanging_check_times_out_and_never_starts_twice() -> None:
         return True
 
     health = HealthCheck(cache_ttl=0.05)
-    health.add_check("hang", hang, timeout=0.3)
+    health.add_check("hang", hang, timeout=0.6)
     try:
         started = time.monotonic()
         report = health.report("readiness")
-        assert 0.29 <= time.monotonic() - started < 1.0
+        assert 0.59 <= time.monotonic() - started < 2.0
         assert report.status is HealthStatus.UNHEALTHY
-        assert report.checks["hang"].output == "timed out after 0.3 s"
+        assert report.checks["hang"].output == "timed out after 0.6 s"
         time.sleep(0.1)
         for _ in range(5):
             started = time.monotonic()
             assert health.readiness() is HealthStatus.UNHEALTHY
-            assert time.monotonic() - started < 0.2  # not its 0.3 s timeout again
+            # not its 0.6 s timeout again (the margin is for a loaded 2-core host)
+            assert time.monotonic() - started < 0.5
         threads = [t for t in threading.enumerate() if t.name == "shared-health-check:hang"]
         assert len(threads) == 1
         assert len(calls) == 1
@@ -301,7 +303,7 @@ def test_a_raising_subclass_method_is_unhealthy_with_an_entry() -> None:
             raise RuntimeError("boom")
 
         def liveness(self) -> HealthStatus:
-            time.sleep(0.5)
+            time.sleep(2.0)  # far beyond probe_timeout: the bound below has room
             return HealthStatus.HEALTHY
 
     health = Broken()
@@ -310,7 +312,7 @@ def test_a_raising_subclass_method_is_unhealthy_with_an_entry() -> None:
     assert ready.checks["readiness"].output == "raised RuntimeError"
     started = time.monotonic()
     live = asyncio.run(health.evaluate("liveness"))
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.5
     assert live.checks["liveness"].output == "timed out after 0.1 s"
 
 

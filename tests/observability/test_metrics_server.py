@@ -199,7 +199,9 @@ def test_connections_beyond_the_limit_are_closed_at_once(server: MetricsServer) 
             started = time.monotonic()
             with contextlib.suppress(ConnectionResetError):
                 assert extra.recv(1) == b""
-            assert time.monotonic() - started < 0.25  # before any header_timeout
+            # A close for header_timeout (0.3 s) would send a 408 first: recv() giving
+            # b"" already tells the two apart, so the bound leaves room for a loaded host.
+            assert time.monotonic() - started < 2.0
     finally:
         for sock in idle:
             sock.close()

@@ -6,10 +6,15 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.testing import ManualClock
+
+# The Rust core and its twin side by side in every run: the backend the run
+# selected plays no part.
+pytestmark = pytest.mark.backend_independent
 
 STRATEGIES = ("exponential", "linear", "constant")
 JITTERS = ("none", "equal", "full", "decorrelated")
@@ -21,6 +26,7 @@ attempts = st.one_of(
     st.integers(1, U64),
     st.sampled_from([1, 1023, 1024, 1025, 2**53, 2**53 + 1, U64]),
 )
+
 delays = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
 
 

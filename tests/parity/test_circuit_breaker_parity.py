@@ -31,6 +31,10 @@ from hypothesis.stateful import (
 
 from shared.testing import ManualClock
 
+# The Rust core and its twin side by side in every run: the backend the run
+# selected plays no part.
+pytestmark = pytest.mark.backend_independent
+
 OUTCOMES = [
     "success",
     "expected",

@@ -15,6 +15,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from shared.resilience import RateLimitConfig, RateLimitExceeded
 from shared.testing import ManualClock
 
+# The Rust core and its twin side by side in every run: the backend the run
+# selected plays no part.
+pytestmark = pytest.mark.backend_independent
+
 configs = st.builds(
     RateLimitConfig,
     tokens_per_second=st.one_of(
@@ -23,6 +27,7 @@ configs = st.builds(
     ),
     burst_size=st.one_of(st.none(), st.floats(min_value=1.0, max_value=1e4)),
 )
+
 # Bad values of every kind: wrong types, bools, ints too large for a float, out of range.
 bad_numbers = st.sampled_from(["5", b"1", True, False, [], 2**1024, -(2**1024), object()])
 tokens = st.one_of(

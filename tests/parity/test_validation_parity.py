@@ -22,6 +22,10 @@ from hypothesis import strategies as st
 from shared.resilience import CircuitBreakerConfig, RateLimitConfig, RetryConfig
 from shared.testing import ManualClock
 
+# The Rust core and its twin side by side in every run: the backend the run
+# selected plays no part.
+pytestmark = pytest.mark.backend_independent
+
 bad_values = st.one_of(
     st.sampled_from(
         [

@@ -685,3 +685,24 @@ def test_waiters_on_other_event_loops_are_served_in_turn() -> None:
     for t in threads:
         t.join(timeout=10)
     assert sorted(done) == [0, 1, 2, 3]
+
+
+def test_the_waiting_helpers_live_in_a_leaf_module() -> None:
+    """The waits the native ``KeyedLimiter`` calls import no limiter module (no
+    cycle); ``rate_limiter`` re-exports the names the native module looks up."""
+    import ast
+    import inspect
+
+    from shared.resilience import _waiting, rate_limiter
+
+    tree = ast.parse(inspect.getsource(_waiting))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    ours = {name for name in imported if name and name.split(".")[0] == "shared"}
+    assert ours == {"shared", "shared.observability", "shared.resilience.exceptions"}
+    assert rate_limiter._acquire is _waiting._acquire
+    assert rate_limiter._acquire_async is _waiting._acquire_async

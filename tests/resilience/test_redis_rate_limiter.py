@@ -38,6 +38,10 @@ from shared.resilience import (
 
 PORT = 6379
 
+# Redis I/O only: the in-process TokenBucket of the ``local`` policy (the one
+# part that depends on the backend) is tested in test_redis_rate_limiter_server.py.
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture
 def prefix() -> str:
@@ -138,7 +142,8 @@ def test_acquire_waits_for_the_tokens(client: redis.Redis, prefix: str) -> None:
     assert limiter.try_acquire()
     started = time.perf_counter()
     limiter.acquire(timeout=1.0)
-    assert 0.03 <= time.perf_counter() - started < 0.5
+    # waits 0.05 s; the upper bound leaves room for a loaded 2-core host
+    assert 0.03 <= time.perf_counter() - started < 0.9
     assert not limiter.try_acquire()
     limiter.acquire(timeout=math.inf)  # no limit, like None
 
@@ -153,7 +158,8 @@ def test_acquire_raises_at_once_when_the_wait_exceeds_the_timeout(
     started = time.perf_counter()
     with pytest.raises(RateLimitExceeded) as caught:
         limiter.acquire(timeout=0.1)
-    assert time.perf_counter() - started < 0.3
+    # "at once": far below the 1 s a wait would take, with room for a loaded host
+    assert time.perf_counter() - started < 0.7
     assert 0.7 < caught.value.retry_after <= 1.0
     assert 0.7 < limiter.retry_after() <= 1.0  # nothing was reserved
     with pytest.raises(RateLimitExceeded):
@@ -353,7 +359,8 @@ async def test_async_acquire_waits(aclient: redis.asyncio.Redis, prefix: str) ->
     assert await limiter.try_acquire()
     started = time.perf_counter()
     await limiter.acquire_async(timeout=1.0)
-    assert 0.03 <= time.perf_counter() - started < 0.5
+    # waits 0.05 s; the upper bound leaves room for a loaded 2-core host
+    assert 0.03 <= time.perf_counter() - started < 0.9
 
 
 async def test_async_waiters_are_served_in_order(aclient: redis.asyncio.Redis, prefix: str) -> None:
@@ -377,7 +384,7 @@ async def test_async_waiters_are_served_in_order(aclient: redis.asyncio.Redis, p
         waiters.append(asyncio.ensure_future(waiter(index)))
     await asyncio.wait_for(asyncio.gather(*waiters), timeout=2.0)
     assert finished == [0, 1, 2]
-    assert 0.25 <= time.perf_counter() - started < 1.0
+    assert 0.25 <= time.perf_counter() - started < 1.8  # room for a loaded host
 
 
 async def test_cancelled_waiter_consumes_nothing(aclient: redis.asyncio.Redis, prefix: str) -> None:
@@ -531,8 +538,6 @@ def test_a_foreign_state_is_never_trusted(client: redis.Redis, prefix: str, stat
     opened = RedisTokenBucket(config, client, "k", key_prefix=prefix, on_unavailable="fail_open")
     assert opened.try_acquire() is True
     assert opened.available_tokens == 2.0
-    local = RedisTokenBucket(config, client, "k", key_prefix=prefix, on_unavailable="local")
-    assert [local.try_acquire() for _ in range(3)] == [True, True, False]
     closed.reset()  # deletes limiter states only
     RedisRateLimiterRegistry(config, client, key_prefix=prefix).remove_limiter("k")
     # Nothing was overwritten or deleted, and the server is still considered reachable.

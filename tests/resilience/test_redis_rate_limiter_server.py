@@ -41,6 +41,16 @@ from shared.resilience import (
 BOUNDED_SECONDS = 10.0
 
 
+# Only Redis I/O and the failure policy, the same on both backends; the
+# ``local`` policy, which answers with the in-process TokenBucket, runs on both.
+ONCE = pytest.mark.backend_independent
+POLICIES = [
+    pytest.param("fail_closed", marks=ONCE),
+    pytest.param("fail_open", marks=ONCE),
+    "local",
+]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -161,6 +171,7 @@ class CountingConnection(redis.Connection):
 # --- one round trip ---------------------------------------------------------------
 
 
+@ONCE
 def test_one_round_trip_per_operation(server: PrivateRedis) -> None:
     """Every acquire, try_acquire and read is exactly one EVALSHA, nothing else."""
     pool = redis.ConnectionPool(
@@ -183,6 +194,7 @@ def test_one_round_trip_per_operation(server: PrivateRedis) -> None:
     client.close()
 
 
+@ONCE
 async def test_one_round_trip_per_async_operation(server: PrivateRedis) -> None:
     """The asyncio bucket also sends one EVALSHA per operation."""
     client = _async_client(server)
@@ -199,6 +211,7 @@ async def test_one_round_trip_per_async_operation(server: PrivateRedis) -> None:
     await client.aclose()
 
 
+@ONCE
 def test_survives_a_script_flush(server: PrivateRedis) -> None:
     """After SCRIPT FLUSH (or a restart) the script is loaded again by itself."""
     client = _client(server)
@@ -224,7 +237,7 @@ def _served_by_redis(limiter: RedisTokenBucket, admin: redis.Redis) -> Callable[
     return check
 
 
-@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
+@pytest.mark.parametrize("policy", POLICIES)
 def test_outage_applies_the_policy_and_recovers(server: PrivateRedis, policy: str) -> None:
     """With Redis stopped mid-run the policy decides; when Redis is back, so is the limit.
 
@@ -270,6 +283,7 @@ def test_outage_applies_the_policy_and_recovers(server: PrivateRedis, policy: st
     client.close()
 
 
+@ONCE
 def test_waits_reconnect_interval_before_trying_again(server: PrivateRedis) -> None:
     """After a failure Redis is not tried again before reconnect_interval has passed."""
     client = _client(server)
@@ -305,7 +319,7 @@ async def _async_served_by_redis(
     return bool(await client.exists(limiter.redis_key))
 
 
-@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
+@pytest.mark.parametrize("policy", POLICIES)
 async def test_async_outage_applies_the_policy_and_recovers(
     server: PrivateRedis, policy: str
 ) -> None:
@@ -452,6 +466,7 @@ def test_registry_local_fallback_keeps_per_key_configs(server: PrivateRedis) -> 
     client.close()
 
 
+@ONCE
 def test_unavailable_error_is_clear_and_logged_once(
     server: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -476,4 +491,16 @@ def test_unavailable_error_is_clear_and_logged_once(
     assert len(logged) == 2
     assert "unreachable" in logged[0]
     assert "reachable again" in logged[1]
+    client.close()
+
+
+def test_a_foreign_state_is_answered_by_the_local_bucket(server: PrivateRedis) -> None:
+    """With ``local``, a key holding something the limiter did not write is
+    answered by the in-process bucket (same config, starting full) and left alone."""
+    client = _client(server)
+    config = RateLimitConfig(tokens_per_second=1.0, burst_size=2)
+    local = RedisTokenBucket(config, client, "k", on_unavailable="local")
+    client.set(local.redis_key, "hello world")
+    assert [local.try_acquire() for _ in range(3)] == [True, True, False]
+    assert client.get(local.redis_key) == b"hello world"
     client.close()

@@ -409,7 +409,8 @@ def interrupted_in_cleanup_once(kind: str, *, nested: bool) -> list[str]:
         events.append(f"{type(exc).__name__}: {exc}")
     finally:
         inside[0] = False
-    assert time.monotonic() - started < 1.5, events
+    # the block spins for 2 s: the bound leaves room for a loaded 2-core host
+    assert time.monotonic() - started < 1.6, events
     del referent, victim
     return events
 

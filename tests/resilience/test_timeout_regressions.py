@@ -72,7 +72,8 @@ def test_a_huge_deadline_leaves_the_scheduler_working() -> None:
             spin(2.0)
         return time.monotonic() - started
 
-    assert in_thread(worker) < 1.0
+    # the block spins for 2 s: the bound leaves room for a loaded 2-core host
+    assert in_thread(worker) < 1.6
     assert with_timeout(5.0)(lambda: 3)() == 3
     with pytest.raises(TimeoutError), TimeoutContext(0.05):
         spin(2.0)
@@ -366,7 +367,8 @@ def test_pessimistic_returns_on_time_while_the_call_blocks_in_c() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=r"0\.1 seconds"):
         blocking()
-    assert time.monotonic() - started < 0.5
+    # the call blocks for 5 s: the bound leaves room for a loaded 2-core host
+    assert time.monotonic() - started < 2.0
     assert seen == ["abc"]  # the caller's contextvars reached the call
     release.set()
     assert finished.wait(5.0)

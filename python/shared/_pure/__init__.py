@@ -8,6 +8,7 @@ drive both with the same operations on one ``ManualClock``.
 
 from __future__ import annotations
 
+from shared import _version
 from shared._pure.backoff import Backoff
 from shared._pure.circuit_breaker import CircuitBreakerCore
 from shared._pure.clock import monotonic_ns
@@ -65,6 +66,7 @@ __all__ = [
     "shield_exit",
 ]
 
-__version__ = "0.3.0"
+# The version of the package (the twin has no build of its own to stamp).
+__version__ = _version.VERSION
 BUILD_PROFILE = "python"
 ABI3 = False

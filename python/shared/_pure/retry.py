@@ -159,7 +159,21 @@ class RetryCore:
         self._give_ups = (itertools.count(), itertools.count(), itertools.count())
         return self
 
-    _retry: Callable[..., Any]
+    def _retry(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        exception: BaseException,
+        start_ns: int,
+        /,
+    ) -> Any:
+        """What a subclass overrides; a bare core cannot retry."""
+        raise TypeError(
+            f"{type(self).__name__} does not retry by itself: execute() needs a subclass "
+            "that defines _retry(func, args, kwargs, exception, start_ns) "
+            "(use shared.resilience.Retry)"
+        ) from exception
 
     def begin_call(self, /) -> int:
         """Starts a call outside ``execute`` (async); returns its start time or 0.

@@ -699,13 +699,13 @@ class KeyedLimiter:
 
     def acquire(self, /, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Waits until ``tokens`` are granted (see ``TokenBucket.acquire``)."""
-        from shared.resilience.rate_limiter import _acquire
+        from shared.resilience._waiting import _acquire
 
         _acquire(self, tokens, timeout)
 
     def acquire_async(self, /, tokens: float = 1.0, timeout: float | None = None) -> Any:
         """Awaitable: waits until ``tokens`` are granted (see ``TokenBucket.acquire_async``)."""
-        from shared.resilience.rate_limiter import _acquire_async
+        from shared.resilience._waiting import _acquire_async
 
         return _acquire_async(self, tokens, timeout)
 

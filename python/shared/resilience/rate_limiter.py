@@ -8,22 +8,19 @@ cores (native when the extension is installed) with the waiting layer
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math
-import threading
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from shared import _instances, _validation
 from shared._backend import core
 from shared._env import EnvReader
-from shared.observability import _events
-from shared.resilience.exceptions import RateLimitExceeded
+from shared.resilience._waiting import _acquire as _acquire
+from shared.resilience._waiting import _acquire_async as _acquire_async
+from shared.resilience._waiting import _WaitQueue
 
 __all__ = [
     "KeyedLimiter",
@@ -103,12 +100,94 @@ _RATE_LIMIT_ENV = (
 
 _DEFAULT_CONFIG = RateLimitConfig()
 
-# The backend's cores (typed Any: the backend is chosen at import time).
-_CoreTokenBucket: Any = core.TokenBucket
-_CoreRegistry: Any = core.RateLimiterRegistry
+if TYPE_CHECKING:
+    # The cores as users see them. The backend (native or pure Python) is chosen
+    # at import time, so the classes below are declarations for type checkers
+    # only: at run time the bases are the chosen backend's classes.
+    from typing import Self
+
+    from shared._pure.clock import NanosecondClock
+
+    class Reservation:
+        """The ticket of a reservation (``reserve`` returns it, ``cancel_reservation`` takes it)."""
+
+        @property
+        def tokens(self) -> float: ...
+
+    class _BucketAPI:
+        """What every in-process limiter answers (a bucket, or a registry's handle)."""
+
+        def try_acquire(self, tokens: float = 1.0) -> bool: ...
+        def reserve(
+            self, tokens: float = 1.0, timeout: float | None = None
+        ) -> tuple[float, Reservation]: ...
+        def cancel_reservation(self, tokens: float, ticket: Reservation) -> bool: ...
+        def retry_after(self, tokens: float = 1.0) -> float: ...
+        @property
+        def available_tokens(self) -> float: ...
+        def reset(self) -> None: ...
+        @property
+        def config(self) -> RateLimitConfig: ...
+        @property
+        def clock(self) -> NanosecondClock | None: ...
+
+    class _CoreTokenBucket(_BucketAPI):
+        def __new__(
+            cls, config: RateLimitConfig, *, clock: NanosecondClock | None = None
+        ) -> Self: ...
+        def counters(self) -> dict[str, int]: ...
+
+    class KeyedLimiter(_BucketAPI):
+        """The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
+
+        def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None: ...
+        def acquire_async(
+            self, tokens: float = 1.0, timeout: float | None = None
+        ) -> Awaitable[None]: ...
+        @property
+        def key(self) -> str: ...
+        @property
+        def registry(self) -> RateLimiterRegistry: ...
+        def __eq__(self, other: object) -> bool: ...
+        def __hash__(self) -> int: ...
+
+    class _CoreRegistry:
+        def __new__(
+            cls,
+            default_config: RateLimitConfig = ...,
+            *,
+            max_keys: int = 1_000_000,
+            idle_ttl: float = 60.0,
+            clock: NanosecondClock | None = None,
+            on_full: str = "evict",
+        ) -> Self: ...
+        def get_limiter(self, key: str) -> KeyedLimiter: ...
+        def set_limiter(self, key: str, config: RateLimitConfig) -> KeyedLimiter: ...
+        def remove_limiter(self, key: str) -> bool: ...
+        def reset_all(self) -> None: ...
+        def try_acquire(self, key: str, tokens: float = 1.0) -> bool: ...
+        def decision_counts(self) -> tuple[int, int]: ...
+        def counters(self) -> dict[str, int]: ...
+        def __len__(self) -> int: ...
+        def __contains__(self, key: object) -> bool: ...
+        @property
+        def on_full(self) -> str: ...
+        @property
+        def default_config(self) -> RateLimitConfig: ...
+        @property
+        def max_keys(self) -> int: ...
+        @property
+        def idle_ttl(self) -> float: ...
+        @property
+        def clock(self) -> NanosecondClock | None: ...
+
+else:
+    _CoreTokenBucket = core.TokenBucket
+    _CoreRegistry = core.RateLimiterRegistry
+    KeyedLimiter = core.KeyedLimiter
 
 
-class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
+class TokenBucket(_CoreTokenBucket):
     """A token bucket: at most ``burst_size`` tokens, refilled continuously at
     ``tokens_per_second``, shared safely by threads and tasks.
 
@@ -171,7 +250,7 @@ class TokenBucket(_CoreTokenBucket):  # type: ignore[misc]
         return f"TokenBucket({self.config!r})"
 
 
-class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
+class RateLimiterRegistry(_CoreRegistry):
     """One token bucket per key (a user, an API key, ...), kept in native memory.
 
     Args:
@@ -254,18 +333,6 @@ class RateLimiterRegistry(_CoreRegistry):  # type: ignore[misc]
         self.name = _limiter_name(name, "rate_limiter_registry")
         _instances.rate_limiter_registries.add(self)
 
-    if TYPE_CHECKING:  # the core's methods, typed for users (no wrapper at run time)
-
-        def try_acquire(self, key: str, tokens: float = 1.0) -> bool:
-            """Takes ``tokens`` from ``key``'s bucket if they are there now; never waits."""
-
-        def decision_counts(self) -> tuple[int, int]:
-            """``(granted, rejected)`` over all keys since the registry was created."""
-
-        @property
-        def on_full(self) -> str:
-            """``"evict"`` or ``"reject"``: what a full registry does with a new key."""
-
     def acquire(self, key: str, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Blocks until ``tokens`` of ``key``'s bucket are granted (see ``TokenBucket.acquire``)."""
         _acquire(self.get_limiter(key), tokens, timeout)
@@ -297,159 +364,39 @@ def _limiter_name(name: object, default: str) -> str:
     return name
 
 
-KeyedLimiter = core.KeyedLimiter
-"""The limiter ``RateLimiterRegistry.get_limiter`` returns (the ``TokenBucket`` API)."""
-
-# -- waiting -----------------------------------------------------------------
-
-
-def _now_seconds(limiter: Any) -> float:
-    clock = limiter.clock
-    return time.monotonic() if clock is None else float(clock.now_ns()) / 1e9
-
-
-def _sleep_of(limiter: Any) -> Callable[[float], Any]:
-    sleep = getattr(limiter.clock, "sleep", None)
-    return sleep if callable(sleep) else time.sleep
-
-
-def _sleep_async_of(limiter: Any) -> Callable[[float], Awaitable[Any]]:
-    sleep = getattr(limiter.clock, "sleep_async", None)
-    return sleep if callable(sleep) else asyncio.sleep
-
-
-def _check_timeout(timeout: float | None) -> None:
-    _validation.timeout(timeout)
-
-
-def _acquire(limiter: Any, tokens: float = 1.0, timeout: float | None = None) -> None:
-    """Reserve, then sleep exactly the wait (shared by every limiter type).
-
-    If the sleep is interrupted (KeyboardInterrupt, a timeout raised by a
-    signal), the reservation is withdrawn when nothing was reserved after it.
-    """
-    _check_timeout(timeout)
-    wait, ticket = limiter.reserve(tokens, timeout)
-    if wait > 0.0:
-        if _events.active:
-            _events.rate_limit_wait(wait, tokens)
-        try:
-            _sleep_of(limiter)(wait)
-        except BaseException:
-            limiter.cancel_reservation(tokens, ticket)
-            raise
-
-
-class _Waiter:
-    __slots__ = ("future", "tokens")
-
-    def __init__(self, tokens: float, future: asyncio.Future[None]) -> None:
-        self.tokens = tokens
-        self.future = future
-
-
-def _give_turn(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class _WaitQueue:
-    """FIFO queues of async waiters, one per key (``None`` for a lone bucket)."""
-
-    __slots__ = ("_lock", "_queues")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queues: dict[Any, deque[_Waiter]] = {}
-
-    def busy(self, key: Any) -> bool:
-        return key in self._queues
-
-    def join(self, key: Any, waiter: _Waiter) -> float:
-        """Queues ``waiter``; the tokens queued ahead of it (0.0: it is the head)."""
-        with self._lock:
-            queue = self._queues.setdefault(key, deque())
-            ahead = sum(w.tokens for w in queue)
-            queue.append(waiter)
-            return ahead
-
-    def leave(self, key: Any, waiter: _Waiter) -> None:
-        """Removes ``waiter``; if it was the head, the next waiter's turn begins."""
-        while True:
-            with self._lock:
-                queue = self._queues[key]
-                was_head = queue[0] is waiter
-                queue.remove(waiter)
-                following = queue[0] if was_head and queue else None
-                if not queue:
-                    del self._queues[key]
-            if following is None:
-                return
-            try:
-                following.future.get_loop().call_soon_threadsafe(_give_turn, following.future)
-                return
-            except RuntimeError:  # its event loop is closed: it will never run; skip it
-                waiter = following
-
-
-def _queue_of(limiter: Any) -> tuple[_WaitQueue, Any]:
-    waiters = getattr(limiter, "_waiters", None)
-    if isinstance(waiters, _WaitQueue):
-        return waiters, None
-    waiters = getattr(limiter.registry, "_waiters", None)
-    if isinstance(waiters, _WaitQueue):
-        return waiters, limiter.key
-    raise TypeError("acquire_async needs a shared.resilience TokenBucket or RateLimiterRegistry")
-
-
-async def _acquire_async(limiter: Any, tokens: float = 1.0, timeout: float | None = None) -> None:
-    """FIFO async wait: only the head sleeps, and nothing is reserved while waiting,
-    so a cancelled or timed-out waiter consumes nothing."""
-    _check_timeout(timeout)
-    queues, key = _queue_of(limiter)
-    if not queues.busy(key) and limiter.try_acquire(tokens):
-        return
-    retry_after = limiter.retry_after(tokens)  # validates tokens
-    waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
-    ahead = queues.join(key, waiter)
-    try:
-        start = _now_seconds(limiter)
-        estimate = retry_after + ahead / limiter.config.tokens_per_second
-        if timeout is not None and estimate > timeout:
-            raise RateLimitExceeded(estimate)
-        deadline = None if timeout is None else start + timeout
-        if _events.active:
-            _events.rate_limit_wait(estimate, tokens)
-        if ahead:
-            await _wait_for_turn(limiter, waiter, deadline)
-        sleep = _sleep_async_of(limiter)
-        while not limiter.try_acquire(tokens):
-            wait = limiter.retry_after(tokens)
-            if deadline is not None and _now_seconds(limiter) + wait > deadline:
-                raise RateLimitExceeded(wait)
-            await sleep(wait)
-    finally:
-        queues.leave(key, waiter)
-
-
-async def _wait_for_turn(limiter: Any, waiter: _Waiter, deadline: float | None) -> None:
-    if deadline is None:
-        await waiter.future
-        return
-    remaining = max(0.0, deadline - _now_seconds(limiter))
-    try:
-        await asyncio.wait_for(waiter.future, remaining)
-    except TimeoutError:
-        raise RateLimitExceeded(limiter.retry_after(waiter.tokens)) from None
-
+# -- waiting: in the leaf module ``_waiting``; the native ``KeyedLimiter``
+# looks ``_acquire`` and ``_acquire_async`` up here (re-exported). ------------
 
 # -- decorator ---------------------------------------------------------------
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+@overload
+def rate_limited(limiter: _F, /) -> _F: ...
+
+
+@overload
 def rate_limited(
-    limiter: TokenBucket | RateLimiterRegistry | RateLimitConfig | Any | None = None,
+    limiter: TokenBucket | KeyedLimiter | RateLimitConfig | None = None,
+    *,
+    tokens: float = 1.0,
+    timeout: float | None = None,
+) -> Callable[[_F], _F]: ...
+
+
+@overload
+def rate_limited(
+    limiter: RateLimiterRegistry,
+    *,
+    tokens: float = 1.0,
+    timeout: float | None = None,
+    key: Callable[..., str],
+) -> Callable[[_F], _F]: ...
+
+
+def rate_limited(
+    limiter: Any = None,
     *,
     tokens: float = 1.0,
     timeout: float | None = None,
@@ -474,7 +421,7 @@ def rate_limited(
     ):
         return rate_limited()(limiter)
     _validation.positive_finite("tokens", tokens, math.inf)
-    _check_timeout(timeout)
+    _validation.timeout(timeout)
     source: Any
     if limiter is None:
         source = TokenBucket(_DEFAULT_CONFIG)

@@ -30,15 +30,29 @@ import builtins
 import contextlib
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from shared import _instances, _validation
-from shared.resilience.exceptions import RateLimiterUnavailableError, RateLimitExceeded
+from shared import _instances
+from shared.resilience._redis_gcra import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_KEY_PREFIX,
+    GCRA_SCRIPT,
+    KEY_MARKER,
+    RESET_SCRIPT,
+    BucketMath,
+    FailurePolicy,
+    ForeignStateError,
+    Reply,
+    check_key,
+    glob_escape,
+    max_wait_us,
+    round_trip_limit,
+    server_name,
+)
+from shared.resilience.exceptions import RateLimiterUnavailableError
 from shared.resilience.rate_limiter import (
     RateLimitConfig,
     RateLimiterRegistry,
@@ -54,119 +68,13 @@ __all__ = [
     "RedisTokenBucket",
 ]
 
-DEFAULT_KEY_PREFIX = "shared:ratelimit:"
-POLICIES = ("fail_closed", "fail_open", "local")
-
 logger = logging.getLogger(__name__)
 
 # The ``limiter`` label of the in-process limiters the ``local`` policy falls back
 # to while Redis is unreachable (their decisions are in the metrics under it).
 LOCAL_FALLBACK_NAME = "redis_local_fallback"
 
-# KEYS[1]: the bucket. ARGV: mode ("acquire" | "peek" | "refund"), then in
-# microseconds: tolerance (burst_size / rate), cost (tokens / rate), the debt of
-# a bucket that does not exist yet ((burst_size - initial_tokens) / rate), and
-# the longest wait the caller accepts (negative: any).
-# The state is "<seconds> <microseconds> <debt>": the TIME of the write and
-# debt = TAT - that time. Keeping the absolute time in integers and the debt
-# small keeps the arithmetic exact to far below a microsecond (an absolute TAT
-# in one double would round to 0.25 us at every write).
-# A state the script did not write (another type, or a string it cannot parse
-# into a finite debt below MAX_DEBT_US) is never trusted: the reply is
-# "E <what was found>" and the key is left alone.
-# Returns "<granted> <wait_us> <debt_us>" as one string: cheaper to parse than
-# an array, and Redis would truncate Lua numbers to integers.
-# Needs Redis >= 5 (effects replication, so TIME may precede a write).
-# The state a script trusts: "<seconds> <microseconds> <debt>" with integer
-# seconds and microseconds (< 1e6), a finite debt in [0, MAX_DEBT_US], and a
-# debt at `time` (Redis TIME) of at most MAX_DEBT_US (not written far in the
-# future). Returns the debt at `time` (>= 0), or nil and what was found.
-_TRUSTED_STATE = """
-local MAX_DEBT_US = 4e15
-local function debt_of(key, time)
-  local state = redis.pcall('GET', key)
-  if type(state) == 'table' and state.err then
-    return nil, 'holds a Redis ' .. redis.call('TYPE', key).ok .. ', not a rate-limiter state'
-  end
-  if not state then return false end
-  local seconds, micros, written = string.match(state, '^(%d+) (%d+) (%S+)$')
-  seconds, micros, written = tonumber(seconds), tonumber(micros), tonumber(written)
-  if not (seconds and micros and written) or micros >= 1000000
-      or not (written >= 0 and written <= MAX_DEBT_US) then
-    return nil, 'holds ' .. string.format('%q', string.sub(state, 1, 40)) ..
-      ', not a rate-limiter state'
-  end
-  local debt = (seconds - time[1]) * 1000000 + (micros - time[2]) + written
-  if not (debt <= MAX_DEBT_US) then
-    return nil, 'holds a state written in the future (' .. seconds .. ' s)'
-  end
-  return math.max(0, debt)
-end
-"""
 
-GCRA_SCRIPT = (
-    _TRUSTED_STATE
-    + """
-local key, mode = KEYS[1], ARGV[1]
-local tolerance, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
-local initial_debt, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
-
-local time = redis.call('TIME')
-local debt, found = debt_of(key, time)
-if debt == nil then return 'E ' .. found end
-if debt == false then debt = initial_debt end
-
-local granted, wait = 0, 0
-if mode == 'refund' then
-  debt = math.max(0, debt - cost)
-else
-  wait = debt + cost - tolerance
-  -- summed float costs may overshoot the tolerance by a rounding error
-  if wait <= tolerance * 1e-9 then wait = 0 end
-  if mode == 'peek' or (max_wait >= 0 and wait > max_wait) then
-    return '0 ' .. wait .. ' ' .. debt
-  end
-  granted = 1
-  debt = debt + cost
-end
-
-if debt > 0 then
-  -- expires when the bucket would be full again
-  redis.call('SET', key, time[1] .. ' ' .. time[2] .. ' ' .. debt, 'PX', math.ceil(debt / 1000))
-else
-  redis.call('DEL', key)
-end
-return granted .. ' ' .. wait .. ' ' .. debt
-"""
-)
-
-# KEYS: candidate keys under this registry's namespace. Deletes only those that
-# hold a state GCRA_SCRIPT would trust, so a key another application put there
-# survives. Returns how many it deleted.
-RESET_SCRIPT = (
-    _TRUSTED_STATE
-    + """
-local time = redis.call('TIME')
-local deleted = 0
-for _, key in ipairs(KEYS) do
-  if debt_of(key, time) then
-    deleted = deleted + redis.call('DEL', key)
-  end
-end
-return deleted
-"""
-)
-
-# Every key a limiter writes is key_prefix + KEY_MARKER + key, and reset_all
-# scans for exactly key_prefix + KEY_MARKER + "*": keys of other applications
-# under the same prefix are never matched.
-KEY_MARKER = "gcra:"
-
-# The longest a Redis round trip of an async limiter may take by default
-# (``command_timeout``), after which the failure policy applies.
-DEFAULT_COMMAND_TIMEOUT = 1.0
-
-_US = 1_000_000.0
 _T = TypeVar("_T")
 
 
@@ -175,7 +83,9 @@ class _LocalBucket(Protocol):
 
     def try_acquire(self, tokens: float = 1.0) -> bool: ...
     def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> Any: ...
-    async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> Any: ...
+    def acquire_async(
+        self, tokens: float = 1.0, timeout: float | None = None
+    ) -> Awaitable[Any]: ...
     @property
     def available_tokens(self) -> float: ...
     def retry_after(self, tokens: float = 1.0) -> float: ...
@@ -189,36 +99,6 @@ class _LocalRegistry(Protocol):
     def set_limiter(self, key: str, config: RateLimitConfig) -> Any: ...
     def remove_limiter(self, key: str) -> Any: ...
     def reset_all(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class _Reply:
-    granted: bool
-    wait: float  # seconds
-    debt_us: float
-
-    @classmethod
-    def parse(cls, raw: Any) -> _Reply:
-        """The script's reply; ``_ForeignStateError`` when the key held no state of ours."""
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if text.startswith("E "):
-            raise _ForeignStateError(text[2:])
-        granted, wait_us, debt_us = text.split()
-        return cls(granted == "1", float(wait_us) / _US, float(debt_us))
-
-
-class _ForeignStateError(Exception):
-    """The bucket's Redis key holds something the script did not write."""
-
-
-def _server_name(client: Any) -> str:
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if not kwargs:
-        return repr(client)
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
-    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
 def _check_client(client: Any, *, want_async: bool) -> None:
@@ -241,57 +121,9 @@ def _check_config(config: Any) -> RateLimitConfig:
     return config
 
 
-def _check_key(name: str, key: Any) -> str:
-    """A non-empty str (an empty ``key_prefix`` would put the limiter's keys, and
-    what ``reset_all`` scans, at the top of the database)."""
-    if not isinstance(key, str):
-        raise TypeError(f"{name} must be a str, got {type(key).__name__}")
-    if not key:
-        raise ValueError(f"{name} must not be empty")
-    return key
-
-
-def _check_command_timeout(value: Any) -> float:
-    return _validation.positive_at_most(
-        "command_timeout", value, _validation.MAX_SECONDS, "the longest timeout"
-    )
-
-
-def _max_wait_us(timeout: float | None) -> float:
-    """The script's max_wait for ``acquire(timeout)``: negative means no limit."""
-    if timeout is None or _validation.number("timeout", timeout) == math.inf:
-        return -1.0
-    return _validation.non_negative_finite("timeout", timeout) * _US
-
-
-class _Decisions:
-    """The decisions Redis (or the fail_open policy) made for one limiter, for
-    metrics; a registry's handles share their registry's."""
-
-    __slots__ = ("_lock", "granted", "rejected", "waited_ns")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.granted = 0
-        self.rejected = 0
-        self.waited_ns = 0
-
-    def decided(self, granted: bool, wait: float = 0.0) -> None:
-        with self._lock:
-            if granted:
-                self.granted += 1
-                self.waited_ns += round(wait * 1e9)
-            else:
-                self.rejected += 1
-
-    def to_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {"granted": self.granted, "rejected": self.rejected, "waited_ns": self.waited_ns}
-
-
-class _Link:
-    """One Redis server as the limiters see it: the client, the script, the policy
-    and whether the server is currently considered unreachable.
+class _Link(FailurePolicy):
+    """One Redis server as the limiters see it: the client, the scripts and the
+    failure policy (whether the server is currently considered unreachable).
 
     Shared by every bucket of a registry, so one outage is noticed once.
     """
@@ -308,70 +140,20 @@ class _Link:
         import redis.exceptions  # the optional dependency, needed only with a client
 
         _check_client(client, want_async=is_async)
-        if on_unavailable not in POLICIES:
-            raise ValueError(f"on_unavailable must be one of {POLICIES}, got {on_unavailable!r}")
+        super().__init__(
+            server_name(client),
+            on_unavailable,
+            reconnect_interval,
+            command_timeout=command_timeout,
+            errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+            # Redis answered, but with an error for this key (a wrong type, a full
+            # memory, ...): the policy applies to this call, the server stays "up".
+            refusals=(redis.exceptions.ResponseError,),
+        )
         self.client = client
-        self.decisions = _Decisions()
         self.script: Any = client.register_script(GCRA_SCRIPT)
         # Deletes limiter states only (reset, remove_limiter, reset_all).
         self.delete_states: Any = client.register_script(RESET_SCRIPT)
-        self.policy = on_unavailable
-        self.reconnect_interval = _validation.non_negative_finite(
-            "reconnect_interval", reconnect_interval
-        )
-        self.command_timeout = _check_command_timeout(command_timeout)
-        self.server = _server_name(client)
-        self.errors: tuple[type[BaseException], ...] = (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-        )
-        # Redis answered, but with an error for this key (a wrong type, a full
-        # memory, ...): the policy applies to this call, the server stays "up".
-        self.refusals: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
-        self._retry_at = 0.0  # time.monotonic() before which Redis is not tried
-        self._last_error = ""
-
-    def should_try(self) -> bool:
-        return time.monotonic() >= self._retry_at
-
-    def failed(self, exc: BaseException | None) -> None:
-        """Records an unreachable server (``exc``) or a skipped attempt (None);
-        raises ``RateLimiterUnavailableError`` when failing closed."""
-        if exc is not None:
-            if not self._last_error:
-                logger.warning(
-                    "rate limiter: Redis at %s is unreachable (%s); policy %s",
-                    self.server,
-                    exc,
-                    self.policy,
-                )
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            self._retry_at = time.monotonic() + self.reconnect_interval
-        if self.policy == "fail_closed":
-            raise self.unavailable() from exc
-
-    def unavailable(self, exc: BaseException | None = None) -> RateLimiterUnavailableError:
-        """The error naming the server and the cause (``exc``, else the last failure)."""
-        wait = max(0.0, self._retry_at - time.monotonic())
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else self._last_error
-        reason = reason or "unreachable"
-        if wait > 0:
-            reason += f" (next attempt in {wait:.3f}s)"
-        return RateLimiterUnavailableError(self.server, reason)
-
-    def refused(self, redis_key: str, detail: str) -> None:
-        """Redis answered for ``redis_key`` with something unusable: logged, then
-        the policy applies to this call (``RateLimiterUnavailableError`` when
-        failing closed). A state the limiter did not write is never trusted."""
-        reason = f"key {redis_key!r} {detail}"
-        logger.error("rate limiter: Redis at %s: %s; policy %s", self.server, reason, self.policy)
-        if self.policy == "fail_closed":
-            raise RateLimiterUnavailableError(self.server, reason)
-
-    def succeeded(self) -> None:
-        if self._last_error:
-            logger.warning("rate limiter: Redis at %s is reachable again", self.server)
-            self._last_error = ""
 
 
 class _BucketBase:
@@ -390,10 +172,7 @@ class _BucketBase:
         self._link = link
         burst = float(config.burst_size)  # type: ignore[arg-type]  # set by __post_init__
         initial = float(config.initial_tokens)  # type: ignore[arg-type]
-        self._burst = burst
-        self._emission_us = _US / config.tokens_per_second
-        self._tolerance = repr(burst * self._emission_us)
-        self._initial_debt = repr((burst - initial) * self._emission_us)
+        self._math = BucketMath(key, config.tokens_per_second, burst, initial)
         self._local: _LocalBucket | None = None
         self._local_lock = threading.Lock()
         self._fallback = self._own_local_bucket
@@ -424,28 +203,52 @@ class _BucketBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key={self._key!r}, server={self._link.server!r})"
 
-    def _cost_us(self, tokens: float) -> float:
-        return (
-            _validation.positive_at_most("tokens", tokens, self._burst, "burst_size")
-            * self._emission_us
-        )
+    # What a reply (None: the policy replaces Redis for this call) means for
+    # each operation. No I/O: the sync and async clients differ only in how
+    # they carry the script call to Redis and how they wait.
 
     def _args(self, mode: str, cost_us: float, max_wait_us: float) -> list[str]:
-        return [mode, self._tolerance, repr(cost_us), self._initial_debt, repr(max_wait_us)]
+        return self._math.args(mode, cost_us, max_wait_us)
 
-    def _available(self, reply: _Reply) -> float:
-        return max(0.0, min(self._burst, self._burst - reply.debt_us / self._emission_us))
+    def _outage_bucket(self) -> _LocalBucket | None:
+        """Redis did not decide: the ``local`` fallback bucket, or None after
+        counting the grant of ``fail_open``."""
+        local = self._fallback_bucket()
+        if local is None:
+            self._link.decisions.decided(True)  # fail_open
+        return local
 
-    def _exceeded(self, reply: _Reply) -> RateLimitExceeded:
-        return RateLimitExceeded(reply.wait, f"rate limit exceeded for {self._key!r}")
+    def _decided(self, reply: Reply) -> bool:
+        """Counts the decision of ``try_acquire``."""
+        self._link.decisions.decided(reply.granted)
+        return reply.granted
 
-    async def _wait_reserved(self, reply: _Reply, refund: Callable[[], Awaitable[None]]) -> None:
-        """Sleeps until a granted reservation is due; a cancelled sleep refunds it."""
+    def _reserved(self, reply: Reply) -> float:
+        """Counts the decision of ``acquire``; the seconds to wait for a granted
+        reservation, else ``RateLimitExceeded(retry_after)``."""
+        self._link.decisions.decided(reply.granted, reply.wait)
         if not reply.granted:
-            raise self._exceeded(reply)
-        if reply.wait > 0:
+            raise self._math.exceeded(reply)
+        return reply.wait
+
+    def _available_of(self, reply: Reply | None) -> float:
+        if reply is None:
+            local = self._fallback_bucket()
+            return self._math.burst if local is None else local.available_tokens
+        return self._math.available(reply)
+
+    def _retry_after_of(self, reply: Reply | None, tokens: float) -> float:
+        if reply is None:
+            local = self._fallback_bucket()
+            return 0.0 if local is None else local.retry_after(tokens)
+        return reply.wait
+
+    async def _wait_reserved(self, reply: Reply, refund: Callable[[], Awaitable[None]]) -> None:
+        """Sleeps until a granted reservation is due; a cancelled sleep refunds it."""
+        wait = self._reserved(reply)
+        if wait > 0:
             try:
-                await asyncio.sleep(reply.wait)
+                await asyncio.sleep(wait)
             except asyncio.CancelledError:
                 _in_background(refund())  # the cancellation does not wait for Redis
                 raise
@@ -493,33 +296,24 @@ class RedisTokenBucket(_BucketBase):
         reconnect_interval: float = 1.0,
         name: str | None = None,
     ) -> None:
-        key = _check_key("key", key)
-        key_prefix = _check_key("key_prefix", key_prefix)
+        key = check_key("key", key)
+        key_prefix = check_key("key_prefix", key_prefix)
         link = _Link(client, on_unavailable, reconnect_interval, is_async=False)
         self._setup(_check_config(config), key, key_prefix + KEY_MARKER + key, link)
         self.name = _limiter_name(name, "redis_token_bucket")
         _instances.redis_limiters.add(self)
 
-    def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> _Reply | None:
+    def _run(self, mode: str, cost_us: float, max_wait_us: float = 0.0) -> Reply | None:
         """One script call; None when Redis is unreachable and the policy is not fail_closed."""
         link = self._link
         if not link.should_try():
-            link.failed(None)
+            link.skipped()
             return None
         try:
             raw = link.script(keys=[self._redis_key], args=self._args(mode, cost_us, max_wait_us))
-        except link.errors as exc:
-            link.failed(exc)
-            return None
-        except link.refusals as exc:
-            link.refused(self._redis_key, f"was refused: {exc}")
-            return None
-        link.succeeded()
-        try:
-            return _Reply.parse(raw)
-        except _ForeignStateError as exc:
-            link.refused(self._redis_key, str(exc))
-            return None
+        except link.failures as exc:
+            return link.settle(self._redis_key, exc=exc)
+        return link.settle(self._redis_key, raw)
 
     def _refund(self, cost_us: float) -> None:
         # Best effort: an unreachable server keeps the reservation until it expires.
@@ -528,15 +322,11 @@ class RedisTokenBucket(_BucketBase):
 
     def try_acquire(self, tokens: float = 1.0) -> bool:
         """Takes ``tokens`` if they are available now; never waits. One round trip."""
-        reply = self._run("acquire", self._cost_us(tokens))
+        reply = self._run("acquire", self._math.cost_us(tokens))
         if reply is None:
-            local = self._fallback_bucket()
-            if local is None:
-                self._link.decisions.decided(True)  # fail_open
-                return True
-            return local.try_acquire(tokens)
-        self._link.decisions.decided(reply.granted)
-        return reply.granted
+            local = self._outage_bucket()
+            return True if local is None else local.try_acquire(tokens)
+        return self._decided(reply)
 
     def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Waits until ``tokens`` are granted. When the wait would exceed ``timeout``
@@ -545,21 +335,17 @@ class RedisTokenBucket(_BucketBase):
         The tokens are reserved in the same round trip (waiters are served in the
         order Redis saw them); an interrupted wait gives them back.
         """
-        cost_us = self._cost_us(tokens)
-        reply = self._run("acquire", cost_us, _max_wait_us(timeout))
+        cost_us = self._math.cost_us(tokens)
+        reply = self._run("acquire", cost_us, max_wait_us(timeout))
         if reply is None:
-            local = self._fallback_bucket()
+            local = self._outage_bucket()
             if local is not None:
                 local.acquire(tokens, timeout)
-            else:
-                self._link.decisions.decided(True)  # fail_open
             return
-        self._link.decisions.decided(reply.granted, reply.wait)
-        if not reply.granted:
-            raise self._exceeded(reply)
-        if reply.wait > 0:
+        wait = self._reserved(reply)
+        if wait > 0:
             try:
-                time.sleep(reply.wait)
+                time.sleep(wait)
             except BaseException:
                 self._refund(cost_us)
                 raise
@@ -567,38 +353,27 @@ class RedisTokenBucket(_BucketBase):
     async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """``acquire`` for coroutines: the round trip runs in a worker thread, the
         wait is an ``asyncio.sleep``; a cancelled waiter gives its tokens back."""
-        cost_us = self._cost_us(tokens)
-        max_wait_us = _max_wait_us(timeout)
+        cost_us = self._math.cost_us(tokens)
+        max_wait = max_wait_us(timeout)
         reply = await _reserve(
-            asyncio.to_thread(self._run, "acquire", cost_us, max_wait_us),
+            asyncio.to_thread(self._run, "acquire", cost_us, max_wait),
             lambda: asyncio.to_thread(self._refund, cost_us),
         )
         if reply is None:
-            local = self._fallback_bucket()
+            local = self._outage_bucket()
             if local is not None:
                 await local.acquire_async(tokens, timeout)
-            else:
-                self._link.decisions.decided(True)  # fail_open
             return
-        self._link.decisions.decided(reply.granted, reply.wait)
         await self._wait_reserved(reply, lambda: asyncio.to_thread(self._refund, cost_us))
 
     @property
     def available_tokens(self) -> float:
         """Tokens available now, in [0, burst_size]. One round trip."""
-        reply = self._run("peek", 0.0)
-        if reply is None:
-            local = self._fallback_bucket()
-            return self._burst if local is None else local.available_tokens
-        return self._available(reply)
+        return self._available_of(self._run("peek", 0.0))
 
     def retry_after(self, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` would be granted (0 if now). One round trip."""
-        reply = self._run("peek", self._cost_us(tokens))
-        if reply is None:
-            local = self._fallback_bucket()
-            return 0.0 if local is None else local.retry_after(tokens)
-        return reply.wait
+        return self._retry_after_of(self._run("peek", self._math.cost_us(tokens)), tokens)
 
     def reset(self) -> None:
         """Back to the initial state for every process (deletes the key, if it
@@ -638,8 +413,8 @@ class AsyncRedisTokenBucket(_BucketBase):
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         name: str | None = None,
     ) -> None:
-        key = _check_key("key", key)
-        key_prefix = _check_key("key_prefix", key_prefix)
+        key = check_key("key", key)
+        key_prefix = check_key("key_prefix", key_prefix)
         link = _Link(
             client,
             on_unavailable,
@@ -657,7 +432,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         cost_us: float,
         max_wait_us: float = 0.0,
         time_limit: float | None = None,
-    ) -> _Reply | None:
+    ) -> Reply | None:
         """One script call bounded by ``time_limit`` (default ``command_timeout``);
         None when Redis is unreachable or late and the policy is not fail_closed.
 
@@ -667,7 +442,7 @@ class AsyncRedisTokenBucket(_BucketBase):
         """
         link = self._link
         if not link.should_try():
-            link.failed(None)
+            link.skipped()
             return None
         limit = link.command_timeout if time_limit is None else time_limit
         call = asyncio.ensure_future(
@@ -680,22 +455,13 @@ class AsyncRedisTokenBucket(_BucketBase):
             raise
         if not done:
             self._settle_later(call, mode, cost_us)
-            link.failed(builtins.TimeoutError(f"no reply within command_timeout={limit:g}s"))
-            return None
+            late = builtins.TimeoutError(f"no reply within command_timeout={limit:g}s")
+            return link.settle(self._redis_key, exc=late)
         try:
             raw = call.result()
-        except link.errors as exc:
-            link.failed(exc)
-            return None
-        except link.refusals as exc:
-            link.refused(self._redis_key, f"was refused: {exc}")
-            return None
-        link.succeeded()
-        try:
-            return _Reply.parse(raw)
-        except _ForeignStateError as exc:
-            link.refused(self._redis_key, str(exc))
-            return None
+        except link.failures as exc:
+            return link.settle(self._redis_key, exc=exc)
+        return link.settle(self._redis_key, raw)
 
     def _settle_later(self, call: asyncio.Future[Any], mode: str, cost_us: float) -> None:
         """Lets an abandoned round trip finish; gives back what it granted."""
@@ -704,8 +470,8 @@ class AsyncRedisTokenBucket(_BucketBase):
             if finished.cancelled() or finished.exception() is not None or mode != "acquire":
                 return
             try:
-                granted = _Reply.parse(finished.result()).granted
-            except _ForeignStateError:
+                granted = Reply.parse(finished.result()).granted
+            except ForeignStateError:
                 return
             if granted:
                 _in_background(self._refund(cost_us))
@@ -718,33 +484,24 @@ class AsyncRedisTokenBucket(_BucketBase):
 
     async def try_acquire(self, tokens: float = 1.0) -> bool:
         """Takes ``tokens`` if they are available now; never waits. One round trip."""
-        reply = await self._run("acquire", self._cost_us(tokens))
+        reply = await self._run("acquire", self._math.cost_us(tokens))
         if reply is None:
-            local = self._fallback_bucket()
-            if local is None:
-                self._link.decisions.decided(True)  # fail_open
-                return True
-            return local.try_acquire(tokens)
-        self._link.decisions.decided(reply.granted)
-        return reply.granted
+            local = self._outage_bucket()
+            return True if local is None else local.try_acquire(tokens)
+        return self._decided(reply)
 
     async def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """Waits until ``tokens`` are granted; raises ``RateLimitExceeded(retry_after)``
         at once when the wait would exceed ``timeout``. Waiters are served in
         the order Redis saw them; a cancelled waiter gives its tokens back."""
-        cost_us = self._cost_us(tokens)
-        max_wait_us = _max_wait_us(timeout)
-        reply = await self._run(
-            "acquire", cost_us, max_wait_us, _round_trip_limit(self._link, timeout)
-        )
+        cost_us = self._math.cost_us(tokens)
+        limit = round_trip_limit(self._link.command_timeout, timeout)
+        reply = await self._run("acquire", cost_us, max_wait_us(timeout), limit)
         if reply is None:
-            local = self._fallback_bucket()
+            local = self._outage_bucket()
             if local is not None:
                 await local.acquire_async(tokens, timeout)
-            else:
-                self._link.decisions.decided(True)  # fail_open
             return
-        self._link.decisions.decided(reply.granted, reply.wait)
         await self._wait_reserved(reply, lambda: self._refund(cost_us))
 
     async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
@@ -757,19 +514,11 @@ class AsyncRedisTokenBucket(_BucketBase):
         return self._available_tokens()
 
     async def _available_tokens(self) -> float:
-        reply = await self._run("peek", 0.0)
-        if reply is None:
-            local = self._fallback_bucket()
-            return self._burst if local is None else local.available_tokens
-        return self._available(reply)
+        return self._available_of(await self._run("peek", 0.0))
 
     async def retry_after(self, tokens: float = 1.0) -> float:
         """Seconds until ``tokens`` would be granted (0 if now). One round trip."""
-        reply = await self._run("peek", self._cost_us(tokens))
-        if reply is None:
-            local = self._fallback_bucket()
-            return 0.0 if local is None else local.retry_after(tokens)
-        return reply.wait
+        return self._retry_after_of(await self._run("peek", self._math.cost_us(tokens)), tokens)
 
     async def reset(self) -> None:
         """Back to the initial state for every process; raises
@@ -801,15 +550,6 @@ async def _bounded(link: _Link, call: Awaitable[_T]) -> _T:
         raise link.unavailable(late) from exc
 
 
-def _round_trip_limit(link: _Link, timeout: float | None) -> float:
-    """How long ``acquire(timeout)`` waits for Redis: ``command_timeout``, or the
-    call's own ``timeout`` when that is shorter (``0`` only refuses to wait for
-    tokens, not for the answer)."""
-    if timeout is None or timeout <= 0:
-        return link.command_timeout
-    return min(link.command_timeout, timeout)
-
-
 async def _reserve(reservation: Awaitable[_T], refund: Callable[[], Awaitable[None]]) -> _T:
     """Awaits a reservation round trip; if the waiter is cancelled meanwhile, it
     returns at once and the round trip finishes in the background, giving back
@@ -823,7 +563,7 @@ async def _reserve(reservation: Awaitable[_T], refund: Callable[[], Awaitable[No
             if finished.cancelled() or finished.exception() is not None:
                 return  # unreachable or failing closed: nothing was reserved
             reply = finished.result()
-            if isinstance(reply, _Reply) and reply.granted:
+            if isinstance(reply, Reply) and reply.granted:
                 _in_background(refund())
 
         task.add_done_callback(settle)
@@ -831,12 +571,6 @@ async def _reserve(reservation: Awaitable[_T], refund: Callable[[], Awaitable[No
 
 
 _B = TypeVar("_B", RedisTokenBucket, AsyncRedisTokenBucket)
-
-
-def _glob_escape(text: str) -> str:
-    for special in "\\*?[]":
-        text = text.replace(special, "\\" + special)
-    return text
 
 
 class _RegistryBase(Generic[_B]):
@@ -856,7 +590,7 @@ class _RegistryBase(Generic[_B]):
         **link_options: Any,
     ) -> None:
         self._default_config = _check_config(default_config)
-        self._key_prefix = _check_key("key_prefix", key_prefix)
+        self._key_prefix = check_key("key_prefix", key_prefix)
         self._link = _Link(
             client,
             on_unavailable,
@@ -887,7 +621,7 @@ class _RegistryBase(Generic[_B]):
     def get_limiter(self, key: str) -> _B:
         """The bucket of ``key`` (no I/O: the state is in Redis, so every handle
         for one key, in every process, is the same limiter)."""
-        key = _check_key("key", key)
+        key = check_key("key", key)
         bucket = self._bucket_class.__new__(self._bucket_class)
         config = self._configs.get(key, self._default_config)
         bucket._setup(config, key, self._key_prefix + KEY_MARKER + key, self._link)
@@ -899,7 +633,7 @@ class _RegistryBase(Generic[_B]):
 
     def set_limiter(self, key: str, config: RateLimitConfig) -> _B:
         """Gives ``key`` its own config (in this process: set it in every replica)."""
-        key = _check_key("key", key)
+        key = check_key("key", key)
         self._configs[key] = _check_config(config)
         with self._local_lock:
             if self._local is not None:
@@ -908,7 +642,7 @@ class _RegistryBase(Generic[_B]):
 
     def _forget(self, key: str) -> str:
         """Drops the local config of ``key``; returns its Redis key."""
-        key = _check_key("key", key)
+        key = check_key("key", key)
         self._configs.pop(key, None)
         with self._local_lock:
             if self._local is not None:
@@ -917,7 +651,7 @@ class _RegistryBase(Generic[_B]):
 
     def _scan_pattern(self) -> str:
         """Exactly this registry's keys: the prefix and the marker, glob-escaped."""
-        return _glob_escape(self._key_prefix + KEY_MARKER) + "*"
+        return glob_escape(self._key_prefix + KEY_MARKER) + "*"
 
     def _reset_local(self) -> None:
         with self._local_lock:
