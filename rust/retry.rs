@@ -144,7 +144,7 @@ pub use binding::{RetryBudget, RetryCore, RetryingCall};
 mod binding {
     use super::BudgetCore;
     use crate::clock::Clock;
-    use pyo3::exceptions::PyValueError;
+    use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::types::{PyDict, PyTuple};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -311,6 +311,28 @@ mod binding {
 
     #[pymethods]
     impl RetryCore {
+        /// What a subclass overrides (`shared.resilience.Retry` does); a bare
+        /// core cannot retry, and says so, chained to the call's own error.
+        #[pyo3(signature = (func, args, kwargs, exception, start_ns, /))]
+        fn _retry(
+            slf: &Bound<'_, Self>,
+            func: &Bound<'_, PyAny>,
+            args: &Bound<'_, PyAny>,
+            kwargs: &Bound<'_, PyAny>,
+            exception: &Bound<'_, PyAny>,
+            start_ns: &Bound<'_, PyAny>,
+        ) -> PyResult<Py<PyAny>> {
+            let _ = (func, args, kwargs, start_ns);
+            let py = slf.py();
+            let error = PyTypeError::new_err(format!(
+                "{} does not retry by itself: execute() needs a subclass that defines \
+                 _retry(func, args, kwargs, exception, start_ns) (use shared.resilience.Retry)",
+                slf.get_type().name()?
+            ));
+            error.set_cause(py, Some(PyErr::from_value(exception.clone())));
+            Err(error)
+        }
+
         #[new]
         #[pyo3(signature = (*, budget=None, clock=None, track_start=false))]
         fn new(

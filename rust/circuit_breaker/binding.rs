@@ -46,7 +46,7 @@ fn with_leases(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|var| var.bind(py))
 }
 
-/// The lock-free core of `shared.resilience.CircuitBreaker`.
+/// The core of `shared.resilience.CircuitBreaker`.
 ///
 /// `call` runs the protected function itself and classifies its exception,
 /// so a closed call costs one native call. The public class subclasses this

@@ -1,4 +1,4 @@
-//! Circuit breaker: a lock-free state machine in one atomic word.
+//! Circuit breaker: a state machine in one atomic word (lock-free on the success path).
 //!
 //! The word packs the state, an epoch and two small counts, so the closed
 //! success path is two loads and one counter increment, with no clock read

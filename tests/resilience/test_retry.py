@@ -799,12 +799,6 @@ def test_instant_retries_records_only_the_current_threads_delays() -> None:
     assert len(errors) == 1
 
 
-@pytest.mark.xfail(
-    shared.BACKEND == "rust",
-    reason="the native RetryCore still looks _retry up as a plain attribute",
-    raises=AttributeError,
-    strict=True,
-)
 def test_a_bare_retry_core_says_it_cannot_retry() -> None:
     """``RetryCore`` is the base of ``Retry``: used alone, a failing call gets a
     ``TypeError`` saying what is missing, chained to the call's own error."""
