@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import shared
 from shared.resilience import (
     BackoffStrategy,
     CircuitBreakerOpenError,
