@@ -214,3 +214,29 @@ def test_owner_token_of_another_key_does_nothing(path: Path) -> None:
         assert store.claim("b", "", 30).state is ClaimState.IN_PROGRESS
     finally:
         store.close()
+
+
+def test_a_dropped_store_closes_every_threads_connection(path: Path) -> None:
+    """A store collected without close() closes its connections, in every thread it
+    used: nothing is left for CPython (3.13+ warns about a connection collected open)."""
+    import gc
+    import sys
+
+    unraisable: list[Any] = []
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        store = SQLiteIdempotencyStore(path)
+        store.set("dropped", "v", 60)
+        worker = threading.Thread(target=store.exists, args=("dropped",))
+        worker.start()
+        worker.join()
+        connections = list(store._connections)
+        assert len(connections) == 2
+        del store, worker
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []
+    for conn in connections:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")  # closed

@@ -162,6 +162,18 @@ class _SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
+    def __del__(self) -> None:
+        # Dropped without close(): its connections close with it (CPython 3.13+ warns
+        # about a connection collected open). No lock: nothing else can reach the store
+        # now, and the collection may run in a thread that holds _connections_lock.
+        connections = self.__dict__.get("_connections") or []
+        self.__dict__["_connections"] = []
+        if getattr(self.__dict__.get("_local"), "pid", os.getpid()) != os.getpid():
+            return  # a forked child: the parent's connections are not ours to close
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def purge_expired(self) -> int:
         """Deletes the expired records; returns how many. Expired records are
         already ignored, this only reclaims space (run it now and then)."""
