@@ -70,13 +70,19 @@ class UnsupportedOptionError(Exception):
     """An option needs an optional extra that is not installed (exit 2)."""
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules
+        return False
+
+
 def check_options(options: DemoOptions) -> None:
     """Refuses ``--redis`` / ``--postgres`` without the client library they need."""
-    if options.redis_url is not None and importlib.util.find_spec("redis") is None:
+    if options.redis_url is not None and not _installed("redis"):
         raise UnsupportedOptionError("--redis needs the redis extra: pip install 'shared[redis]'")
-    if options.postgres_url is not None and (
-        importlib.util.find_spec("psycopg") is None
-        or importlib.util.find_spec("psycopg_pool") is None
+    if options.postgres_url is not None and not (
+        _installed("psycopg") and _installed("psycopg_pool")
     ):
         raise UnsupportedOptionError(
             "--postgres needs the postgres extra: pip install 'shared[postgres]'"
