@@ -86,7 +86,9 @@ def add_parser(subparsers: Any) -> None:
         "--tui", dest="tui", action="store_true", help="the live view even without a terminal"
     )
     parser.add_argument(
-        "--redis", metavar="URL", help="idempotency store and per-user limiters on this Redis"
+        "--redis",
+        metavar="URL",
+        help="per-user limiters, and the idempotency store unless --postgres, on this Redis",
     )
     parser.add_argument(
         "--postgres",

@@ -113,22 +113,13 @@ def create_postgres_table(url: str) -> None:
 
 
 async def make_order_store(options: DemoOptions, run_id: str) -> IdempotentOrders:
-    """``@idempotent`` placement on Redis, PostgreSQL or (default) a SQLite file."""
-    if options.redis_url is not None:
-        client = await _redis_client(options.redis_url)
-        store: Any = RedisIdempotencyStore(
-            async_client=client, key_prefix=f"shared-demo:{run_id}:idem:", name="demo-orders"
-        )
-        return IdempotentOrders(
-            store,
-            f"RedisIdempotencyStore at {options.redis_url} (shared by every replica)",
-            client.aclose,
-        )
+    """``@idempotent`` placement on PostgreSQL (``--postgres``, even with ``--redis``:
+    Redis then holds the limiters), Redis, or (default) a SQLite file."""
     if options.postgres_url is not None:
         url = options.postgres_url
         if options.replica is None:  # the parent of replicas created it already
             await asyncio.to_thread(create_postgres_table, url)
-        store = PostgresIdempotencyStore(url, table=POSTGRES_TABLE, name="demo-orders")
+        store: Any = PostgresIdempotencyStore(url, table=POSTGRES_TABLE, name="demo-orders")
 
         async def close_postgres() -> None:
             await asyncio.to_thread(store.close)
@@ -137,6 +128,16 @@ async def make_order_store(options: DemoOptions, run_id: str) -> IdempotentOrder
             store,
             f"PostgresIdempotencyStore at {url}, table {POSTGRES_TABLE} (shared by every replica)",
             close_postgres,
+        )
+    if options.redis_url is not None:
+        client = await _redis_client(options.redis_url)
+        store = RedisIdempotencyStore(
+            async_client=client, key_prefix=f"shared-demo:{run_id}:idem:", name="demo-orders"
+        )
+        return IdempotentOrders(
+            store,
+            f"RedisIdempotencyStore at {options.redis_url} (shared by every replica)",
+            client.aclose,
         )
     created = options.state_dir is None
     if options.state_dir is None:
