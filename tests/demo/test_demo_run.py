@@ -358,3 +358,40 @@ def test_three_replicas_on_postgres(tmp_path: Path) -> None:
     summary = run_replicas(tmp_path, "--postgres", "postgresql://postgres@127.0.0.1:5432/test")
     assert summary["idempotency_store"].startswith("PostgresIdempotencyStore")
     assert "each of the 3 replicas" in summary["limiters"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is not a catchable signal on Windows")
+def test_sigterm_on_the_parent_drains_replicas_sharing_the_sqlite_file(tmp_path: Path) -> None:
+    """Two processes on the embedded SQLite store; SIGTERM to the parent is passed on once,
+    both drain, and the merged proof holds (exactly-once across processes on one file)."""
+    summary_path = tmp_path / "summary.json"
+    demo = Demo(
+        "--replicas",
+        "2",
+        "--clients",
+        "4",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--summary-json",
+        str(summary_path),
+        env={"SHUTDOWN_DRAIN_DELAY": "0.2"},
+    )
+    try:
+        urls = demo.replica_urls(2)
+        time.sleep(1.0)
+        demo.process.send_signal(signal.SIGTERM)
+        demo.wait_for("SIGTERM: stopping the replicas gracefully")
+        code, output = demo.finish()
+    finally:
+        demo.close()
+    assert code == 0, output
+    assert output.count("SIGTERM: stopping gracefully") == 2  # each replica, once
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"], summary
+    assert summary["duplicate_executions"] == 0
+    assert summary["orders_executed"] == summary["unique_keys_acknowledged"] > 0
+    assert summary["cancelled_at_stop"] == 0
+    assert summary["idempotency_store"].startswith("SQLiteIdempotencyStore")
+    assert (tmp_path / "state" / "idempotency.sqlite3").exists()  # --state-dir keeps it
+    assert len(urls) == 2
