@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -85,7 +86,9 @@ class Demo:
     def replica_urls(self, replicas: int) -> dict[int, tuple[str, str]]:
         """Each replica's health base URL and metrics URL, from its forwarded lines."""
         found: dict[int, dict[str, str]] = {}
+        deadline = time.monotonic() + 30.0
         while sum(len(urls) for urls in found.values()) < 2 * replicas:
+            assert time.monotonic() < deadline, f"replica URLs missing: {found}"
             line = self.wait_for("[replica")
             match = re.match(r"\[replica (\d+)\]\s+(health|metrics):\s+(\S+)", line)
             if match:
@@ -239,7 +242,7 @@ async def test_in_process_run_on_this_backend_exports_traces() -> None:
         },
     )
     try:
-        summary = await run_async(options, out)
+        summary = await asyncio.wait_for(run_async(options, out), 30)
     finally:
         server.shutdown()
         server.server_close()
@@ -271,7 +274,7 @@ async def test_limiters_on_redis() -> None:
             "RATE_LIMIT_BURST_SIZE": "5",
         },
     )
-    summary = await run_async(options, io.StringIO())
+    summary = await asyncio.wait_for(run_async(options, io.StringIO()), 30)
     check_summary(summary)
     assert summary["limiters"].startswith("Redis at redis://127.0.0.1:6379/0 (10/s, burst 5")
     assert summary["idempotency_store"].startswith("RedisIdempotencyStore at redis://")

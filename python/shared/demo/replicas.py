@@ -244,7 +244,17 @@ async def run_replicas(options: Any, out: TextIO) -> dict[str, Any]:
             processes.append(process)
             assert process.stdout is not None
             forwards.append(asyncio.create_task(_forward(index, process.stdout, out)))
-        codes = [await process.wait() for process in processes]
+        # A timed run is bounded: start-up, the duration, the drain and the shutdown.
+        bound = None
+        if options.duration is not None:
+            bound = 60.0 + options.duration + settings.drain_delay + settings.shutdown_timeout
+        try:
+            codes = await asyncio.wait_for(
+                asyncio.gather(*(process.wait() for process in processes)), bound
+            )
+        except TimeoutError:
+            print(f"the replicas did not finish within {bound:g} s: killed", file=out)
+            codes = [-9] * len(processes)
         await asyncio.gather(*forwards, return_exceptions=True)
     finally:
         for sig in installed:
