@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,8 +25,17 @@ import pytest
 
 from conftest import require_service
 from shared.demo import DemoOptions, run_async
+from shared.lifecycle import graceful_shutdown
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _no_shutdown_in_progress() -> Iterator[None]:
+    """An in-process run ends with a graceful shutdown: later tests start afresh."""
+    graceful_shutdown._shutdown_started.clear()
+    yield
+    graceful_shutdown._shutdown_started.clear()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -70,6 +82,21 @@ class Demo:
             if line.strip().startswith(prefix):
                 return line.strip()
         raise AssertionError(f"no line starting with {prefix!r} in {''.join(self.output)}")
+
+    def replica_urls(self, replicas: int) -> dict[int, tuple[str, str]]:
+        """Each replica's health base URL and metrics URL, from its forwarded lines."""
+        found: dict[int, dict[str, str]] = {}
+        deadline = time.monotonic() + 30.0
+        while sum(len(urls) for urls in found.values()) < 2 * replicas:
+            assert time.monotonic() < deadline, f"replica URLs missing: {found}"
+            line = self.wait_for("[replica")
+            match = re.match(r"\[replica (\d+)\]\s+(health|metrics):\s+(\S+)", line)
+            if match:
+                found.setdefault(int(match[1]), {})[match[2]] = match[3]
+        return {
+            index: (urls["health"].removesuffix("/health/ready"), urls["metrics"])
+            for index, urls in found.items()
+        }
 
     def urls(self) -> tuple[str, str]:
         health = self.wait_for("health:").split()[1]
@@ -128,6 +155,9 @@ def test_headless_run_serves_probes_and_metrics_and_proves_exactly_once(tmp_path
         assert status == 200
         assert 'shared_demo_orders_total{outcome="executed"}' in metrics
         assert 'shared_demo_circuit_breaker_state{breaker="exchange",state="closed"}' in metrics
+        assert 'shared_idempotency_requests_total{outcome="executed",store="demo-orders"}' in (
+            metrics
+        )
         promtool = shutil.which("promtool")
         if promtool is not None:
             lint = subprocess.run(
@@ -147,6 +177,10 @@ def test_headless_run_serves_probes_and_metrics_and_proves_exactly_once(tmp_path
     check_summary(summary)
     assert summary["breaker_opened"] >= 1  # the outage window opened it
     assert summary["rate_limited"] > 0
+    assert summary["idempotency_store"].startswith("SQLiteIdempotencyStore at ")
+    # the store counts every claimed execution, failed ones (released for a retry) too
+    assert summary["store_outcomes"]["executed"] >= summary["orders_executed"]
+    assert summary["shutdown_exit_code"] == 0
 
 
 @pytest.mark.backend_independent
@@ -208,7 +242,7 @@ async def test_in_process_run_on_this_backend_exports_traces() -> None:
         },
     )
     try:
-        summary = await run_async(options, out)
+        summary = await asyncio.wait_for(run_async(options, out), 30)
     finally:
         server.shutdown()
         server.server_close()
@@ -240,9 +274,10 @@ async def test_limiters_on_redis() -> None:
             "RATE_LIMIT_BURST_SIZE": "5",
         },
     )
-    summary = await run_async(options, io.StringIO())
+    summary = await asyncio.wait_for(run_async(options, io.StringIO()), 30)
     check_summary(summary)
     assert summary["limiters"].startswith("Redis at redis://127.0.0.1:6379/0 (10/s, burst 5")
+    assert summary["idempotency_store"].startswith("RedisIdempotencyStore at redis://")
     assert summary["rate_limited"] > 0
     # 4 users, each at most its burst plus 10 orders a second, counted by Redis's clock
     assert summary["unique_keys_executed"] <= 4 * (5 + 10 * (summary["duration_s"] + 0.5))
@@ -261,3 +296,105 @@ async def test_an_unreachable_redis_is_an_error_naming_it() -> None:
     )
     with pytest.raises(ConnectionError, match=r"redis://127\.0\.0\.1:1/0"):
         await run_async(options, io.StringIO())
+
+
+def run_replicas(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``--replicas 3``: every replica serves probes and metrics while it runs (scraped
+    here); the merged summary proves exactly-once across the processes."""
+    summary_path = tmp_path / "summary.json"
+    demo = Demo(
+        "--replicas",
+        "3",
+        "--duration",
+        "2.5",
+        "--clients",
+        "4",
+        "--summary-json",
+        str(summary_path),
+        *args,
+        env={"SHUTDOWN_DRAIN_DELAY": "0.2"},
+    )
+    try:
+        urls = demo.replica_urls(3)
+        assert sorted(urls) == [0, 1, 2]
+        ports = {url for pair in urls.values() for url in pair}
+        assert len(ports) == 6  # a port of its own for each server of each replica
+        time.sleep(0.3)
+        for health, metrics_url in urls.values():
+            assert get(health + "/health/ready")[0] == 200
+            status, metrics = get(metrics_url)
+            assert status == 200
+            assert "shared_idempotency_requests_total" in metrics
+        code, output = demo.finish()
+    finally:
+        demo.close()
+    assert code == 0, output
+    assert "result: OK" in output
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"], summary
+    assert summary["replicas"] == 3
+    assert summary["replica_exit_codes"] == [0, 0, 0]
+    assert summary["duplicate_executions"] == 0
+    assert summary["orders_executed"] == summary["unique_keys_acknowledged"] > 0
+    assert summary["duplicates_replayed"] > 0
+    assert summary["replays_across_replicas"] > 0  # duplicates met in another process
+    assert summary["cancelled_at_stop"] == 0
+    assert all(report["orders_executed"] > 0 for report in summary["per_replica"])
+    return summary
+
+
+@pytest.mark.backend_independent
+@pytest.mark.redis
+def test_three_replicas_on_redis(tmp_path: Path) -> None:
+    """Store and limiters on Redis, shared by three service processes."""
+    require_service("Redis", 6379)
+    summary = run_replicas(tmp_path, "--redis", "redis://127.0.0.1:6379/0")
+    assert summary["idempotency_store"].startswith("RedisIdempotencyStore")
+    assert "shared by every process" in summary["limiters"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.postgres
+def test_three_replicas_on_postgres(tmp_path: Path) -> None:
+    """Store on PostgreSQL; limiters in-process in each replica (the summary says so)."""
+    require_service("PostgreSQL", 5432)
+    summary = run_replicas(tmp_path, "--postgres", "postgresql://postgres@127.0.0.1:5432/test")
+    assert summary["idempotency_store"].startswith("PostgresIdempotencyStore")
+    assert "each of the 3 replicas" in summary["limiters"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is not a catchable signal on Windows")
+def test_sigterm_on_the_parent_drains_replicas_sharing_the_sqlite_file(tmp_path: Path) -> None:
+    """Two processes on the embedded SQLite store; SIGTERM to the parent is passed on once,
+    both drain, and the merged proof holds (exactly-once across processes on one file)."""
+    summary_path = tmp_path / "summary.json"
+    demo = Demo(
+        "--replicas",
+        "2",
+        "--clients",
+        "4",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--summary-json",
+        str(summary_path),
+        env={"SHUTDOWN_DRAIN_DELAY": "0.2"},
+    )
+    try:
+        urls = demo.replica_urls(2)
+        time.sleep(1.0)
+        demo.process.send_signal(signal.SIGTERM)
+        demo.wait_for("SIGTERM: stopping the replicas gracefully")
+        code, output = demo.finish()
+    finally:
+        demo.close()
+    assert code == 0, output
+    assert output.count("SIGTERM: stopping gracefully") == 2  # each replica, once
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"], summary
+    assert summary["duplicate_executions"] == 0
+    assert summary["orders_executed"] == summary["unique_keys_acknowledged"] > 0
+    assert summary["cancelled_at_stop"] == 0
+    assert summary["idempotency_store"].startswith("SQLiteIdempotencyStore")
+    assert (tmp_path / "state" / "idempotency.sqlite3").exists()  # --state-dir keeps it
+    assert len(urls) == 2

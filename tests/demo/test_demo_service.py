@@ -9,8 +9,9 @@ import pytest
 from shared.demo.exchange import ExchangeProfile, Order, SimulatedExchange
 from shared.demo.service import OrderService, ServiceStoppingError
 from shared.demo.stats import Stats
-from shared.demo.store import InProcessOrderStore
+from shared.demo.store import IdempotentOrders
 from shared.demo.wiring import _InProcessLimiters
+from shared.lifecycle import GracefulShutdown, ShutdownConfig
 from shared.resilience import (
     CircuitBreakerConfig,
     CircuitBreakerOpenError,
@@ -20,19 +21,29 @@ from shared.resilience import (
     RetryBudget,
     RetryConfig,
 )
+from shared.resilience.idempotency import InMemoryIdempotencyStore
 
 CALM = ExchangeProfile(
     base_latency=0.0, latency_jitter=0.0, spike_probability=0.0, error_rate=0.0, outage_start=1e6
 )
 
 
+async def _nothing() -> None:
+    return None
+
+
 def make_service(
-    profile: ExchangeProfile = CALM, rate: float = 1000.0, burst: float = 1000.0
+    profile: ExchangeProfile = CALM,
+    rate: float = 1000.0,
+    burst: float = 1000.0,
+    shutdown: GracefulShutdown | None = None,
 ) -> OrderService:
+    """A service on the in-memory store (the order path; the durable stores run end to end)."""
+    store = IdempotentOrders(InMemoryIdempotencyStore(), "in memory", _nothing)
     return OrderService(
         SimulatedExchange(profile),
-        InProcessOrderStore(),
-        _InProcessLimiters(RateLimitConfig(rate, burst)),
+        store,
+        _InProcessLimiters(RateLimitConfig(rate, burst), 1),
         Stats(),
         breaker_config=CircuitBreakerConfig(
             failure_threshold=2, timeout=60.0, expected_exceptions=(ConnectionError, TimeoutError)
@@ -45,6 +56,7 @@ def make_service(
             budget=RetryBudget(ratio=0.5, min_retries_per_second=100.0),
         ),
         attempt_timeout=0.05,
+        critical=None if shutdown is None else shutdown.critical,
     )
 
 
@@ -106,3 +118,39 @@ async def test_a_stopping_service_takes_no_new_orders() -> None:
     with pytest.raises(ServiceStoppingError):
         await service.place_order(order("k"))
     assert service.stats.requests == 0
+
+
+async def test_an_execution_holds_a_critical_section_a_replay_does_not() -> None:
+    """A graceful shutdown waits for the order being executed; replays open no section."""
+    shutdown = GracefulShutdown(ShutdownConfig(signal_handlers=()))
+    slow = ExchangeProfile(
+        base_latency=0.05,
+        latency_jitter=0.0,
+        spike_probability=0.0,
+        error_rate=0.0,
+        outage_start=1e6,
+    )
+    service = make_service(slow, shutdown=shutdown)
+    service.attempt_timeout = 1.0
+    task = asyncio.create_task(service.place_order(order("k")))
+    for _ in range(100):
+        if shutdown._critical_count:
+            break
+        await asyncio.sleep(0.002)
+    assert shutdown._critical == {"order": 1}
+    await task
+    assert shutdown._critical_count == 0
+    replay = await service.place_order(order("k"))
+    assert replay.replayed
+    assert shutdown._critical_count == 0
+
+
+async def test_a_reused_key_for_another_order_is_refused() -> None:
+    """The same key with other order fields raises IdempotencyMismatchError, executes nothing."""
+    from shared.resilience.exceptions import IdempotencyMismatchError
+
+    service = make_service()
+    await service.place_order(order("k"))
+    with pytest.raises(IdempotencyMismatchError):
+        await service.place_order(Order("u1", "k", "ETH-USD", "sell", 3))
+    assert service.exchange.executions == {"k": 1}

@@ -1,88 +1,71 @@
-"""The in-process order store: one execution per key, replays, release on failure."""
+"""Order placement through @idempotent on the demo's embedded SQLite store."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from shared.demo.store import FingerprintMismatchError, InProcessOrderStore
+from shared.demo.exchange import Fill, Order
+from shared.demo.store import IdempotentOrders
+from shared.resilience.idempotency import SQLiteIdempotencyStore
 
 pytestmark = pytest.mark.backend_independent
 
+ORDER = Order("u", "k", "BTC-USD", "buy", 2)
 
-async def test_concurrent_duplicates_execute_once_and_share_the_result() -> None:
-    """50 concurrent requests for one key run the operation once; 49 are replays."""
-    store = InProcessOrderStore()
+
+def make_orders(path: Path) -> IdempotentOrders:
+    store = SQLiteIdempotencyStore(path / "orders.sqlite3")
+
+    async def close() -> None:
+        store.close()
+
+    return IdempotentOrders(store, "sqlite", close)
+
+
+async def test_concurrent_duplicates_execute_once_and_replay_the_fill(tmp_path: Path) -> None:
+    """20 concurrent copies run the execution once; 19 are told they replayed the same fill."""
+    orders = make_orders(tmp_path)
     calls = 0
 
-    async def operation() -> str:
+    async def execute(order: Order) -> Fill:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.01)
-        return "fill-1"
+        await asyncio.sleep(0.02)
+        return Fill(order.key, 7, 100.5, order.quantity)
 
-    outcomes = await asyncio.gather(*(store.execute_once("k", "fp", operation) for _ in range(50)))
+    orders.bind(execute)
+    outcomes = await asyncio.gather(*(orders.place(ORDER) for _ in range(20)))
     assert calls == 1
-    assert [result for result, _ in outcomes] == ["fill-1"] * 50
-    assert sum(replayed for _, replayed in outcomes) == 49
-    assert await store.execute_once("k", "fp", operation) == ("fill-1", True)
+    assert {fill for fill, _ in outcomes} == {Fill("k", 7, 100.5, 2)}
+    assert sorted(replayed for _, replayed in outcomes) == [False] + [True] * 19
+    # A second store on the same file (another process would do the same) replays it.
+    other = make_orders(tmp_path)
+    other.bind(execute)
+    assert await other.place(ORDER) == (Fill("k", 7, 100.5, 2), True)
     assert calls == 1
+    assert orders.store.outcome_counts()["executed"] == 1
+    await other.close()
+    await orders.close()
 
 
-async def test_a_failure_releases_the_key_and_reaches_the_waiters() -> None:
-    """The first caller's exception reaches concurrent duplicates; the key can run again."""
-    store = InProcessOrderStore()
+async def test_a_failed_execution_frees_the_key_for_the_retry(tmp_path: Path) -> None:
+    """The exception reaches the caller; the client's retry with the same key executes."""
+    orders = make_orders(tmp_path)
     attempts = 0
 
-    async def flaky() -> str:
+    async def flaky(order: Order) -> Fill:
         nonlocal attempts
         attempts += 1
-        await asyncio.sleep(0.01)
         if attempts == 1:
             raise ConnectionError("reset")
-        return "fill"
+        return Fill(order.key, attempts, 1.0, order.quantity)
 
-    outcomes = await asyncio.gather(
-        store.execute_once("k", "fp", flaky),
-        store.execute_once("k", "fp", flaky),
-        return_exceptions=True,
-    )
-    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
-    assert await store.execute_once("k", "fp", flaky) == ("fill", False)
-    assert attempts == 2
-
-
-async def test_a_cancelled_execution_releases_the_key() -> None:
-    """Cancelling the executing caller leaves the key free, not stuck in progress."""
-    store = InProcessOrderStore()
-    started = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await asyncio.sleep(10)
-        return "never"
-
-    task = asyncio.create_task(store.execute_once("k", "fp", slow))
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    async def fast() -> str:
-        return "fill"
-
-    assert await store.execute_once("k", "fp", fast) == ("fill", False)
-
-
-async def test_a_reused_key_with_another_order_is_refused() -> None:
-    """Same key, different fingerprint: an error, and the first result stays."""
-    store = InProcessOrderStore()
-
-    async def operation() -> int:
-        return 1
-
-    await store.execute_once("k", "order-a", operation)
-    with pytest.raises(FingerprintMismatchError, match="'k'"):
-        await store.execute_once("k", "order-b", operation)
-    assert len(store) == 1
+    orders.bind(flaky)
+    with pytest.raises(ConnectionError):
+        await orders.place(ORDER)
+    assert await orders.place(ORDER) == (Fill("k", 2, 1.0, 2), False)
+    assert await orders.place(ORDER) == (Fill("k", 2, 1.0, 2), True)
+    await orders.close()

@@ -23,7 +23,12 @@ SHUTDOWN_DRAIN_DELAY, ...); options win over the environment.
 
 Exit codes: 0 the summary's checks hold; 1 they do not, or the run failed
 (a port in use, a server that does not answer); 2 a usage error, a bad
-environment variable, or an option this build cannot honour."""
+environment variable, or an option whose extra is not installed.
+
+Idempotency: a SQLite file by default (--state-dir, else a temporary one),
+Redis with --redis, PostgreSQL with --postgres. --replicas N runs N service
+processes against it (each with its own probe and metrics ports: the given
+ones plus the replica's index, or free ones with 0) and merges their reports."""
 
 
 def _positive_float(text: str) -> float:
@@ -45,6 +50,17 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in [0, 65535], got {text!r}")
     return value
+
+
+def _replica(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        pair = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be INDEX/COUNT, got {text!r}") from None
+    if not 0 <= pair[0] < pair[1]:
+        raise argparse.ArgumentTypeError(f"must be INDEX/COUNT with INDEX < COUNT, got {text!r}")
+    return pair
 
 
 def add_parser(subparsers: Any) -> None:
@@ -69,19 +85,32 @@ def add_parser(subparsers: Any) -> None:
     view.add_argument(
         "--tui", dest="tui", action="store_true", help="the live view even without a terminal"
     )
-    parser.add_argument("--redis", metavar="URL", help="per-user limiters on this Redis")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="per-user limiters, and the idempotency store unless --postgres, on this Redis",
+    )
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="idempotency store on this PostgreSQL (not in this build: exits 2)",
+        help="idempotency store on this PostgreSQL (limiters on --redis if given, "
+        "else in-process in each replica)",
     )
     parser.add_argument(
         "--replicas",
         type=_count,
         default=1,
-        help="service processes (default 1; more need a durable idempotency store, "
-        "not in this build: exits 2)",
+        help="service processes sharing the idempotency store (default 1)",
     )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the embedded SQLite idempotency store lives (default: a temporary "
+        "directory removed at the end)",
+    )
+    # Set by the parent of --replicas for each service process it spawns.
+    parser.add_argument("--replica", type=_replica, help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -117,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         seed=args.seed,
         summary_json=args.summary_json,
+        state_dir=args.state_dir,
+        run_id=args.run_id,
+        replica=args.replica,
     )
     try:
         return run_demo(options)

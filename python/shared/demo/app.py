@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,15 @@ from typing import Any, TextIO
 import shared
 from shared.config import ServiceSettings
 from shared.demo import wiring
-from shared.demo.clients import ClientProfile, run_client
+from shared.demo.clients import ClientProfile, Route, run_client
 from shared.demo.exchange import ExchangeProfile, SimulatedExchange
 from shared.demo.service import OrderService
 from shared.demo.stats import Stats
-from shared.demo.telemetry import DemoCollector, DemoHealth
+from shared.demo.telemetry import DemoCollector, DemoHealthCheck
 from shared.demo.view import make_view
+from shared.health import HealthServer
+from shared.lifecycle import GracefulShutdown
+from shared.observability import shutdown_tracing
 from shared.resilience import (
     CircuitBreakerConfig,
     RateLimitConfig,
@@ -31,7 +35,7 @@ from shared.resilience import (
     RetryConfig,
 )
 
-__all__ = ["DemoOptions", "run", "run_async"]
+__all__ = ["DemoOptions", "print_summary", "run", "run_async"]
 
 _log = logging.getLogger("shared.demo")
 UPDATE_INTERVAL = 0.25
@@ -53,6 +57,9 @@ class DemoOptions:
     metrics_port: int | None = None
     seed: int = 1
     summary_json: str | None = None
+    state_dir: str | None = None
+    run_id: str | None = None
+    replica: tuple[int, int] | None = None  # (index, count) in a replica process
     environ: Mapping[str, str] | None = None
     configure_logging: bool = True
 
@@ -121,11 +128,12 @@ def _snapshot(service: OrderService, stats: Stats, users: int) -> dict[str, Any]
     }
 
 
-def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
+def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print("\n== summary", file=out)
     for name, passed in summary["checks"].items():
         print(f"  [{'ok' if passed else 'FAILED'}] {name}", file=out)
     keys = (
+        "replicas",
         "duration_s",
         "requests",
         "unique_keys_sent",
@@ -134,6 +142,8 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         "duplicate_executions",
         "duplicates_sent",
         "duplicates_replayed",
+        "replays_across_replicas",
+        "in_progress_timeouts",
         "rate_limited",
         "breaker_rejections",
         "breaker_opened",
@@ -146,6 +156,10 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         "finished_after_stop",
         "cancelled_at_stop",
         "latency_ms",
+        "idempotency_store",
+        "limiters",
+        "health_urls",
+        "metrics_urls",
     )
     for key in keys:
         if key in summary:
@@ -153,28 +167,32 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print(f"  result: {'OK' if summary['ok'] else 'FAILED'}", file=out, flush=True)
 
 
-async def _drain(
+async def _stop(
     service: OrderService,
     clients: list[asyncio.Task[None]],
     client_stop: asyncio.Event,
-    forced: asyncio.Event,
-    settings: ServiceSettings,
-) -> None:
-    """The graceful stop, once readiness answers 503: traffic is still served for
-    the drain delay, then clients place no new orders and the orders in flight
-    finish, within the shutdown timeout (a second signal cuts both short)."""
+    shutdown: GracefulShutdown,
+    drain_delay: float,
+) -> int:
+    """The graceful stop, once readiness answers 503: ``shutdown.wait()`` serves
+    traffic for the drain delay, then waits for the orders in flight (critical
+    sections) and runs the handler that lets the clients finish; clients place
+    no new order once the drain delay is over."""
     stats = service.stats
+
+    async def finish_clients() -> None:
+        await asyncio.gather(*clients, return_exceptions=True)
+
+    shutdown.on_shutdown(finish_clients, name="clients finish")
+
+    sequence = asyncio.ensure_future(shutdown.wait())
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(forced.wait(), settings.drain_delay)
+        await asyncio.wait_for(asyncio.shield(sequence), drain_delay)
     stats.stopping = True
     stats.in_flight_at_stop = service.in_flight
+    service.accepting = False
     client_stop.set()
-    all_done: asyncio.Future[Any] = asyncio.gather(*clients, return_exceptions=True)
-    force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
-    await asyncio.wait(
-        [all_done, force], timeout=settings.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
-    )
-    force.cancel()
+    code = await sequence
     crashed = [
         task.exception()
         for task in clients
@@ -189,52 +207,71 @@ async def _drain(
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+    return code
 
 
 async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str, Any]:
     """Runs until ``duration`` passes or SIGINT/SIGTERM; returns the summary
     (``summary["ok"]``: it proves exactly-once and a clean stop). Raises
-    ``UnsupportedOptionError`` or ``EnvConfigError`` (exit code 2 for the CLI)."""
+    ``UnsupportedOptionError`` or ``EnvConfigError`` (exit code 2 for the CLI).
+    With ``replicas > 1`` this process runs the replicas (``run_replicas``)."""
     out = out or sys.stdout
+    if options.replicas > 1 and options.replica is None:
+        from shared.demo.replicas import run_replicas
+
+        return await run_replicas(options, out)
     wiring.check_options(options)
     configs = _configs(options)
     settings = configs.settings
-    view = make_view(options.tui, options.duration, "shared demo: order execution", out)
+    run_id = options.run_id or uuid.uuid4().hex[:8]
+    title = "shared demo: order execution"
+    if options.replica is not None:
+        title += f" (replica {options.replica[0]} of {options.replica[1]})"
+    view = make_view(options.tui, options.duration, title, out)
     if options.configure_logging:
         logging.basicConfig(level=settings.log_level, handlers=[view.log_handler()], force=True)
     loop = asyncio.get_running_loop()
     stats = Stats()
-    exchange = SimulatedExchange(configs.exchange, seed=options.seed)
-    store = wiring.make_order_store(options)
-    limiters = await wiring.make_user_limiters(options, configs.rate)
+    replica_index = 0 if options.replica is None else options.replica[0]
+    exchange = SimulatedExchange(configs.exchange, seed=options.seed, fill_base=replica_index)
     environ = os.environ if options.environ is None else options.environ
     console = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console"
-    tracing = wiring.setup_tracing(settings, console=console)
-    service = OrderService(
-        exchange,
-        store,
-        limiters,
-        stats,
-        breaker_config=configs.breaker,
-        retry_config=configs.retry,
-        attempt_timeout=configs.attempt_timeout,
-        trace=tracing.trace,
-    )
-    opened = [0]
-    service.breaker.add_listener(
-        lambda breaker, old, new: opened.__setitem__(0, opened[0] + (new.name == "OPEN"))
-    )
-    stopping = asyncio.Event()
-    forced = asyncio.Event()
-
-    def ready() -> bool:
-        return service.started and not stopping.is_set()
-
-    health = metrics = None
-    uninstall = None
+    shutdown = wiring.install_shutdown(settings)
+    lifecycle_log = logging.getLogger("shared.lifecycle")
+    drain_filter: Any = None
+    store = limiters = health = metrics = None
+    tracing_on = False
     try:
+        store = await wiring.make_order_store(options, run_id)
+        limiters = await wiring.make_user_limiters(options, configs.rate, run_id)
+        tracing = wiring.setup_tracing(settings, console=console)
+        tracing_on = True
+        service = OrderService(
+            exchange,
+            store,
+            limiters,
+            stats,
+            breaker_config=configs.breaker,
+            retry_config=configs.retry,
+            attempt_timeout=configs.attempt_timeout,
+            critical=shutdown.critical,
+        )
+        opened = [0]
+        service.breaker.add_listener(
+            lambda breaker, old, new: opened.__setitem__(0, opened[0] + (new.name == "OPEN"))
+        )
+
+        def drain_filter(record: logging.LogRecord) -> bool:
+            # Orders keep coming during the drain delay, as they should: not a warning.
+            return not (service.accepting and "entered during shutdown" in record.msg)
+
+        lifecycle_log.addFilter(drain_filter)
+
+        def ready() -> bool:
+            return service.started and service.accepting and not shutdown.is_shutting_down
+
         try:
-            health = await wiring.start_health(settings, DemoHealth(service, ready), options.host)
+            health = await wiring.start_health(settings, DemoHealthCheck(service), options.host)
         except OSError as exc:
             raise OSError(
                 f"cannot serve health checks on {options.host}:{settings.health_check_port} "
@@ -243,7 +280,7 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
             ) from exc
         try:
             metrics = await wiring.start_metrics(
-                settings, DemoCollector(service, ready), options.host
+                settings, DemoCollector(service, ready), store, options.host
             )
         except OSError as exc:
             raise OSError(
@@ -251,15 +288,6 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
                 f"({exc.strerror or exc}); set METRICS_PORT or --metrics-port (0: any free port)"
             ) from exc
 
-        def on_signal(name: str) -> None:
-            if stopping.is_set():
-                print(f"{name} again: forcing the stop", file=out, flush=True)
-                forced.set()
-            else:
-                print(f"{name}: stopping gracefully (again to force)", file=out, flush=True)
-                stopping.set()
-
-        uninstall = wiring.install_shutdown(loop, on_signal)
         print(
             f"shared {shared.__version__} demo on the {shared.BACKEND} backend: "
             f"{options.clients} clients, {options.users} users, "
@@ -267,21 +295,24 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
             file=out,
         )
         print(
-            f"  health:  {health.url('/health/ready')} (/health, /health/live, /health/startup)",
+            f"  health:  {health.url}/health/ready (/health, /health/live, /health/startup)",
             file=out,
         )
-        print(f"  metrics: {metrics.url('/metrics')}", file=out)
+        print(f"  metrics: {metrics.url}", file=out)
         print(f"  idempotency: {store.description}", file=out)
         print(f"  limiters: {limiters.description}", file=out)
-        print(f"  tracing: {tracing.description}", file=out, flush=True)
+        print(f"  tracing: {tracing}", file=out, flush=True)
 
         exchange.start()
         stats.started = time.monotonic()
         client_stop = asyncio.Event()
         profile = ClientProfile()
+        route = Route(run_id, replica_index, 1 if options.replica is None else options.replica[1])
         clients = [
             asyncio.create_task(
-                run_client(i, options.users, service, stats, client_stop, profile, options.seed),
+                run_client(
+                    i, options.users, service, stats, client_stop, profile, options.seed, route
+                ),
                 name=f"client-{i}",
             )
             for i in range(options.clients)
@@ -290,46 +321,63 @@ async def run_async(options: DemoOptions, out: TextIO | None = None) -> dict[str
         view.start()
         try:
             deadline = None if options.duration is None else loop.time() + options.duration
-            while not stopping.is_set():
+            while not shutdown.is_shutting_down:
                 timeout = UPDATE_INTERVAL
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - loop.time()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout)
+                await asyncio.sleep(timeout)
                 view.update(_snapshot(service, stats, options.users))
                 if deadline is not None and loop.time() >= deadline:
-                    stopping.set()
-            await _drain(service, clients, client_stop, forced, settings)
-            service.accepting = False
+                    shutdown.trigger("the duration is over")
+            print(f"{shutdown.reason}: stopping gracefully (again to force)", file=out, flush=True)
+            code = await _stop(service, clients, client_stop, shutdown, settings.drain_delay)
             view.update(_snapshot(service, stats, options.users))
         finally:
             view.stop()
     finally:
-        if uninstall is not None:
-            uninstall()
+        shutdown.close()
+        if drain_filter is not None:
+            lifecycle_log.removeFilter(drain_filter)
         for server in (health, metrics):
             if server is not None:
-                await server.close()
-        await limiters.close()
-        await store.close()
-        await asyncio.to_thread(tracing.shutdown)
+                with contextlib.suppress(Exception):
+                    await (
+                        server.aclose() if isinstance(server, HealthServer) else server.stop_async()
+                    )
+        if limiters is not None:
+            await limiters.close()
+        if store is not None:
+            await store.close()
+        if tracing_on:
+            await asyncio.to_thread(shutdown_tracing, 2.0)
 
     retry = service.retry.statistics
-    summary = stats.summary(
-        dict(exchange.executions),
-        {
-            "breaker_opened": opened[0],
-            "spans": tracing.spans,
-            "retries": retry["retries"],
-            "retry_give_ups": retry["give_ups"],
-            "backend": shared.BACKEND,
-            "idempotency_store": store.description,
-            "limiters": limiters.description,
-            "health_url": health.url("/health/ready"),
-            "metrics_url": metrics.url("/metrics"),
-        },
-    )
-    _print_summary(summary, out)
+    extra: dict[str, Any] = {
+        "breaker_opened": opened[0],
+        "spans": service.spans,
+        "retries": retry["retries"],
+        "retry_give_ups": retry["give_ups"],
+        "shutdown_exit_code": code,
+        "backend": shared.BACKEND,
+        "idempotency_store": store.description,
+        "store_outcomes": store.store.outcome_counts(),
+        "limiters": limiters.description,
+        "tracing": tracing,
+        "health_url": f"{health.url}/health/ready",
+        "metrics_url": metrics.url,
+    }
+    summary = stats.summary(dict(exchange.executions), extra)
+    if code != 0:
+        summary["checks"]["the graceful shutdown finished cleanly"] = False
+        summary["ok"] = False
+    if options.replica is not None:
+        # A replica acknowledges keys that another replica executed: the parent
+        # checks executions against acknowledgements over all of them.
+        del summary["checks"]["orders executed == unique keys acknowledged"]
+        summary["ok"] = all(summary["checks"].values())
+        summary["ledger"] = stats.ledger(dict(exchange.executions))
+    else:
+        print_summary(summary, out)
     return summary
 
 

@@ -89,6 +89,7 @@ class ExchangeProfile:
 class SimulatedExchange:
     profile: ExchangeProfile = field(default_factory=ExchangeProfile)
     seed: int = 0
+    fill_base: int = 0  # a replica's index: fill ids stay unique across replicas
     clock: Callable[[], float] = time.monotonic
     calls: int = 0
     errors: int = 0
@@ -99,7 +100,7 @@ class SimulatedExchange:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._started = self.clock()
-        self._next_fill_id = 0
+        self._next_fill_id = self.fill_base * 1_000_000_000
 
     def start(self) -> None:
         """Starts the outage schedule's clock now."""

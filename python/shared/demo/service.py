@@ -1,7 +1,8 @@
 """The order-execution service: every pattern on the path of one order.
 
 ``place_order`` checks the user's rate limit, then executes the order at most
-once per idempotency key (the ``OrderStore``); the execution is a retry with
+once per idempotency key (``@idempotent``, ``IdempotentOrders``); the
+execution runs inside a graceful-shutdown critical section and a span, and is a retry with
 a shared budget around a circuit breaker around a per-attempt timeout around
 the exchange call, the order the design document recommends (a retry never
 hammers an open breaker: ``CircuitBreakerOpenError`` is never retried).
@@ -9,13 +10,18 @@ hammers an open breaker: ``CircuitBreakerOpenError`` is never retried).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import trace as otel_trace
+
 from shared.demo.exchange import Fill, Order, SimulatedExchange
 from shared.demo.stats import Stats
-from shared.demo.store import OrderStore
+from shared.demo.store import IdempotentOrders
+from shared.observability import trace_span
 from shared.resilience import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -54,14 +60,14 @@ class OrderService:
     def __init__(
         self,
         exchange: SimulatedExchange,
-        store: OrderStore,
+        store: IdempotentOrders,
         limiters: UserLimiters,
         stats: Stats,
         *,
         breaker_config: CircuitBreakerConfig,
         retry_config: RetryConfig,
         attempt_timeout: float,
-        trace: Any = None,
+        critical: Callable[[str], contextlib.AbstractAsyncContextManager[Any]] | None = None,
     ) -> None:
         self.exchange = exchange
         self.store = store
@@ -73,7 +79,9 @@ class OrderService:
         self.in_flight = 0
         self.accepting = True
         self.started = False
-        self._execute = self._execute_order if trace is None else trace(self._execute_order)
+        self.spans = 0
+        self._critical = critical
+        store.bind(self._execute_order)
 
     async def place_order(self, order: Order) -> OrderResult:
         """Rate limit, then one execution per key (a duplicate gets the first fill)."""
@@ -87,9 +95,7 @@ class OrderService:
         self.in_flight += 1
         start = time.monotonic()
         try:
-            fill, replayed = await self.store.execute_once(
-                order.key, order.fingerprint(), lambda: self._execute(order)
-            )
+            fill, replayed = await self.store.place(order)
         finally:
             self.in_flight -= 1
             if self.stats.stopping:
@@ -97,8 +103,21 @@ class OrderService:
         self.stats.record_ack(order.key, fill.fill_id, time.monotonic() - start, replayed)
         return OrderResult(fill, replayed)
 
+    @trace_span("order.execute")
     async def _execute_order(self, order: Order) -> Fill:
-        fill: Fill = await self.retry.execute_async(self.breaker.call_async, self._attempt, order)
+        """One execution (a first call for its key): a span, inside a critical section
+        (a graceful shutdown waits for it), retry around breaker around timeout."""
+        span = otel_trace.get_current_span()
+        if span.is_recording():
+            self.spans += 1
+            span.set_attributes(
+                {"order.key": order.key, "order.user": order.user, "order.symbol": order.symbol}
+            )
+        section = contextlib.nullcontext() if self._critical is None else self._critical("order")
+        async with section:
+            fill: Fill = await self.retry.execute_async(
+                self.breaker.call_async, self._attempt, order
+            )
         return fill
 
     async def _attempt(self, order: Order) -> Fill:

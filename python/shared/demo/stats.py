@@ -36,6 +36,7 @@ class Stats:
     failures: int = 0
     gave_up: int = 0
     client_retries: int = 0
+    in_progress_waits: int = 0
     in_flight_at_stop: int = 0
     finished_after_stop: int = 0
     cancelled_at_stop: int = 0
@@ -72,6 +73,15 @@ class Stats:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def ledger(self, executions: dict[str, int]) -> dict[str, Any]:
+        """What a replica reports to its parent: the exchange's executions per key,
+        the fills acknowledged per key and the keys sent (``aggregate`` merges them)."""
+        return {
+            "executions": executions,
+            "acknowledged": dict(self.acknowledged),
+            "keys_sent": sorted(self.keys_sent),
+        }
+
     def summary(self, executions: dict[str, int], extra: dict[str, Any]) -> dict[str, Any]:
         """The final report and whether it proves exactly-once and a clean stop."""
         executed_keys = set(executions)
@@ -105,6 +115,7 @@ class Stats:
             "breaker_rejections": self.breaker_rejections,
             "failed_attempts_seen_by_clients": self.failures,
             "client_retries": self.client_retries,
+            "in_progress_timeouts": self.in_progress_waits,
             "keys_abandoned_unexecuted": self.gave_up,
             "client_errors": self.client_errors,
             "in_flight_at_stop": self.in_flight_at_stop,

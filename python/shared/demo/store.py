@@ -1,87 +1,79 @@
-"""Order deduplication: one execution per idempotency key.
+"""Order placement through ``@idempotent``: one execution per key, on any store.
 
-``OrderStore`` is what the service needs from an idempotency layer:
-``execute_once(key, fingerprint, operation)`` runs ``operation`` at most once
-per key and says whether the answer is a replay. ``InProcessOrderStore``
-does it for one process (asyncio: no await between the check and the claim,
-so no race); the durable stores take its place through
-``shared.demo.wiring.make_order_store``.
+``IdempotentOrders`` decorates the service's execution with ``@idempotent``
+(the design document's recommendation) on the store ``shared.demo.wiring``
+picks: SQLite (embedded default, shared by the processes of one host), Redis or
+PostgreSQL (shared by every replica). A completed duplicate gets the stored
+fill; a concurrent duplicate waits for the first call's outcome (in this
+process or another one); a failed execution releases the key so that the
+client's retry executes.
+
+Whether a call executed or replayed is told by a context variable the
+executing body sets: ``@idempotent`` awaits the body in the caller's task, so
+the caller sees it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-__all__ = ["FingerprintMismatchError", "InProcessOrderStore", "OrderStore"]
+from shared.demo.exchange import Fill, Order
+from shared.resilience.idempotency import idempotent
 
-T = TypeVar("T")
+__all__ = ["IdempotentOrders"]
 
-
-class FingerprintMismatchError(ValueError):
-    """The key was used before for a different order."""
-
-
-class OrderStore(Protocol):
-    description: str
-
-    async def execute_once(
-        self, key: str, fingerprint: str, operation: Callable[[], Awaitable[T]]
-    ) -> tuple[T, bool]:
-        """``(result, replayed)``: runs ``operation`` unless ``key`` ran or is running."""
-        ...
-
-    async def close(self) -> None: ...
+_executed: contextvars.ContextVar[bool] = contextvars.ContextVar("shared_demo_executed")
 
 
-class InProcessOrderStore:
-    """Completed keys replay their result; a concurrent duplicate waits for the
-    running execution and shares its outcome; a failed execution releases the
-    key so the client may try again."""
+class IdempotentOrders:
+    """``place(order, execute)`` runs ``execute(order)`` at most once per ``order.key``.
 
-    description = "in-process (one execution per key in this process)"
+    Args:
+        store: an idempotency store with the atomic claim.
+        description: what the summary says about it.
+        close: releases the store's connections (called by ``close()``).
+        ttl: seconds a fill is replayed (default 1 h: longer than any demo run).
+        wait_timeout: seconds a concurrent duplicate waits for the first call.
+    """
 
-    def __init__(self) -> None:
-        self._done: dict[str, tuple[str, Any]] = {}
-        self._running: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+    def __init__(
+        self,
+        store: Any,
+        description: str,
+        close: Callable[[], Awaitable[None]],
+        *,
+        ttl: float = 3600.0,
+        wait_timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.description = description
+        self._close = close
+        self._execute: Callable[[Order], Awaitable[Fill]] | None = None
 
-    def __len__(self) -> int:
-        return len(self._done)
+        @idempotent(key_param="key", store=store, ttl=ttl, wait_timeout=wait_timeout, lease=10.0)
+        async def place(key: str, user: str, symbol: str, side: str, quantity: int) -> Fill:
+            assert self._execute is not None
+            _executed.set(True)
+            return await self._execute(Order(user, key, symbol, side, quantity))
 
-    @staticmethod
-    def _check(key: str, stored: str, given: str) -> None:
-        if stored != given:
-            raise FingerprintMismatchError(f"idempotency key {key!r} was used for another order")
+        self._place = place
 
-    async def execute_once(
-        self, key: str, fingerprint: str, operation: Callable[[], Awaitable[T]]
-    ) -> tuple[T, bool]:
-        done = self._done.get(key)
-        if done is not None:
-            self._check(key, done[0], fingerprint)
-            return done[1], True
-        running = self._running.get(key)
-        if running is not None:
-            self._check(key, running[0], fingerprint)
-            return await asyncio.shield(running[1]), True
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        # Waiters read the outcome; when there are none, this marks it retrieved.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._running[key] = (fingerprint, future)
+    def bind(self, execute: Callable[[Order], Awaitable[Fill]]) -> None:
+        """Sets what an execution does (the service's retry/breaker/timeout path)."""
+        self._execute = execute
+
+    async def place(self, order: Order) -> tuple[Fill, bool]:
+        """``(fill, replayed)``; raises what the execution raised (the key is then free)."""
+        token = _executed.set(False)
         try:
-            result = await operation()
-        except BaseException as exc:
-            del self._running[key]
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-            else:
-                future.cancel()
-            raise
-        self._done[key] = (fingerprint, result)
-        del self._running[key]
-        future.set_result(result)
-        return result, False
+            fill: Fill = await self._place(
+                order.key, order.user, order.symbol, order.side, order.quantity
+            )
+            return fill, not _executed.get()
+        finally:
+            _executed.reset(token)
 
     async def close(self) -> None:
-        return None
+        await self._close()

@@ -1,83 +1,50 @@
-"""The demo's health answers and Prometheus metrics, read from its state at request time."""
+"""The demo's health (a ``HealthCheck`` subclass) and its own Prometheus metrics.
+
+``DemoHealthCheck`` is served by ``shared.health.HealthServer``: liveness never
+depends on the exchange, readiness fails until the service has started (and,
+through the health server, during a graceful shutdown), the overall check
+reports the exchange as degraded while its breaker is not closed.
+``DemoCollector`` is an extra collector beside the library's ``shared_*``
+families, read at scrape time: nothing on the order path.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.demo.http import Response
+from shared.health import HealthCheck, HealthStatus, circuit_breaker_check
 from shared.resilience import CircuitBreakerState
 
 if TYPE_CHECKING:
     from shared.demo.service import OrderService
 
-__all__ = ["DemoCollector", "DemoHealth", "health_routes", "metrics_endpoint"]
+__all__ = ["DemoCollector", "DemoHealthCheck"]
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return status, "application/json", (json.dumps(body) + "\n").encode()
+class DemoHealthCheck(HealthCheck):
+    """Startup and readiness follow the service; ``exchange`` reports its breaker."""
 
+    cache_ttl = 0.1
 
-class DemoHealth:
-    """The demo's health, in the shape of the document's ``HealthCheck``
-    (``check``, ``liveness``, ``readiness``, plus ``startup``), answering the
-    ``HealthStatus`` values as strings: a ``HealthCheck`` subclass for
-    ``shared.health.HealthServer`` is these four methods.
-
-    Liveness never depends on the exchange; readiness fails while starting or
-    stopping; the overall check reports the exchange as degraded while its
-    breaker is not closed (the service still answers, degraded).
-    """
-
-    def __init__(self, service: OrderService, ready: Callable[[], bool]) -> None:
+    def __init__(self, service: OrderService) -> None:
+        super().__init__()
         self.service = service
-        self.ready = ready
+        # Readiness and the overall check: DEGRADED (200) while the breaker is not closed.
+        self.add_check("exchange", circuit_breaker_check(service.breaker))
 
-    def exchange(self) -> str:
-        closed = self.service.breaker.state is CircuitBreakerState.CLOSED
-        return HEALTHY if closed else DEGRADED
+    def readiness(self) -> HealthStatus:
+        """UNHEALTHY (503) until started and once the service takes no orders; the
+        server combines it with the ``exchange`` check and answers 503 during a
+        graceful shutdown from its first instant."""
+        ready = self.service.started and self.service.accepting
+        return HealthStatus.HEALTHY if ready else HealthStatus.UNHEALTHY
 
-    def check(self) -> str:
-        return self.exchange() if self.ready() else UNHEALTHY
-
-    def liveness(self) -> str:
-        return HEALTHY
-
-    def readiness(self) -> str:
-        return HEALTHY if self.ready() else UNHEALTHY
-
-    def startup(self) -> str:
-        return HEALTHY if self.service.started else UNHEALTHY
-
-
-HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
-
-
-def health_routes(health: DemoHealth) -> dict[str, Callable[[], Response]]:
-    """``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``: 200 for
-    healthy and degraded, 503 for unhealthy, the document's JSON body."""
-
-    def answer(status: str, checks: dict[str, str] | None = None) -> Response:
-        body: dict[str, Any] = {
-            "status": status,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        if checks is not None:
-            body["checks"] = checks
-        return _json(503 if status == UNHEALTHY else 200, body)
-
-    return {
-        "/health": lambda: answer(health.check(), {"exchange": health.exchange()}),
-        "/health/live": lambda: answer(health.liveness()),
-        "/health/ready": lambda: answer(health.readiness()),
-        "/health/startup": lambda: answer(health.startup()),
-    }
+    def startup(self) -> HealthStatus:
+        return HealthStatus.HEALTHY if self.service.started else HealthStatus.UNHEALTHY
 
 
 class DemoCollector(Collector):
@@ -134,13 +101,3 @@ class DemoCollector(Collector):
         ready = GaugeMetricFamily("shared_demo_ready", "1 while the service takes traffic")
         ready.add_metric([], 1.0 if self.ready() else 0.0)
         yield ready
-
-
-def metrics_endpoint(collector: Collector) -> Callable[[], Response]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-
-    def scrape() -> Response:
-        return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)
-
-    return scrape

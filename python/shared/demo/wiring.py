@@ -1,51 +1,59 @@
-"""The demo's plug points: one function per piece that another module provides.
+"""The demo's plug points: each builds one piece from the library's own module.
 
-Each function builds its piece from what this package has today and is the
-one place to switch when the library's own module lands:
-
-- ``make_order_store``: the idempotency layer (today: one execution per key
-  in this process; then ``@idempotent`` on the SQLite, Redis or PostgreSQL
-  store).
-- ``make_user_limiters``: per-user limits (in-process registry, or the Redis
-  registry with ``--redis``).
-- ``start_health``: the probe server (today: ``shared.demo.http``; then
-  ``shared.health.HealthServer``).
-- ``start_metrics``: the Prometheus endpoint (today: ``shared.demo.http`` with
-  the demo's collector; then ``shared.observability.MetricsServer``).
-- ``setup_tracing``: spans (today: off; then ``shared.observability``).
-- ``install_shutdown``: signals (today: asyncio signal handlers; then
-  ``shared.lifecycle.GracefulShutdown``).
-- ``check_options``: refuses what needs a piece that is not here yet.
+- ``make_order_store``: ``@idempotent`` order placement on the SQLite store
+  (embedded default: a file in ``--state-dir`` or a temporary directory,
+  shared by the processes of one host), ``RedisIdempotencyStore`` with
+  ``--redis`` or ``PostgresIdempotencyStore`` with ``--postgres``.
+- ``make_user_limiters``: per-user limits (the Redis registry with ``--redis``,
+  shared by every replica; else an in-process registry per process).
+- ``start_health``: ``shared.health.HealthServer`` with the demo's ``HealthCheck``.
+- ``start_metrics``: ``shared.observability.MetricsServer`` with the
+  ``shared_*`` families, the store's outcome counts and the demo's collector.
+- ``setup_tracing``: ``shared.observability.setup_tracing`` (OTLP, console or none).
+- ``install_shutdown``: ``shared.lifecycle.GracefulShutdown`` (SIGINT, SIGTERM).
+- ``check_options``: refuses what needs an extra that is not installed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import sys
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from shared.config import ServiceSettings
-from shared.demo.http import SmallHttpServer
 from shared.demo.service import UserLimiters
-from shared.demo.store import InProcessOrderStore, OrderStore
-from shared.demo.telemetry import DemoHealth, health_routes, metrics_endpoint
+from shared.demo.store import IdempotentOrders
+from shared.health import HealthCheck, HealthServer
+from shared.lifecycle import GracefulShutdown, ShutdownConfig
+from shared.observability import (
+    MetricsServer,
+    TracingConfig,
+    register_idempotency_store,
+    register_resilience_metrics,
+)
+from shared.observability import setup_tracing as _setup_tracing
 from shared.resilience import AsyncRedisRateLimiterRegistry, RateLimitConfig, RateLimiterRegistry
+from shared.resilience.idempotency import (
+    PostgresIdempotencyStore,
+    RedisIdempotencyStore,
+    SQLiteIdempotencyStore,
+)
 
 if TYPE_CHECKING:
     from shared.demo.app import DemoOptions
 
 __all__ = [
-    "Tracing",
+    "POSTGRES_TABLE",
     "UnsupportedOptionError",
     "check_options",
+    "create_postgres_table",
     "install_shutdown",
     "make_order_store",
     "make_user_limiters",
@@ -54,37 +62,117 @@ __all__ = [
     "start_metrics",
 ]
 
+#: The PostgreSQL table of the demo's idempotency records (keys carry the run id).
+POSTGRES_TABLE = "shared_demo_idempotency"
+
 
 class UnsupportedOptionError(Exception):
-    """An option needs a part of the library this build does not have (exit 2)."""
+    """An option needs an optional extra that is not installed (exit 2)."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules
+        return False
 
 
 def check_options(options: DemoOptions) -> None:
-    """Refuses options whose exactly-once claim needs a durable idempotency store."""
+    """Refuses ``--redis`` / ``--postgres`` without the client library they need."""
+    if options.redis_url is not None and not _installed("redis"):
+        raise UnsupportedOptionError("--redis needs the redis extra: pip install 'shared[redis]'")
+    if options.postgres_url is not None and not (
+        _installed("psycopg") and _installed("psycopg_pool")
+    ):
+        raise UnsupportedOptionError(
+            "--postgres needs the postgres extra: pip install 'shared[postgres]'"
+        )
+
+
+async def _redis_client(url: str) -> Any:
+    import redis.asyncio
+
+    client = redis.asyncio.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
+    try:
+        await asyncio.wait_for(client.ping(), 2.0)
+    except Exception as exc:
+        await client.aclose()
+        raise ConnectionError(f"Redis at {url} does not answer: {exc}") from exc
+    return client
+
+
+def create_postgres_table(url: str) -> None:
+    """Creates the demo's table (once, before replicas start: concurrent CREATEs race)."""
+    store = PostgresIdempotencyStore(url, table=POSTGRES_TABLE, min_size=0, max_size=1, timeout=3)
+    try:
+        store.create_table()
+    except Exception as exc:
+        raise ConnectionError(f"PostgreSQL at {url} does not answer: {exc}") from exc
+    finally:
+        store.close()
+
+
+async def make_order_store(options: DemoOptions, run_id: str) -> IdempotentOrders:
+    """``@idempotent`` placement on PostgreSQL (``--postgres``, even with ``--redis``:
+    Redis then holds the limiters), Redis, or (default) a SQLite file."""
     if options.postgres_url is not None:
-        raise UnsupportedOptionError(
-            "--postgres needs the PostgreSQL idempotency store, which this build does not "
-            "have yet; run without it (in-process store) or with --redis (limiters on Redis)"
-        )
-    if options.replicas > 1:
-        raise UnsupportedOptionError(
-            f"--replicas {options.replicas} needs a durable idempotency store shared by the "
-            "processes (Redis or PostgreSQL), which this build does not have yet; "
-            "exactly-once across processes cannot be shown with the in-process store"
-        )
+        url = options.postgres_url
+        if options.replica is None:  # the parent of replicas created it already
+            await asyncio.to_thread(create_postgres_table, url)
+        store: Any = PostgresIdempotencyStore(url, table=POSTGRES_TABLE, name="demo-orders")
 
+        async def close_postgres() -> None:
+            await asyncio.to_thread(store.close)
 
-def make_order_store(options: DemoOptions) -> OrderStore:
-    """The idempotency layer orders go through."""
-    return InProcessOrderStore()
+        return IdempotentOrders(
+            store,
+            f"PostgresIdempotencyStore at {url}, table {POSTGRES_TABLE} (shared by every replica)",
+            close_postgres,
+        )
+    if options.redis_url is not None:
+        client = await _redis_client(options.redis_url)
+        store = RedisIdempotencyStore(
+            async_client=client, key_prefix=f"shared-demo:{run_id}:idem:", name="demo-orders"
+        )
+        return IdempotentOrders(
+            store,
+            f"RedisIdempotencyStore at {options.redis_url} (shared by every replica)",
+            client.aclose,
+        )
+    created = options.state_dir is None
+    if options.state_dir is None:
+        directory = Path(tempfile.mkdtemp(prefix="shared-demo-"))
+    else:
+        directory = Path(options.state_dir)
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    path = directory / "idempotency.sqlite3"
+    store = SQLiteIdempotencyStore(path, name="demo-orders")
+
+    async def close_sqlite() -> None:
+        store.close()
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    where = "a temporary file" if created else "--state-dir"
+    return IdempotentOrders(
+        store,
+        f"SQLiteIdempotencyStore at {path} ({where}; shared by the processes of this host)",
+        close_sqlite,
+    )
 
 
 class _InProcessLimiters:
-    def __init__(self, config: RateLimitConfig) -> None:
+    def __init__(self, config: RateLimitConfig, replicas: int) -> None:
         self.registry = RateLimiterRegistry(config)
         self.description = (
             f"in-process RateLimiterRegistry ({config.tokens_per_second:g}/s, "
-            f"burst {config.burst_size:g} per user)"
+            f"burst {config.burst_size:g} per user"
+            + (
+                f", in each of the {replicas} replicas: up to {replicas}x that in all; "
+                "--redis shares one limit)"
+                if replicas > 1
+                else ")"
+            )
         )
 
     async def allow(self, user: str) -> float | None:
@@ -99,12 +187,14 @@ class _InProcessLimiters:
 
 
 class _RedisLimiters:
-    def __init__(self, config: RateLimitConfig, client: Any, url: str) -> None:
+    def __init__(
+        self, config: RateLimitConfig, client: Any, url: str, run_id: str, owner: bool
+    ) -> None:
         self.client = client
-        # One namespace per run, so that runs (and tests) never share buckets.
-        self.prefix = f"shared-demo:{os.getpid()}:{uuid.uuid4().hex[:8]}:"
+        self.owner = owner
+        # One namespace per run, shared by its replicas: runs (and tests) never share buckets.
         self.registry = AsyncRedisRateLimiterRegistry(
-            config, client, key_prefix=self.prefix, on_unavailable="local"
+            config, client, key_prefix=f"shared-demo:{run_id}:limits:", on_unavailable="local"
         )
         self.description = (
             f"Redis at {url} ({config.tokens_per_second:g}/s, burst {config.burst_size:g} "
@@ -119,154 +209,81 @@ class _RedisLimiters:
         return wait
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.registry.reset_all()
+        if self.owner:  # a replica leaves the shared buckets to expire
+            with contextlib.suppress(Exception):
+                await self.registry.reset_all()
         await self.client.aclose()
 
 
-async def make_user_limiters(options: DemoOptions, config: RateLimitConfig) -> UserLimiters:
+async def make_user_limiters(
+    options: DemoOptions, config: RateLimitConfig, run_id: str
+) -> UserLimiters:
     """Per-user limiters: on Redis with ``--redis`` (checked to answer), else in-process."""
     if options.redis_url is None:
-        return _InProcessLimiters(config)
-    try:
-        import redis.asyncio
-    except ImportError:
-        raise UnsupportedOptionError(
-            "--redis needs the redis extra: pip install 'shared[redis]'"
-        ) from None
-    client = redis.asyncio.from_url(
-        options.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-    )
-    try:
-        await asyncio.wait_for(client.ping(), 2.0)
-    except Exception as exc:
-        await client.aclose()
-        raise ConnectionError(f"Redis at {options.redis_url} does not answer: {exc}") from exc
-    return _RedisLimiters(config, client, options.redis_url)
+        replicas = 1 if options.replica is None else options.replica[1]
+        return _InProcessLimiters(config, replicas)
+    client = await _redis_client(options.redis_url)
+    return _RedisLimiters(config, client, options.redis_url, run_id, options.replica is None)
 
 
-async def start_health(settings: ServiceSettings, health: DemoHealth, host: str) -> SmallHttpServer:
-    """Serves ``/health``, ``/health/live``, ``/health/ready``, ``/health/startup``
-    from ``health`` (the ``HealthCheck`` shape) on ``settings.health_check_port``."""
-    server = SmallHttpServer(health_routes(health), host, settings.health_check_port)
+async def start_health(settings: ServiceSettings, health: HealthCheck, host: str) -> HealthServer:
+    """``HealthServer`` on ``settings.health_check_port`` (``/health``, ``/health/live``,
+    ``/health/ready``: 503 during a graceful shutdown, ``/health/startup``)."""
+    server = HealthServer(health, port=settings.health_check_port, host=host)
     await server.start()
     return server
 
 
 async def start_metrics(
-    settings: ServiceSettings, collector: Collector, host: str
-) -> SmallHttpServer:
-    """Serves ``/metrics`` (Prometheus text format) from ``collector``, in a
-    registry of its own, on ``settings.metrics_port``."""
-    server = SmallHttpServer({"/metrics": metrics_endpoint(collector)}, host, settings.metrics_port)
+    settings: ServiceSettings, collector: Collector, orders: IdempotentOrders, host: str
+) -> MetricsServer:
+    """``MetricsServer`` on ``settings.metrics_port``, serving a registry of its own:
+    the library's ``shared_*`` families (the idempotency store's outcomes among
+    them) and the demo's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    register_resilience_metrics(registry)
+    register_idempotency_store(orders.store)
+    registry.register(collector)
+    server = MetricsServer(host, settings.metrics_port, registry=registry)
     await server.start()
     return server
 
 
-@dataclass
-class Tracing:
-    """Spans around order executions: ``trace`` wraps the service's execute coroutine."""
-
-    description: str
-    trace: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
-    provider: Any = None
-    counter: Any = None
-
-    @property
-    def spans(self) -> int:
-        """Spans ended (sampled in) so far."""
-        return 0 if self.counter is None else int(self.counter.ended)
-
-    def shutdown(self) -> None:
-        """Flushes and stops the exporter (bounded: an unreachable collector costs 2 s)."""
-        if self.provider is not None:
-            self.provider.force_flush(timeout_millis=2000)
-            self.provider.shutdown()
-
-
-def setup_tracing(settings: ServiceSettings, *, console: bool = False) -> Tracing:
-    """A span per order execution, sampled at ``TRACE_SAMPLE_RATE``, exported over
-    OTLP/HTTP when an endpoint is set, else printed to stderr with ``console``
-    (``OTEL_TRACES_EXPORTER=console``), else counted in process. Uses the
-    OpenTelemetry SDK directly, with a provider of its own (not the global one)."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-    class _Counter(SpanProcessor):
-        ended = 0
-
-        def on_end(self, span: ReadableSpan) -> None:
-            self.ended += 1
-
-    resource = Resource.create(
-        {"service.name": settings.service_name, "deployment.environment": settings.environment}
-    )
-    provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_rate))
-    )
-    counter = _Counter()
-    provider.add_span_processor(counter)
+def setup_tracing(settings: ServiceSettings, *, console: bool = False) -> str:
+    """``shared.observability.setup_tracing``: OTLP/HTTP when an endpoint is set, JSON
+    on stdout with ``console`` (``OTEL_TRACES_EXPORTER=console``), else spans
+    created and never exported; sampled at ``TRACE_SAMPLE_RATE``. Returns what
+    the summary says about it."""
     rate = f"sampling {settings.trace_sample_rate:g}"
     if settings.otlp_endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=2))
-        )
-        description = f"OTLP/HTTP to {endpoint}, {rate}"
+        exporter = "otlp"
+        description = f"OTLP/HTTP to {settings.otlp_endpoint.rstrip('/')}/v1/traces, {rate}"
     elif console:
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
-        description = f"printed to stderr (OTEL_TRACES_EXPORTER=console), {rate}"
+        exporter = "console"
+        description = f"printed to stdout (OTEL_TRACES_EXPORTER=console), {rate}"
     else:
-        description = f"spans counted in process, {rate} (OTEL_EXPORTER_OTLP_ENDPOINT exports them)"
-    tracer = provider.get_tracer("shared.demo")
-
-    def trace(execute: Callable[..., Any]) -> Callable[..., Any]:
-        async def traced(order: Any) -> Any:
-            with tracer.start_as_current_span(
-                "order.execute",
-                attributes={
-                    "order.key": order.key,
-                    "order.user": order.user,
-                    "order.symbol": order.symbol,
-                },
-            ):
-                return await execute(order)
-
-        return traced
-
-    return Tracing(description, trace, provider, counter)
+        exporter = "none"
+        description = f"spans counted, not exported, {rate} (OTEL_EXPORTER_OTLP_ENDPOINT exports)"
+    _setup_tracing(
+        TracingConfig(
+            service_name=settings.service_name,
+            exporter_type=exporter,
+            otlp_endpoint=settings.otlp_endpoint,
+            environment=settings.environment,
+            sample_rate=settings.trace_sample_rate,
+        )
+    )
+    return description
 
 
-def install_shutdown(
-    loop: asyncio.AbstractEventLoop, on_signal: Callable[[str], None]
-) -> Callable[[], None]:
-    """Calls ``on_signal(name)`` on SIGINT or SIGTERM (a second one too: the caller
-    decides to force); returns a function that restores the previous handlers."""
-    installed: list[signal.Signals] = []
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig.name)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            with contextlib.suppress(ValueError):
-                previous[sig] = signal.signal(
-                    sig,
-                    lambda signum, frame: loop.call_soon_threadsafe(
-                        on_signal, signal.Signals(signum).name
-                    ),
-                )
-
-    def uninstall() -> None:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return uninstall
+def install_shutdown(settings: ServiceSettings) -> GracefulShutdown:
+    """SIGINT/SIGTERM start the graceful shutdown (readiness 503, ``drain_delay``,
+    open critical sections, handlers, all within ``shutdown_timeout``); a second
+    signal exits at once. The caller runs it with ``await shutdown.wait()``."""
+    return GracefulShutdown(
+        ShutdownConfig(
+            timeout=settings.shutdown_timeout,
+            drain_delay=settings.drain_delay,
+            exit_process=False,
+        )
+    )
