@@ -15,7 +15,6 @@ pub mod huge_pages;
 pub mod idempotency;
 pub mod limiter_registry;
 pub mod retry;
-pub mod slot_index;
 // Allowed `unsafe` code: `PyThreadState_SetAsyncExc` (see the module's documentation).
 #[cfg(feature = "python")]
 #[allow(unsafe_code)]

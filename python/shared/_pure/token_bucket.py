@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``rust/token_bucket.rs`` and ``rust/limiter_registry.rs``.
+"""Pure-Python twin of ``rust/token_bucket.rs`` and ``rust/limiter_registry/``.
 
 GCRA in integer nanoseconds with the native core's rounding and saturation,
 so both backends give identical results on one ``ManualClock``. The native
