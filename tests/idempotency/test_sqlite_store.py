@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -30,7 +31,7 @@ def test_wal_and_synchronous_full(path: Path) -> None:
     store = SQLiteIdempotencyStore(path)
     try:
         store.claim("k", "", 30)
-        with sqlite3.connect(path) as probe:
+        with contextlib.closing(sqlite3.connect(path)) as probe:
             assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn = store._connection()
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -177,7 +178,7 @@ async def test_a_cancelled_claim_is_released(path: Path) -> None:
 
 
 def _rows(path: Path) -> int:
-    with sqlite3.connect(path) as probe:
+    with contextlib.closing(sqlite3.connect(path)) as probe:
         return int(probe.execute("SELECT count(*) FROM shared_idempotency").fetchone()[0])
 
 
@@ -222,6 +223,7 @@ def test_a_dropped_store_closes_every_threads_connection(path: Path) -> None:
     import gc
     import sys
 
+    gc.collect()  # what earlier tests left is not this test's
     unraisable: list[Any] = []
     previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:

@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ class _SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # A store dropped without close() closes its connections: a weakref callback
+        # runs before the collector finalizes the connections (CPython 3.13+ warns
+        # about a connection collected open), and it holds the list, not the store.
+        weakref.finalize(self, _close_dropped, self._connections, os.getpid())
         self._closed = False
         with self._transaction("create table") as conn:
             conn.execute(
@@ -154,24 +159,13 @@ class _SQLiteStore:
         """Closes every connection this store opened (in this process)."""
         self._closed = True
         with self._connections_lock:
-            connections, self._connections = self._connections, []
+            connections = list(self._connections)
+            self._connections.clear()
         pid = os.getpid()
         if getattr(self._local, "pid", pid) != pid:
             return  # a forked child: the parent's connections are not ours to close
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def __del__(self) -> None:
-        # Dropped without close(): its connections close with it (CPython 3.13+ warns
-        # about a connection collected open). No lock: nothing else can reach the store
-        # now, and the collection may run in a thread that holds _connections_lock.
-        connections = self.__dict__.get("_connections") or []
-        self.__dict__["_connections"] = []
-        if getattr(self.__dict__.get("_local"), "pid", os.getpid()) != os.getpid():
-            return  # a forked child: the parent's connections are not ours to close
-        for conn in connections:
-            with contextlib.suppress(Exception):
                 conn.close()
 
     def purge_expired(self) -> int:
@@ -338,6 +332,16 @@ class _SQLiteStore:
 
     async def exists_async(self, key: str) -> bool:
         return await _durable.in_thread(self.exists, key)
+
+
+def _close_dropped(connections: list[sqlite3.Connection], pid: int) -> None:
+    """Closes the connections of a store that was dropped without ``close()``."""
+    if os.getpid() != pid:
+        return  # a forked child: the parent's connections are not ours to close
+    for conn in list(connections):
+        with contextlib.suppress(Exception):
+            conn.close()
+    connections.clear()
 
 
 class _Now:
