@@ -88,7 +88,9 @@ class Demo:
         found: dict[int, dict[str, str]] = {}
         deadline = time.monotonic() + 30.0
         while sum(len(urls) for urls in found.values()) < 2 * replicas:
-            assert time.monotonic() < deadline, f"replica URLs missing: {found}"
+            assert time.monotonic() < deadline, (
+                f"replica URLs missing: {found} in {''.join(self.output)}"
+            )
             line = self.wait_for("[replica")
             match = re.match(r"\[replica (\d+)\]\s+(health|metrics):\s+(\S+)", line)
             if match:

@@ -77,6 +77,32 @@ def test_a_locked_database_is_a_clear_store_error(path: Path) -> None:
         store.close()
 
 
+def test_stores_opening_a_new_file_together_all_start(tmp_path: Path) -> None:
+    """Processes (here threads, with connections of their own) that open a new file at
+    once all start: SQLite answers the switch to WAL "database is locked" without waiting
+    (its busy handler is not called there), so the store waits for it itself."""
+    errors: list[BaseException] = []
+
+    def open_store(file: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            SQLiteIdempotencyStore(file, busy_timeout=5.0).close()
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+
+    for attempt in range(150):  # unfixed, about one file in six failed here
+        file = tmp_path / f"new-{attempt}.db"
+        barrier = threading.Barrier(3)
+        threads = [threading.Thread(target=open_store, args=(file, barrier)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors, errors[0]
+        with contextlib.closing(sqlite3.connect(file)) as probe:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_a_failed_completion_says_the_call_executed(path: Path) -> None:
     """complete() that cannot write: the error says the call has executed."""
     store = SQLiteIdempotencyStore(path, busy_timeout=0.1)

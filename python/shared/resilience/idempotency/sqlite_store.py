@@ -125,8 +125,12 @@ class _SQLiteStore:
             isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
             check_same_thread=False,  # only close() touches it from another thread
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        try:
+            _switch_to_wal(conn, time.monotonic() + self._busy_timeout)
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
         local.conn, local.pid = conn, os.getpid()
         with self._connections_lock:
             self._connections.append(conn)
@@ -332,6 +336,29 @@ class _SQLiteStore:
 
     async def exists_async(self, key: str) -> bool:
         return await _durable.in_thread(self.exists, key)
+
+
+# SQLite's primary result codes for "another connection holds the lock".
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _switch_to_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried until ``deadline`` while another
+    connection holds the lock. While processes open a new file together, SQLite
+    answers this pragma "database is locked" at once, without calling the busy
+    handler that ``timeout`` sets (it would risk a deadlock there), so the
+    ``busy_timeout`` wait is ours to make."""
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            code = exc.sqlite_errorcode & 0xFF
+            if code not in _BUSY_CODES or time.monotonic() >= deadline:
+                raise
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.05)
 
 
 def _close_dropped(connections: list[sqlite3.Connection], pid: int) -> None:
