@@ -9,18 +9,22 @@ import asyncio
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from conftest import require_service
 from shared.observability import _events, setup_tracing, shutdown_tracing, trace_span
 from shared.observability.tracing import TracingConfig
 from shared.resilience import (
+    AsyncRedisTokenBucket,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerOpenError,
     RateLimitConfig,
+    RedisTokenBucket,
     Retry,
     RetryConfig,
     TimeoutContext,
@@ -184,6 +188,61 @@ async def test_async_rate_limit_waits_become_events(tracer: Any) -> None:
     assert _events_of(span) == [
         ("shared.rate_limit.wait", {"rate_limit.wait_s": 0.25, "rate_limit.tokens": 1.0})
     ]
+
+
+def _redis_wait_events(span: Any) -> list[float]:
+    events = _events_of(span)
+    assert [name for name, _ in events] == ["shared.rate_limit.wait"], events
+    assert events[0][1]["rate_limit.tokens"] == 1.0
+    return [attributes["rate_limit.wait_s"] for _, attributes in events]
+
+
+def _redis_config() -> RateLimitConfig:
+    return RateLimitConfig(tokens_per_second=20.0, burst_size=1)  # the second token: 50 ms
+
+
+@pytest.mark.backend_independent
+def test_redis_rate_limit_waits_become_events(tracer: Any) -> None:
+    """The Redis bucket's blocking acquire records its reserved wait, as the in-process one."""
+    import redis
+
+    require_service("Redis", 6379)
+    prefix = f"test:shared:events:{uuid.uuid4().hex}:"
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        bucket = RedisTokenBucket(_redis_config(), client, "events", key_prefix=prefix)
+        with tracer.start_as_current_span("request") as span:
+            bucket.acquire()  # the burst token: no wait, no event
+            bucket.acquire()
+        (wait,) = _redis_wait_events(span)
+        assert 0.0 < wait <= 0.05
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.mark.backend_independent
+async def test_async_redis_rate_limit_waits_become_events(tracer: Any) -> None:
+    """The asyncio Redis bucket records its wait on the caller task's span."""
+    import redis.asyncio
+
+    require_service("Redis", 6379)
+    prefix = f"test:shared:events:{uuid.uuid4().hex}:"
+    client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+    try:
+        bucket = AsyncRedisTokenBucket(_redis_config(), client, "events", key_prefix=prefix)
+        with tracer.start_as_current_span("request") as span:
+            await bucket.acquire()
+            await bucket.acquire()
+        (wait,) = _redis_wait_events(span)
+        assert 0.0 < wait <= 0.05
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 @needs_alarm

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared import _instances
+from shared.observability import _events
 from shared.resilience._redis_gcra import (
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_KEY_PREFIX,
@@ -243,10 +244,14 @@ class _BucketBase:
             return 0.0 if local is None else local.retry_after(tokens)
         return reply.wait
 
-    async def _wait_reserved(self, reply: Reply, refund: Callable[[], Awaitable[None]]) -> None:
+    async def _wait_reserved(
+        self, reply: Reply, tokens: float, refund: Callable[[], Awaitable[None]]
+    ) -> None:
         """Sleeps until a granted reservation is due; a cancelled sleep refunds it."""
         wait = self._reserved(reply)
         if wait > 0:
+            if _events.active:
+                _events.rate_limit_wait(wait, tokens)
             try:
                 await asyncio.sleep(wait)
             except asyncio.CancelledError:
@@ -344,6 +349,8 @@ class RedisTokenBucket(_BucketBase):
             return
         wait = self._reserved(reply)
         if wait > 0:
+            if _events.active:
+                _events.rate_limit_wait(wait, tokens)
             try:
                 time.sleep(wait)
             except BaseException:
@@ -364,7 +371,7 @@ class RedisTokenBucket(_BucketBase):
             if local is not None:
                 await local.acquire_async(tokens, timeout)
             return
-        await self._wait_reserved(reply, lambda: asyncio.to_thread(self._refund, cost_us))
+        await self._wait_reserved(reply, tokens, lambda: asyncio.to_thread(self._refund, cost_us))
 
     @property
     def available_tokens(self) -> float:
@@ -502,7 +509,7 @@ class AsyncRedisTokenBucket(_BucketBase):
             if local is not None:
                 await local.acquire_async(tokens, timeout)
             return
-        await self._wait_reserved(reply, lambda: self._refund(cost_us))
+        await self._wait_reserved(reply, tokens, lambda: self._refund(cost_us))
 
     async def acquire_async(self, tokens: float = 1.0, timeout: float | None = None) -> None:
         """The same as ``acquire`` (the in-process bucket's name for it)."""
