@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import threading
 import time
 import warnings
+import weakref
 from typing import Any
 
 import pytest
@@ -270,6 +272,38 @@ def test_the_renewer_notices_a_lost_lease(
         assert job("r") == "done"
     assert store.outcome_counts()["lost_leases"] == 1
     assert sum("lease lost" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_finished_call_leaves_nothing_of_its_store_to_the_renewer() -> None:
+    """Once a call ends, the renewer holds neither its store nor its token.
+
+    Its lease's entry stays queued until due (lease / 3): it must not keep a
+    dropped store (and so its metrics series) alive, nor pile up under a burst.
+    """
+    store = InMemoryIdempotencyStore()
+    dropped = weakref.ref(store)
+
+    # 30 s lease: renewal due in 10 s, long after the call and the checks below.
+    @idempotent(key_param="request_id", store=store, lease=30)
+    def job(request_id: str) -> str:
+        time.sleep(0.05)  # the renewer wakes for the new lease and waits for it
+        return "done"
+
+    assert job("r") == "done"
+    del job, store
+    gc.collect()
+    assert dropped() is None
+
+    burst = InMemoryIdempotencyStore()
+
+    @idempotent(key_param="request_id", store=burst, lease=30)
+    def quick(request_id: str) -> str:
+        return request_id
+
+    for i in range(1000):
+        quick(f"k-{i}")
+    queued = len(decorator._renewer._heap)
+    assert queued <= 200, queued  # compacted: not one entry per finished call
 
 
 def test_methods_and_positional_keys(store: InMemoryIdempotencyStore) -> None:

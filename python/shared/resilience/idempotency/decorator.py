@@ -88,7 +88,15 @@ def _no_count(outcome: str, n: int = 1) -> None:
 
 
 class _Watch:
+    """A running call's lease, renewed until the call ends (then ``stopped``).
+
+    A stopped watch lets go of its store and token at once: its heap entry stays
+    until it comes due, and must not keep a dropped store alive until then.
+    """
+
     __slots__ = ("due", "lease", "lost", "stopped", "store", "token")
+    store: Any
+    token: OwnerToken | None
 
     def __init__(self, store: Any, token: OwnerToken, lease: float, due: float) -> None:
         self.store = store
@@ -114,13 +122,13 @@ def _lost_lease(store: Any, token: OwnerToken, why: str) -> None:
 _LOST = threading.Lock()
 
 
-def _report_lost(watch: _Watch, why: str) -> None:
+def _report_lost(watch: _Watch, store: Any, token: OwnerToken, why: str) -> None:
     """Logs and counts a lost lease once, whether the renewer or the call notices first."""
     with _LOST:
         if watch.lost:
             return
         watch.lost = True
-    _lost_lease(watch.store, watch.token, why)
+    _lost_lease(store, token, why)
 
 
 class _Renewer:
@@ -132,12 +140,20 @@ class _Renewer:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._wake_at = float("inf")
+        # Stopped entries wait in the heap until due (lease / 3): rebuilt without
+        # them when it grows past this, so a burst of short calls cannot pile up.
+        self._compact_at = 64
 
     def watch(self, store: Any, token: OwnerToken, lease: float) -> _Watch:
         due = time.monotonic() + lease / 3
         watch = _Watch(store, token, lease, due)
         with self._cond:
-            heapq.heappush(self._heap, (due, next(self._seq), watch))
+            heap = self._heap
+            heapq.heappush(heap, (due, next(self._seq), watch))
+            if len(heap) > self._compact_at:
+                heap[:] = [entry for entry in heap if not entry[2].stopped]
+                heapq.heapify(heap)
+                self._compact_at = max(64, 2 * len(heap))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="shared-idempotency-renewer", daemon=True
@@ -149,8 +165,9 @@ class _Renewer:
 
     @staticmethod
     def unwatch(watch: _Watch) -> None:
-        # The heap entry is dropped lazily when it comes due.
+        # The heap entry is dropped lazily when it comes due (or at a compaction).
         watch.stopped = True
+        watch.store = watch.token = None
 
     def _run(self) -> None:
         while True:
@@ -168,15 +185,18 @@ class _Renewer:
             self._renew(watch)
 
     def _renew(self, watch: _Watch) -> None:
+        store, token = watch.store, watch.token
+        if store is None or token is None:
+            return  # the call ended meanwhile
         try:
-            renewed = watch.store.extend(watch.token, watch.lease)
+            renewed = store.extend(token, watch.lease)
         except Exception as exc:  # the store is unreachable: try again next period
-            logger.warning("idempotency key %r: lease renewal failed: %r", watch.token.key, exc)
+            logger.warning("idempotency key %r: lease renewal failed: %r", token.key, exc)
             renewed = True
         if watch.stopped:
             return
         if not renewed:
-            _report_lost(watch, "the store no longer holds its claim")
+            _report_lost(watch, store, token, "the store no longer holds its claim")
             return
         watch.due = time.monotonic() + watch.lease / 3
         with self._cond:
@@ -480,7 +500,7 @@ def idempotent(
             if watch is None:
                 _lost_lease(store, token, "the claim was gone when the result was recorded")
             else:
-                _report_lost(watch, "the claim was gone when the result was recorded")
+                _report_lost(watch, store, token, "the claim was gone when the result was recorded")
 
     def _atomic_sync(
         func: Callable[..., Any], binder: _Binder, store: Any, count: Callable[..., None]
