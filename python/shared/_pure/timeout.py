@@ -4,10 +4,13 @@ Same names and semantics: a deadline block's enter and exit, the scheduler's
 look-and-raise (``ThreadState.fire``), shields and critical sections. What
 Python code cannot do as the native part does, and what remains of it:
 
-- The scheduler's check that a block is active and its raise are several
-  bytecodes here, not one step: it takes a fresh GIL quantum first
-  (``time.sleep(0)``), so the target thread moves in between only if the OS
-  preempts the scheduler for longer than the switch interval.
+- The scheduler's look (is the block active, is the thread outside our
+  bookkeeping) and its raise are several bytecodes here, not one step. After
+  the look's one call (the snapshot of the threads' frames) they contain no
+  call, function entry or backward jump, the only points where CPython hands
+  the GIL to another thread; so the target moves in between only if the OS
+  preempts the scheduler inside that snapshot for longer than the switch
+  interval, with the GIL held.
 - ``DeadlineCore.__exit__`` is a Python function: on CPython 3.13 and later an
   exception queued just before it can be delivered at its first instruction,
   before it can take the exception back (3.13 misses it at the check where
@@ -18,7 +21,7 @@ Python code cannot do as the native part does, and what remains of it:
   of a ``Guard``'s call it runs the guarded function there, so its
   bookkeeping is not skipped. What remains: a raise delayed past the look (the
   first point) that lands further inside this module's code, where the
-  private exception can escape. The native part has no such instruction.
+  private exception can escape. The native part has no such window.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ __all__ = [
 ]
 
 _IDLE, _ACTIVE, _FIRED = 0, 1, 2
+# Below this switch interval (seconds) the scheduler takes a fresh GIL quantum before
+# its look-and-raise: its own work since waking could use up a shorter one.
+_SHORT_SWITCH_INTERVAL = 0.001
 FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
 
 
@@ -173,21 +179,35 @@ class ThreadState:
 
     def fire(self, /, block: DeadlineCore, expiry: type[BaseException]) -> int:
         """Queues ``expiry`` for the thread if ``block`` is active and nothing defers it."""
-        # A fresh GIL quantum: the target does not run between the look and the raise
-        # unless the OS preempts this thread for longer than the switch interval.
-        time.sleep(0)
+        if not self.thread.is_alive():
+            return FIRE_GONE  # exited inside a block: never raise in whoever has its id now
+        # The interpreter hands the GIL to another thread only at a call's return, a
+        # function's entry or a backward jump, and only once that thread has waited a
+        # whole switch interval. The scheduler took the GIL when it woke, tens of
+        # microseconds ago: well within the default interval (5 ms), so the target
+        # moves between the look and the raise only if the OS preempts this thread
+        # for longer than that inside the snapshot below. Under a sub-millisecond
+        # interval, take a fresh quantum first (it costs the target's next quantum
+        # of delay, which is that short too).
+        if sys.getswitchinterval() < _SHORT_SWITCH_INTERVAL:
+            time.sleep(0)
+        frames = sys._current_frames()
+        # From here to the raise: no call, no function entry, no backward jump
+        # (attribute loads, subscripts, comparisons), so the target cannot run
+        # between what the look sees and the raise.
         if self.critical > 0:
             return FIRE_CRITICAL
-        frame = sys._current_frames().get(self.ident)
-        if frame is not None and (
-            frame.f_code in CRITICAL_CODES
-            or (frame.f_back is not None and frame.f_back.f_code in CRITICAL_CODES)
-        ):
+        if self.ident not in frames:
+            return FIRE_GONE  # the thread has left Python for good: it is exiting
+        frame = frames[self.ident]
+        # Paused at the entry of our bookkeeping (before it counts itself critical).
+        if frame.f_code in CRITICAL_CODES:
+            return FIRE_CRITICAL
+        caller = frame.f_back
+        if caller is not None and caller.f_code in CRITICAL_CODES:
             return FIRE_CRITICAL
         if self.shield > 0:
             return FIRE_SHIELDED
-        if not self.thread.is_alive():
-            return FIRE_GONE  # exited inside a block: never raise in whoever has its id now
         if block.thread is not self or block.state != _ACTIVE:
             return FIRE_GONE
         block.delivered = False
