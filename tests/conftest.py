@@ -18,9 +18,13 @@ import importlib
 import importlib.util
 import os
 import socket
+import sys
 import sysconfig
+import time
+import traceback
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -131,3 +135,34 @@ def require_service(name: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{message}; .ci/run must start it")
     pytest.skip(f"{message} (start it to run this test)")
+
+
+# Timeout tests that fail because no deadline fired: the scheduler thread's own stack
+# and queues say why (stuck in a call, or waiting with nothing scheduled). Reported
+# for the first few failures of a run: after a stuck scheduler every later one fails.
+_SCHEDULER_REPORTS = [3]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and "timeout" in item.nodeid and _SCHEDULER_REPORTS[0] > 0:
+        _SCHEDULER_REPORTS[0] -= 1
+        report.sections.append(("timeout scheduler", _scheduler_snapshot()))
+    return report
+
+
+def _scheduler_snapshot() -> str:
+    from shared.resilience import _deadlines
+
+    scheduler = _deadlines._scheduler
+    thread = scheduler.thread
+    lines = [
+        f"thread: {thread!r}; next wake in {scheduler.next_wake - time.monotonic():.3f} s; "
+        f"{len(scheduler.heap)} heap entries, {len(scheduler.requests)} requests queued, "
+        f"alarm requested: {scheduler.alarm_requested}\n"
+    ]
+    frame = sys._current_frames().get(thread.ident) if thread is not None else None
+    if frame is not None:
+        lines.extend(traceback.format_stack(frame))
+    return "".join(lines)
