@@ -94,6 +94,10 @@ fi
 # Every leg runs even when one fails; the summary at the end lists them all.
 legs=()
 failed=0
+# A leg that hangs outside any one test (collection, interpreter exit) is stopped here
+# with SIGABRT, which makes faulthandler print every thread's stack: a failed leg, not
+# a CI run that never ends. A leg takes 1.5 to 4 minutes.
+leg_limit=${LEG_LIMIT:-900}
 run_suite() {
   local venv=$1 backend=$2 kind=$3 label=$4 status=0
   say "pytest: $label, SHARED_BACKEND=$backend"
@@ -101,7 +105,8 @@ run_suite() {
   (
     cd "$root"
     env -u VIRTUAL_ENV -u PYTHONPATH PATH="$venv/bin:$test_path" \
-      SHARED_BACKEND="$backend" SHARED_TEST_INSTALL="$kind" \
+      SHARED_BACKEND="$backend" SHARED_TEST_INSTALL="$kind" PYTHONFAULTHANDLER=1 \
+      timeout --signal=ABRT --kill-after=30 "$leg_limit" \
       "$venv/bin/python" -m pytest -p no:cacheprovider ${PYTEST_ARGS:-}
   ) || status=$?
   if [ "$status" -eq 0 ]; then
