@@ -14,6 +14,7 @@ and ``pure`` turns the fixtures that need the extension into skips.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -162,7 +163,16 @@ def _scheduler_snapshot() -> str:
         f"{len(scheduler.heap)} heap entries, {len(scheduler.requests)} requests queued, "
         f"alarm requested: {scheduler.alarm_requested}\n"
     ]
-    frame = sys._current_frames().get(thread.ident) if thread is not None else None
+    # With the collector off: on CPython 3.11 a collection inside this snapshot would run
+    # finalizers under the runtime's lock on the threads (see shared._pure.timeout).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        frames = sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+    frame = frames.get(thread.ident) if thread is not None else None
     if frame is not None:
         lines.extend(traceback.format_stack(frame))
     return "".join(lines)

@@ -8,6 +8,8 @@ import contextvars
 import copy
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -444,3 +446,54 @@ def test_a_thread_that_exits_inside_a_block_is_never_raised_in_again() -> None:
         if when <= now and not state.alive and state.blocks
     ]
     suspended.clear()
+
+
+GC_IN_THE_SCHEDULER_SCRIPT = """
+import _thread, gc, threading, time
+from shared.resilience import TimeoutContext, TimeoutError
+
+def starts_a_thread_when_collecting_in_the_scheduler(phase, info):
+    # Stands for any finalizer that starts a thread: code CPython may run from the
+    # scheduler thread when an allocation there crosses the collector's threshold.
+    if phase == "start" and threading.current_thread().name == "shared-timeout-scheduler":
+        _thread.start_new_thread(lambda: None, ())
+
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+def blocks_that_time_out():
+    for _ in range(40):
+        try:
+            with TimeoutContext(seconds=0.002):
+                spin(0.03)
+        except TimeoutError:
+            fired.append(1)
+
+fired = []
+gc.callbacks.append(starts_a_thread_when_collecting_in_the_scheduler)
+gc.set_threshold(1)  # a collection at nearly every allocation
+worker = threading.Thread(target=blocks_that_time_out)
+worker.start()
+worker.join()
+print(len(fired))
+"""
+
+
+def test_garbage_collected_by_the_scheduler_cannot_deadlock_it() -> None:
+    """A collection in the scheduler thread runs finalizers: none may run under a runtime lock.
+
+    CPython 3.11 collects inside the allocation that crosses the threshold; the pure
+    scheduler's look at the threads' frames allocates while holding the runtime's lock
+    on the list of threads, so a finalizer starting a thread there deadlocked the
+    process (every thread, signal handlers included).
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", GC_IN_THE_SCHEDULER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 0, child.stderr
+    assert int(child.stdout) == 40  # every block timed out: the scheduler kept firing

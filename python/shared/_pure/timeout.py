@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import dis
+import gc
 import sys
 import threading
 import time
@@ -55,6 +56,14 @@ _IDLE, _ACTIVE, _FIRED = 0, 1, 2
 # Below this switch interval (seconds) the scheduler takes a fresh GIL quantum before
 # its look-and-raise: its own work since waking could use up a shorter one.
 _SHORT_SWITCH_INTERVAL = 0.001
+# CPython 3.11 collects garbage inside the allocation that crosses the threshold, so
+# inside sys._current_frames(), which allocates frame objects while it holds the
+# runtime's lock on the list of threads. Finalizers would then run under that lock: one
+# that starts a thread deadlocks at once, and one that yields the GIL lets a thread that
+# starts or ends wait for the lock while it holds the GIL, which stops every thread,
+# signal handlers included. The scheduler therefore takes that snapshot with the
+# collector off. From 3.12 on, a collection waits for the next bytecode boundary.
+_GC_RUNS_INSIDE_CALLS = sys.version_info < (3, 12)
 FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
 
 
@@ -191,6 +200,17 @@ class ThreadState:
         # of delay, which is that short too).
         if sys.getswitchinterval() < _SHORT_SWITCH_INTERVAL:
             time.sleep(0)
+        if _GC_RUNS_INSIDE_CALLS and gc.isenabled():
+            # Re-enabled after the raise: gc.enable() is a call, which must not come
+            # between the snapshot and the raise.
+            gc.disable()
+            try:
+                return self._look_and_raise(block, expiry)
+            finally:
+                gc.enable()
+        return self._look_and_raise(block, expiry)
+
+    def _look_and_raise(self, block: DeadlineCore, expiry: type[BaseException], /) -> int:
         frames = sys._current_frames()
         # From here to the raise: no call, no function entry, no backward jump
         # (attribute loads, subscripts, comparisons), so the target cannot run
