@@ -15,6 +15,8 @@
 # Then, on the first VERSION: the pure-Python wheel (py3-none-any, derived from that
 # version's wheel by tools/pure_wheel.py) on the python backend (it has no Rust backend
 # to test), and the sdist, built by pip from source in a fresh virtualenv, on both.
+# The legs run in LANES (default 3) concurrent lanes, one per package; the summary at
+# the end lists every leg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -90,16 +92,14 @@ if PATH=$test_path command -v cargo >/dev/null || PATH=$test_path command -v rus
   exit 1
 fi
 
-# Runs the suite from the repo in VENV on BACKEND, against the package installed as KIND.
-# Every leg runs even when one fails; the summary at the end lists them all.
-legs=()
-failed=0
+# Runs the suite from the repo in VENV on BACKEND, against the package installed as KIND,
+# and appends its verdict to STATUS_FILE.
 # A leg that hangs outside any one test (collection, interpreter exit) is stopped here
 # with SIGABRT, which makes faulthandler print every thread's stack: a failed leg, not
-# a CI run that never ends. A leg takes 1.5 to 4 minutes.
+# a CI run that never ends. A leg takes 2 to 5 minutes.
 leg_limit=${LEG_LIMIT:-900}
 run_suite() {
-  local venv=$1 backend=$2 kind=$3 label=$4 status=0
+  local venv=$1 backend=$2 kind=$3 label=$4 status_file=$5 status=0
   say "pytest: $label, SHARED_BACKEND=$backend"
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
   (
@@ -110,10 +110,9 @@ run_suite() {
       "$venv/bin/python" -m pytest -p no:cacheprovider ${PYTEST_ARGS:-}
   ) || status=$?
   if [ "$status" -eq 0 ]; then
-    legs+=("passed  $label, SHARED_BACKEND=$backend")
+    echo "passed  $label, SHARED_BACKEND=$backend" >>"$status_file"
   else
-    legs+=("FAILED  $label, SHARED_BACKEND=$backend (pytest exit $status)")
-    failed=$((failed + 1))
+    echo "FAILED  $label, SHARED_BACKEND=$backend (pytest exit $status)" >>"$status_file"
   fi
 }
 
@@ -121,6 +120,12 @@ fresh_venv() {
   local python=$1 venv=$2
   rm -rf "$venv"
   "$python" -m venv "$venv"
+}
+
+# pip install into VENV; --no-compile: the legs compile what they import.
+install_into() {
+  local venv=$1 requirement=$2
+  "$venv/bin/python" -m pip install --quiet --no-compile "$requirement"
 }
 
 # --- binary wheels -----------------------------------------------------------------------
@@ -149,35 +154,96 @@ for version in "${versions[@]}"; do
   wheel_of[$version]=$wheel
 done
 
-for version in "${versions[@]}"; do
-  venv=$venvs/cp${version/./}
-  say "install: ${wheel_of[$version]##*/} into a fresh virtualenv"
-  fresh_venv "${python_of[$version]}" "$venv"
-  "$venv/bin/python" -m pip install --quiet "${wheel_of[$version]}[test]"
-  run_suite "$venv" rust native "CPython $version wheel"
-  run_suite "$venv" python native "CPython $version wheel"
-done
-
 # --- the pure-Python wheel and the sdist, on the first version --------------------------
 
 first=${versions[0]}
 say "pure-Python wheel (from the CPython $first wheel)"
 "${python_of[$first]}" tools/pure_wheel.py "${wheel_of[$first]}" "$dist"
-venv=$venvs/pure
-fresh_venv "${python_of[$first]}" "$venv"
-"$venv/bin/python" -m pip install --quiet "$(ls "$dist"/*-py3-none-any.whl)[test]"
-run_suite "$venv" python pure "pure-Python wheel on CPython $first"
-legs+=("skipped pure-Python wheel on CPython $first, SHARED_BACKEND=rust: the wheel has no extension")
+pure_wheel=$(ls "$dist"/*-py3-none-any.whl)
 
+# Built here, before any leg runs: compiling takes both cores for a minute.
 say "sdist: built by pip from source, CPython $first"
 PATH="$tools_bin:$PATH" "$tools_bin/maturin" sdist --out "$dist"
 sdist=$(ls "$dist"/*.tar.gz)
-venv=$venvs/sdist
-fresh_venv "${python_of[$first]}" "$venv"
+fresh_venv "${python_of[$first]}" "$venvs/sdist"
 # Building needs cargo (the sdist's user needs a Rust toolchain); the tests then do not.
-"$venv/bin/python" -m pip install --quiet "$sdist[test]"
-run_suite "$venv" rust native "sdist on CPython $first"
-run_suite "$venv" python native "sdist on CPython $first"
+install_into "$venvs/sdist" "$sdist[test]"
+
+# --- the legs: LANES at a time ------------------------------------------------------------
+# A lane installs its package into a fresh virtualenv and runs its legs one after the
+# other. Most of a leg's time is spent waiting (on servers, subprocesses, deadlines),
+# so on two cores three lanes at once take about 1.3x as long as one alone.
+
+lanes=${LANES:-3}
+logs=$venvs/logs
+mkdir -p "$logs"
+
+lane_wheel() {
+  local version=$1 status_file=$2 venv=$venvs/cp${1/./}
+  say "install: ${wheel_of[$version]##*/} into a fresh virtualenv"
+  fresh_venv "${python_of[$version]}" "$venv"
+  install_into "$venv" "${wheel_of[$version]}[test]" || {
+    echo "FAILED  installing ${wheel_of[$version]##*/}" >>"$status_file"
+    return 0
+  }
+  run_suite "$venv" rust native "CPython $version wheel" "$status_file"
+  run_suite "$venv" python native "CPython $version wheel" "$status_file"
+}
+
+lane_pure() {
+  local status_file=$1 venv=$venvs/pure
+  say "install: ${pure_wheel##*/} into a fresh virtualenv"
+  fresh_venv "${python_of[$first]}" "$venv"
+  install_into "$venv" "$pure_wheel[test]" || {
+    echo "FAILED  installing ${pure_wheel##*/}" >>"$status_file"
+    return 0
+  }
+  run_suite "$venv" python pure "pure-Python wheel on CPython $first" "$status_file"
+  echo "skipped pure-Python wheel on CPython $first, SHARED_BACKEND=rust: the wheel has" \
+    "no extension" >>"$status_file"
+}
+
+lane_sdist() {
+  local status_file=$1
+  run_suite "$venvs/sdist" rust native "sdist on CPython $first" "$status_file"
+  run_suite "$venvs/sdist" python native "sdist on CPython $first" "$status_file"
+}
+
+# Longest first: the sdist (built already) and the pure wheel start at once.
+lane_calls=("lane_sdist" "lane_pure")
+for version in "${versions[@]}"; do lane_calls+=("lane_wheel $version"); done
+
+declare -A lane_of_pid
+running=0
+next=0
+while [ "$next" -lt ${#lane_calls[@]} ] || [ "$running" -gt 0 ]; do
+  if [ "$next" -lt ${#lane_calls[@]} ] && [ "$running" -lt "$lanes" ]; then
+    # Each lane's output goes to its own log, shown whole when the lane ends.
+    ${lane_calls[$next]} "$logs/lane$next.status" >"$logs/lane$next.log" 2>&1 &
+    lane_of_pid[$!]=$next
+    echo "started ${lane_calls[$next]} (log: $logs/lane$next.log)"
+    next=$((next + 1))
+    running=$((running + 1))
+    continue
+  fi
+  finished=
+  lane_status=0
+  wait -n -p finished || lane_status=$?
+  running=$((running - 1))
+  index=${lane_of_pid[$finished]}
+  cat "$logs/lane$index.log"
+  if [ "$lane_status" -ne 0 ]; then
+    # It stopped before recording its legs (a virtualenv not created, say).
+    echo "FAILED  ${lane_calls[$index]} stopped with exit $lane_status" >>"$logs/lane$index.status"
+  fi
+done
+
+legs=()
+for index in "${!lane_calls[@]}"; do
+  touch "$logs/lane$index.status"
+  mapfile -t -O "${#legs[@]}" legs <"$logs/lane$index.status"
+done
+failed=$(printf '%s\n' "${legs[@]}" | grep -c '^FAILED' || true)
 
 say "the suite against installed packages"
 printf '  %s\n' "${legs[@]}"
