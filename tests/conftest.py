@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
+import logging
 import os
 import socket
 import sys
@@ -96,6 +97,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"SHARED_BACKEND={requested} but {shared.BACKEND} loaded")
     if TESTED_INSTALL:
         _check_installed_package(TESTED_INSTALL)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Any:
+    """Puts the root logger's handlers and level back after each test.
+
+    A test that runs the demo in-process configures logging with a handler on the
+    stream pytest captured for that test; left in place, every later log record
+    (a health check's thread, say) would go to that closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
