@@ -497,3 +497,55 @@ def test_garbage_collected_by_the_scheduler_cannot_deadlock_it() -> None:
     )
     assert child.returncode == 0, child.stderr
     assert int(child.stdout) == 40  # every block timed out: the scheduler kept firing
+
+
+SIGNAL_IN_THE_SCHEDULER_SCRIPT = """
+import signal, sys, time
+from shared.resilience import TimeoutContext, TimeoutError, _deadlines
+
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+# A signal with a Python handler interrupts the scheduler's sleep when the kernel
+# hands it to the scheduler thread, as it may a SIGTERM or SIGCHLD sent to the process.
+signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+# The GIL comes back to the interrupted scheduler only after its deadline passed.
+sys.setswitchinterval(0.05)
+with TimeoutContext(seconds=5):
+    pass  # starts the scheduler
+waited = []
+for _ in range(5):
+    started = time.monotonic()
+    try:
+        with TimeoutContext(seconds=0.02):
+            time.sleep(0.005)  # the scheduler is asleep until the deadline
+            signal.pthread_kill(_deadlines._scheduler.thread.ident, signal.SIGUSR1)
+            spin(2.0)
+    except TimeoutError:
+        pass
+    waited.append(time.monotonic() - started)
+print(max(waited))
+"""
+
+
+@needs_alarm
+def test_a_signal_that_interrupts_the_scheduler_late_leaves_it_working() -> None:
+    """A signal landing on the scheduler thread must not stop every deadline of the process.
+
+    CPython 3.11 and 3.12's ``SimpleQueue.get(timeout=)``, interrupted by a signal
+    and given the GIL back after its timeout, waited with no timeout at all: the
+    scheduler slept for good and no deadline fired again (blocks ended only by
+    their own exit check, after the work they were meant to cut short).
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_THE_SCHEDULER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    # Each block was cut about one switch interval after its 20 ms deadline, not
+    # after its 2 s of work.
+    assert float(child.stdout) < 1.0

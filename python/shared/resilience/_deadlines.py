@@ -44,7 +44,6 @@ import itertools
 import logging
 import math
 import os
-import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -175,7 +174,7 @@ class _Scheduler:
     Threads never take a lock to reach it. A thread hands it a request
     ``(when, thread state)`` with one ``deque.append`` (a single C call, so our
     own interruptions cannot cut it in half) and, only when the scheduler sleeps
-    past ``when``, wakes it with one ``SimpleQueue.put``. Everything else is the
+    past ``when``, wakes it by releasing ``wakeup``. Everything else is the
     scheduler thread's own, touched by no other thread: the heap of ``(when, seq,
     thread state)`` and ``scheduled``, the time of each thread's live entry (other
     entries are dropped lazily). ``state.wake_at`` is a hint the thread reads to
@@ -187,7 +186,13 @@ class _Scheduler:
 
     def __init__(self) -> None:
         self.requests: collections.deque[tuple[float, Any]] = collections.deque()
-        self.wakeup: queue.SimpleQueue[None] = queue.SimpleQueue()
+        # The scheduler sleeps on this lock, held while nobody has woken it; a waker
+        # releases it (a one-slot semaphore). Not ``SimpleQueue.get(timeout=)``: on
+        # CPython 3.11 and 3.12, when a signal handled in Python interrupts that wait
+        # and the GIL comes back after the timeout, it waits forever (every deadline
+        # of the process would stop firing). ``Lock.acquire(timeout=)`` handles it.
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
         self.heap: list[tuple[float, int, Any]] = []
         self.scheduled: dict[Any, float] = {}
         self.seq = itertools.count()
@@ -205,7 +210,10 @@ class _Scheduler:
         state.wake_at = when
         self.requests.append((when, state))
         if when < self.next_wake:
-            self.wakeup.put(None)
+            # Ends its sleep (at once if it is not asleep yet). RuntimeError: another
+            # thread woke it first, and one wake serves every request.
+            with contextlib.suppress(RuntimeError):
+                self.wakeup.release()
         if self.thread is None:
             self.start()
 
@@ -271,11 +279,10 @@ class _Scheduler:
             self.next_wake = wake
             if requests:
                 continue  # one came before next_wake was set: nobody woke us for it
-            with contextlib.suppress(queue.Empty):
-                if wake == math.inf:
-                    wakeup.get()
-                else:
-                    wakeup.get(timeout=min(wake - now, MAX_SECONDS))
+            if wake == math.inf:
+                wakeup.acquire()
+            else:
+                wakeup.acquire(timeout=min(wake - now, MAX_SECONDS))
 
     def serve(self, state: Any, now: float) -> None:
         """Interrupts the thread if its armed deadline passed, else schedules a look later."""
