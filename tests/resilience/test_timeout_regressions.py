@@ -6,6 +6,7 @@ import _signal
 import asyncio
 import contextvars
 import copy
+import functools
 import pickle
 import signal
 import subprocess
@@ -549,3 +550,35 @@ def test_a_signal_that_interrupts_the_scheduler_late_leaves_it_working() -> None
     # Each block was cut about one switch interval after its 20 ms deadline, not
     # after its 2 s of work.
     assert float(child.stdout) < 1.0
+
+
+@needs_alarm
+@pytest.mark.parametrize("wrapped", [False, True], ids=["function", "partial"])
+def test_a_deadline_never_cuts_an_application_signal_handler_short(wrapped: bool) -> None:
+    """A main-thread deadline that passes inside a signal handler fires once it returns.
+
+    Raised inside, it would cut the handler short, or skip it whole when it landed
+    at the handler's first instruction: a SIGTERM meant to start a graceful
+    shutdown would be lost.
+    """
+    events: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        spin(0.1)  # the block's deadline passes in here
+        events.append("handler done")
+
+    def signal_then_work() -> None:
+        signal.raise_signal(signal.SIGUSR1)  # its handler runs now, in this thread
+        spin(2.0)
+
+    handler: Any = functools.partial(on_signal) if wrapped else on_signal
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError), TimeoutContext(seconds=0.02):
+            signal_then_work()
+        elapsed = time.monotonic() - started
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert events == ["handler done"]
+    assert 0.1 <= elapsed < 1.0  # fired right after the handler, not at the block's end

@@ -22,8 +22,8 @@ The block's enter and exit and the scheduler's look-and-raise are the
 backend's (``rust/timeout.rs``, or its pure twin ``shared._pure.timeout``):
 natively each is one step no deadline can land in, and exit first takes back an
 exception queued for its own thread. Nothing is ever raised while the thread is
-in a critical section (``_critical``) or a shield; a deadline that passes there
-fires when it ends.
+in a critical section (``_critical``), a shield or (main thread) one of the
+application's signal handlers; a deadline that passes there fires when it ends.
 
 An interruption can land where CPython cannot let it out (a weakref callback,
 a ``__del__``, a ``gc`` callback): CPython hands it to ``sys.unraisablehook``.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import heapq
 import importlib
 import itertools
@@ -47,7 +48,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import FrameType, FunctionType, MethodType
 from typing import Any, TypeVar
 
 from shared import _validation
@@ -404,11 +405,56 @@ def _on_alarm(frame: FrameType | None) -> None:
     armed = state.earliest_unfired()
     if armed is None or armed.deadline > deadline_clock():
         return  # a late alarm of a block that has left
+    if _in_signal_handler(frame):
+        return  # fires in the code the handler interrupted, once it returns
     if not state.mark_fired(armed):
         return
     error = TimeoutError(timeout_message(armed.seconds))
     _alarm_raised = (error, armed)
     raise error
+
+
+_VALID_SIGNALS: tuple[int, ...] = tuple(getattr(_signal, "valid_signals", tuple)())
+
+
+def _in_signal_handler(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or a caller runs one of the application's Python signal handlers.
+
+    CPython runs a handler between two bytecodes of the main thread, and ours can
+    run at any instruction of another (several signals pending at once run in
+    the order of their numbers). Raising there would cut the handler short, or
+    skip it whole at its first instruction: a SIGTERM that was to start a
+    graceful shutdown would be lost. Runs only when a main-thread deadline fires.
+    """
+    codes = set()
+    for signum in _VALID_SIGNALS:
+        code = _handler_code(_signal.getsignal(signum))
+        if code is not None:
+            codes.add(code)
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handler_code(handler: Any) -> Any:
+    """The code object a signal handler runs: None for C handlers and SIG_DFL/SIG_IGN."""
+    while True:
+        if isinstance(handler, _AlarmHandler):
+            handler = handler.previous  # ours runs the application's SIGALRM handler
+        elif isinstance(handler, functools.partial):
+            handler = handler.func
+        elif isinstance(handler, MethodType):
+            handler = handler.__func__
+        else:
+            break
+    if isinstance(handler, FunctionType):
+        return handler.__code__
+    if not callable(handler):
+        return None
+    call = type(handler).__call__  # an instance with a Python __call__
+    return call.__code__ if isinstance(call, FunctionType) else None
 
 
 def _check_alarm_handler() -> None:
