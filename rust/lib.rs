@@ -40,8 +40,8 @@ mod _native {
     use crate::retry::{RetryBudget, RetryCore, RetryingCall};
     #[pymodule_export]
     use crate::timeout::{
-        current_thread_state, deadline_clock, set_alarm_handler, set_hooks, shield_enter,
-        shield_exit, DeadlineCore, Guard, ThreadState,
+        current_thread_state, deadline_clock, set_alarm_handler, set_deadline_clock, set_hooks,
+        shield_enter, shield_exit, DeadlineCore, Guard, ThreadState,
     };
     #[pymodule_export]
     use crate::token_bucket::{Reservation, TokenBucket};

@@ -48,8 +48,27 @@ fn ffi_ident(ident: c_ulong) -> c_long {
     ident as c_long
 }
 
-fn now() -> f64 {
-    crate::clock::now_ns() as f64 / 1e9
+/// A clock object with `now_ns()` that every deadline reads instead of the
+/// monotonic clock (`set_deadline_clock`: the parity tests drive this core and
+/// its pure twin on one `ManualClock`). Unset, a reading costs one more load.
+static MANUAL_CLOCK: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
+static MANUAL_CLOCK_SET: AtomicBool = AtomicBool::new(false);
+
+/// Seconds on the deadlines' timeline (`time.monotonic()`, or the manual clock).
+fn now(py: Python<'_>) -> PyResult<f64> {
+    if MANUAL_CLOCK_SET.load(SeqCst) {
+        let clock = lock(&MANUAL_CLOCK)
+            .as_ref()
+            .map(|clock| clock.clone_ref(py));
+        if let Some(clock) = clock {
+            let ns: u64 = clock
+                .bind(py)
+                .call_method0(intern!(py, "now_ns"))?
+                .extract()?;
+            return Ok(crate::clock::ns_to_secs(ns));
+        }
+    }
+    Ok(crate::clock::ns_to_secs(crate::clock::now_ns()))
 }
 
 /// The hooks and classes `_deadlines` registers at import.
@@ -207,7 +226,7 @@ impl Thread {
         let core = block.get();
         if core.state.load(SeqCst) == FIRED {
             core.state.store(ACTIVE, SeqCst);
-            self.schedule(py, now())?;
+            self.schedule(py, now(py)?)?;
         }
         Ok(())
     }
@@ -325,7 +344,7 @@ impl DeadlineCore {
                 "this timeout is already active; use one object per block",
             ));
         }
-        let deadline = now() + core.seconds;
+        let deadline = now(py)? + core.seconds;
         core.deadline.store(deadline.to_bits(), SeqCst);
         core.fired.store(false, SeqCst);
         core.delivered.store(false, SeqCst);
@@ -394,7 +413,7 @@ impl DeadlineCore {
             } else if own_taken_back && exc.is_none() {
                 raise = Some(core.fresh_timeout(py)?);
             }
-        } else if exc.is_none() && thread.shield.load(SeqCst) == 0 && now() >= core.deadline() {
+        } else if exc.is_none() && thread.shield.load(SeqCst) == 0 && now(py)? >= core.deadline() {
             // The deadline passed and nothing told the block (the thread held the GIL
             // in a long C call until just before the end): it times out here.
             fired = true;
@@ -579,9 +598,27 @@ pub fn current_thread_state(py: Python<'_>) -> PyResult<Py<ThreadState>> {
 
 /// The shared timeline of deadlines (seconds, as `time.monotonic()`).
 #[pyfunction]
-#[must_use]
-pub fn deadline_clock() -> f64 {
-    now()
+pub fn deadline_clock(py: Python<'_>) -> PyResult<f64> {
+    now(py)
+}
+
+/// Every deadline reads `clock.now_ns()` from now on; `None` restores the monotonic clock.
+///
+/// For tests that drive this core and its pure twin on one manual clock.
+#[pyfunction]
+pub fn set_deadline_clock(clock: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    if let Some(clock) = &clock {
+        if !clock.hasattr(intern!(clock.py(), "now_ns"))? {
+            return Err(PyTypeError::new_err(
+                "clock must have a now_ns() method (for example shared.testing.ManualClock)",
+            ));
+        }
+    }
+    let set = clock.is_some();
+    let previous = std::mem::replace(&mut *lock(&MANUAL_CLOCK), clock.map(Bound::unbind));
+    MANUAL_CLOCK_SET.store(set, SeqCst);
+    drop(previous); // after the lock is released: its finalizer may run Python code
+    Ok(())
 }
 
 /// Registers `_deadlines`' hooks and classes (once; later calls are ignored).
@@ -654,7 +691,7 @@ pub fn shield_exit(py: Python<'_>) -> PyResult<bool> {
     if data.blocks.is_empty() {
         return Ok(false);
     }
-    let now = now();
+    let now = now(py)?;
     Ok(data
         .blocks
         .iter()

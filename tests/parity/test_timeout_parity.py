@@ -1,11 +1,14 @@
 """Parity of the timeout's core: the Rust ``DeadlineCore`` against its pure twin, step by step.
 
-Both cores run the same sequence of steps in the same thread: enter a block
-(a deadline that has already passed, or one an hour away), leave the innermost
-block, fire a block as the SIGALRM handler does (``mark_fired``), enter and
-leave a shield. After every step both must agree on the blocks the thread is
-in, which one is armed (the earliest unfired), the shield depth, and what each
-step returned or raised (which block's ``TimeoutError``, or none).
+Both cores run the same sequence of steps in the same thread, on one
+``ManualClock`` that both read (``set_deadline_clock``): enter a block with a
+few milliseconds or an hour to run, move the clock (onto a deadline exactly,
+past it, or not at all), leave the innermost block, fire a block as the
+SIGALRM handler does (``mark_fired``), enter and leave a shield. After every
+step both must agree on the clock's reading, the blocks the thread is in with
+their exact deadlines, which one is armed (the earliest unfired), the shield
+depth, and what each step returned or raised (which block's ``TimeoutError``,
+or none).
 
 The steps run inside both backends' critical sections, so the shared
 scheduler never interrupts the thread: what fires is decided only by the
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,24 +27,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.resilience import _deadlines
+from shared.testing import ManualClock
 
 pytestmark = pytest.mark.backend_independent
 
 native: Any = pytest.importorskip("shared._native")
 pure: Any = importlib.import_module("shared._pure.timeout")
 
-PAST = 1e-9  # passed by the time the block is left
-FUTURE = 3600.0
+SHORT = 0.0025  # seconds: a deadline the clock's steps reach, exactly or past
+LONG = 3600.0
 
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("enter"), st.sampled_from([PAST, FUTURE])),
+        st.tuples(st.just("enter"), st.sampled_from([0.001, SHORT, 0.004, LONG])),
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.0005, 0.001, 0.0015, SHORT])),
         st.tuples(st.just("exit"), st.none()),
         st.tuples(st.just("fire"), st.integers(0, 7)),
         st.tuples(st.just("shield_enter"), st.none()),
         st.tuples(st.just("shield_exit"), st.none()),
     ),
-    max_size=30,
+    max_size=40,
 )
 
 
@@ -91,7 +96,8 @@ class Side:
         state = self.state()
         armed = state.earliest_unfired()
         return (
-            [(self.labels[id(b)], b.state) for b in state.blocks],
+            self.core.deadline_clock(),
+            [(self.labels[id(b)], b.state, b.deadline) for b in state.blocks],
             None if armed is None else self.labels[id(armed)],
             state.shield,
         )
@@ -110,58 +116,98 @@ def in_both_critical_sections(function: Callable[[], Any]) -> Any:
     return native.Guard(pure.Guard(function))()
 
 
-@settings(max_examples=150, deadline=None)
-@given(program=steps)
-def test_rust_core_and_pure_twin_agree_step_by_step(program: list[tuple[str, Any]]) -> None:
+@contextlib.contextmanager
+def one_manual_clock() -> Iterator[ManualClock]:
+    """Both cores read one ManualClock for the duration (the scheduler too)."""
+    clock = ManualClock(start=1.0)
+    native.set_deadline_clock(clock)
+    pure.set_deadline_clock(clock)
+    try:
+        yield clock
+    finally:
+        native.set_deadline_clock(None)
+        pure.set_deadline_clock(None)
+
+
+def run_side_by_side(program: list[tuple[str, Any]], clock: ManualClock) -> list[Any]:
+    """Runs ``program`` on both cores; asserts they agree after every step."""
     rust, twin = Side(native), Side(pure)
+    outcomes: list[Any] = []
 
     def run() -> None:
         try:
+            assert rust.view() == twin.view()
             for index, (kind, arg) in enumerate(program):
-                outcomes = (rust.step(index, kind, arg), twin.step(index, kind, arg))
-                assert outcomes[0] == outcomes[1], (index, kind, arg, outcomes)
+                if kind == "advance":
+                    clock.advance(arg)
+                    outcome: Any = None
+                else:
+                    outcome = rust.step(index, kind, arg)
+                    assert outcome == twin.step(index, kind, arg), (index, kind, arg, outcome)
                 assert rust.view() == twin.view(), (index, kind, arg)
+                outcomes.append(outcome)
         finally:
             rust.unwind()
             twin.unwind()
+        assert rust.view() == twin.view()
+        assert rust.view()[1:] == ([], None, 0)
 
     in_both_critical_sections(run)
-    assert rust.view() == twin.view() == ([], None, 0)
+    return outcomes
+
+
+@settings(max_examples=200, deadline=None)
+@given(program=steps)
+def test_rust_core_and_pure_twin_agree_step_by_step(program: list[tuple[str, Any]]) -> None:
+    with one_manual_clock() as clock:
+        run_side_by_side(program, clock)
+
+
+def test_both_cores_read_the_manual_clock_and_let_go_of_it() -> None:
+    with one_manual_clock() as clock:
+        clock.advance(0.5)
+        assert native.deadline_clock() == pure.deadline_clock() == 1.5
+        assert _deadlines.deadline_clock() == 1.5  # the scheduler's timeline too
+    assert abs(native.deadline_clock() - pure.deadline_clock()) < 1.0  # monotonic again
+    for core in (native, pure):
+        with pytest.raises(TypeError, match="now_ns"):
+            core.set_deadline_clock(object())
 
 
 def test_the_parity_program_exercises_firing() -> None:
     """The step language reaches every outcome it compares (no vacuous agreement)."""
     program = [
-        ("enter", FUTURE),
+        ("enter", LONG),
         ("shield_enter", None),
-        ("enter", PAST),
+        ("enter", SHORT),
+        ("advance", SHORT),  # exactly on its deadline
         ("exit", None),  # past its deadline, but shielded: leaves quietly
-        ("enter", PAST),
+        ("enter", SHORT),
+        ("advance", 0.001),
+        ("shield_exit", None),  # ends with no deadline passed
+        ("shield_enter", None),
+        ("advance", 0.0015),  # the inner deadline, exactly
         ("shield_exit", None),  # the outermost shield ends with a deadline passed
-        ("exit", None),  # past its deadline: TimeoutError
+        ("exit", None),  # on its deadline: TimeoutError
         ("fire", 0),  # the outer block, as the SIGALRM handler marks it
         ("fire", 0),  # already fired
         ("exit", None),
     ]
-    rust, twin = Side(native), Side(pure)
-    seen: list[Any] = []
-
-    def run() -> None:
-        for index, (kind, arg) in enumerate(program):
-            outcome = rust.step(index, kind, arg)
-            assert outcome == twin.step(index, kind, arg)
-            assert rust.view() == twin.view()
-            seen.append(outcome)
-
-    in_both_critical_sections(run)
-    assert seen == [
+    with one_manual_clock() as clock:
+        outcomes = run_side_by_side(program, clock)
+    assert outcomes == [
+        None,
         None,
         None,
         None,
         ("left", False),
         None,
+        None,
+        False,
+        None,
+        None,
         True,
-        ("TimeoutError", f"{_deadlines.timeout_message(PAST)}", True),
+        ("TimeoutError", f"{_deadlines.timeout_message(SHORT)}", True),
         True,
         False,
         ("left", True),

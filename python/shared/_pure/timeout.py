@@ -47,6 +47,7 @@ __all__ = [
     "current_thread_state",
     "deadline_clock",
     "set_alarm_handler",
+    "set_deadline_clock",
     "set_hooks",
     "shield_enter",
     "shield_exit",
@@ -67,9 +68,30 @@ _GC_RUNS_INSIDE_CALLS = sys.version_info < (3, 12)
 FIRE_RAISED, FIRE_CRITICAL, FIRE_SHIELDED, FIRE_GONE = 0, 1, 2, 3
 
 
+_monotonic = time.monotonic
+# A clock with ``now_ns()`` that every deadline reads instead (``set_deadline_clock``).
+_manual_clock: Any = None
+
+
 def deadline_clock() -> float:
-    """The timeline of deadlines (seconds, ``time.monotonic()``)."""
-    return time.monotonic()
+    """The timeline of deadlines (seconds, ``time.monotonic()``, or the manual clock)."""
+    clock = _manual_clock
+    if clock is None:
+        return _monotonic()
+    return int(clock.now_ns()) / 1e9
+
+
+def set_deadline_clock(clock: Any) -> None:
+    """Every deadline reads ``clock.now_ns()`` from now on; None restores the monotonic clock.
+
+    For tests that drive this twin and the native core on one manual clock.
+    """
+    global _manual_clock
+    if clock is not None and not hasattr(clock, "now_ns"):
+        raise TypeError(
+            "clock must have a now_ns() method (for example shared.testing.ManualClock)"
+        )
+    _manual_clock = clock
 
 
 _ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
