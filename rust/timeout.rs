@@ -687,11 +687,11 @@ pub fn shield_exit(py: Python<'_>) -> PyResult<bool> {
     if left > 1 {
         return Ok(false);
     }
-    let data = lock(&thread.data);
-    if data.blocks.is_empty() {
+    if lock(&thread.data).blocks.is_empty() {
         return Ok(false);
     }
-    let now = now(py)?;
+    let now = now(py)?; // with no lock held: a manual clock runs Python code
+    let data = lock(&thread.data);
     Ok(data
         .blocks
         .iter()
