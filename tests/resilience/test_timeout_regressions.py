@@ -552,9 +552,19 @@ def test_a_signal_that_interrupts_the_scheduler_late_leaves_it_working() -> None
     assert float(child.stdout) < 1.0
 
 
+class _ServiceWithAHandler:
+    """Installs a bound method as its handler, as ``shared.lifecycle`` does."""
+
+    def __init__(self, handler: Callable[[int, Any], None]) -> None:
+        self.handler = handler
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.handler(signum, frame)
+
+
 @needs_alarm
-@pytest.mark.parametrize("wrapped", [False, True], ids=["function", "partial"])
-def test_a_deadline_never_cuts_an_application_signal_handler_short(wrapped: bool) -> None:
+@pytest.mark.parametrize("wrapping", ["function", "partial", "method"])
+def test_a_deadline_never_cuts_an_application_signal_handler_short(wrapping: str) -> None:
     """A main-thread deadline that passes inside a signal handler fires once it returns.
 
     Raised inside, it would cut the handler short, or skip it whole when it landed
@@ -571,7 +581,11 @@ def test_a_deadline_never_cuts_an_application_signal_handler_short(wrapped: bool
         signal.raise_signal(signal.SIGUSR1)  # its handler runs now, in this thread
         spin(2.0)
 
-    handler: Any = functools.partial(on_signal) if wrapped else on_signal
+    handler: Any = {
+        "function": on_signal,
+        "partial": functools.partial(on_signal),
+        "method": _ServiceWithAHandler(on_signal).on_signal,
+    }[wrapping]
     previous = signal.signal(signal.SIGUSR1, handler)
     try:
         started = time.monotonic()
