@@ -596,3 +596,25 @@ def test_a_deadline_never_cuts_an_application_signal_handler_short(wrapping: str
         signal.signal(signal.SIGUSR1, previous)
     assert events == ["handler done"]
     assert 0.1 <= elapsed < 1.0  # fired right after the handler, not at the block's end
+
+
+@needs_alarm
+def test_a_block_opened_inside_a_signal_handler_raises_as_it_ends() -> None:
+    """Inside a handler nothing is interrupted: the block still times out, as it leaves."""
+    outcome: list[Any] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        started = time.monotonic()
+        try:
+            with TimeoutContext(seconds=0.02):
+                spin(0.1)
+        except TimeoutError:
+            outcome.append(time.monotonic() - started)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(outcome) == 1
+    assert outcome[0] >= 0.1  # the work ran whole; its block raised at its end
