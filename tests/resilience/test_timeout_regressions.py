@@ -449,6 +449,15 @@ def test_a_thread_that_exits_inside_a_block_is_never_raised_in_again() -> None:
     suspended.clear()
 
 
+def run_script(script: str, limit: float) -> str:
+    """Runs ``script`` in a fresh interpreter (a hang there cannot stall the suite); its stdout."""
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=limit
+    )
+    assert child.returncode == 0, child.stderr
+    return child.stdout
+
+
 GC_IN_THE_SCHEDULER_SCRIPT = """
 import _thread, gc, threading, time
 from shared.resilience import TimeoutContext, TimeoutError
@@ -490,14 +499,8 @@ def test_garbage_collected_by_the_scheduler_cannot_deadlock_it() -> None:
     on the list of threads, so a finalizer starting a thread there deadlocked the
     process (every thread, signal handlers included).
     """
-    child = subprocess.run(
-        [sys.executable, "-c", GC_IN_THE_SCHEDULER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert child.returncode == 0, child.stderr
-    assert int(child.stdout) == 40  # every block timed out: the scheduler kept firing
+    # Every block timed out: the scheduler kept firing.
+    assert int(run_script(GC_IN_THE_SCHEDULER_SCRIPT, limit=30)) == 40
 
 
 SIGNAL_IN_THE_SCHEDULER_SCRIPT = """
@@ -540,16 +543,9 @@ def test_a_signal_that_interrupts_the_scheduler_late_leaves_it_working() -> None
     scheduler slept for good and no deadline fired again (blocks ended only by
     their own exit check, after the work they were meant to cut short).
     """
-    child = subprocess.run(
-        [sys.executable, "-c", SIGNAL_IN_THE_SCHEDULER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == 0, child.stderr
     # Each block was cut about one switch interval after its 20 ms deadline, not
     # after its 2 s of work.
-    assert float(child.stdout) < 1.0
+    assert float(run_script(SIGNAL_IN_THE_SCHEDULER_SCRIPT, limit=60)) < 1.0
 
 
 class _ServiceWithAHandler:
